@@ -1,0 +1,1 @@
+"""Shared runtime of every Veil service: settings, auth, errors, health, metrics, images."""

@@ -1,0 +1,1 @@
+"""Transport-free kernels: pure torch, no gRPC, no Triton."""
