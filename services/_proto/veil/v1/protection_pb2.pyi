@@ -1,0 +1,104 @@
+from services._proto.veil.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FmdParams(_message.Message):
+    __slots__ = ("epsilon", "step_size", "iterations", "ce_weight", "feature_layer")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYER_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    step_size: float
+    iterations: int
+    ce_weight: float
+    feature_layer: str
+    def __init__(self, epsilon: _Optional[float] = ..., step_size: _Optional[float] = ..., iterations: _Optional[int] = ..., ce_weight: _Optional[float] = ..., feature_layer: _Optional[str] = ...) -> None: ...
+
+class ProtectRequest(_message.Message):
+    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    image: _common_pb2.Image
+    authorized_model: _common_pb2.ModelRef
+    params: FmdParams
+    label: int
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ProtectResponse(_message.Message):
+    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LINF_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_DISTORTION_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_LABEL_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_PREDICTION_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    image: _common_pb2.Image
+    linf: float
+    feature_distortion: float
+    authorized_label: int
+    authorized_prediction_after: int
+    request_id: str
+    error: _common_pb2.ItemError
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+
+class LabeledImage(_message.Message):
+    __slots__ = ("original", "protected", "label")
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    original: _common_pb2.Image
+    protected: _common_pb2.Image
+    label: int
+    def __init__(self, original: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., protected: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., label: _Optional[int] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("tenant_id", "images", "authorized_model", "unauthorized_models")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    UNAUTHORIZED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    images: _containers.RepeatedCompositeFieldContainer[LabeledImage]
+    authorized_model: _common_pb2.ModelRef
+    unauthorized_models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelRef]
+    def __init__(self, tenant_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[LabeledImage, _Mapping]]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., unauthorized_models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ...) -> None: ...
+
+class ModelAccuracy(_message.Message):
+    __slots__ = ("model", "accuracy_original", "accuracy_protected")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    accuracy_original: float
+    accuracy_protected: float
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., accuracy_original: _Optional[float] = ..., accuracy_protected: _Optional[float] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("authorized_accuracy_original", "authorized_accuracy_protected", "unauthorized", "mean_linf", "mean_psnr_db", "image_count")
+    AUTHORIZED_ACCURACY_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_ACCURACY_PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    UNAUTHORIZED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LINF_FIELD_NUMBER: _ClassVar[int]
+    MEAN_PSNR_DB_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    authorized_accuracy_original: float
+    authorized_accuracy_protected: float
+    unauthorized: _containers.RepeatedCompositeFieldContainer[ModelAccuracy]
+    mean_linf: float
+    mean_psnr_db: float
+    image_count: int
+    def __init__(self, authorized_accuracy_original: _Optional[float] = ..., authorized_accuracy_protected: _Optional[float] = ..., unauthorized: _Optional[_Iterable[_Union[ModelAccuracy, _Mapping]]] = ..., mean_linf: _Optional[float] = ..., mean_psnr_db: _Optional[float] = ..., image_count: _Optional[int] = ...) -> None: ...
