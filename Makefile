@@ -27,8 +27,11 @@ lint: setup ## ruff lint + format check, mypy on services/
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
+demo: setup ## set up, then start the local stack and call it over gRPC
+	.venv/bin/veil demo
+
 test: setup ## set up, then lint and run every test but the gpu ones
 	$(MAKE) --no-print-directory lint proto-check
 	$(PY) -m pytest
 
-.PHONY: help setup proto proto-check lint test
+.PHONY: help setup proto proto-check lint test demo

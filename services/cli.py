@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run the local stack, one process per service")
     up.add_argument("--services", default=",".join(SERVICES), help="comma-separated list")
 
+    sub.add_parser("demo", help="start the local stack, call it over gRPC, stop it")
+
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from services.demo import main as demo
+
+        return demo()
     if args.command == "serve":
         return _serve(args)
     return _up(args.services.split(","))
