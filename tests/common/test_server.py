@@ -246,3 +246,24 @@ def test_readiness_follows_the_apps_check(serve_app, channel_to):
     while status("readiness") != SERVING and time.monotonic() < deadline:
         time.sleep(0.05)
     assert status("") == SERVING
+
+
+def test_deadline_is_honoured_and_the_handler_cancelled(serve_app, channel_to):
+    slow = Slow("test", ImageLimits())
+    slow.delay = 5
+    running = serve_app(make_app(slow))
+    stub = diagnostics_pb2_grpc.DiagnosticsStub(channel_to(running))
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WhoAmI(diagnostics_pb2.WhoAmIRequest(), metadata=bearer(), timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 2
+    url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the server side records the cancelled handler
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        if 'grpc_code="DEADLINE_EXCEEDED",grpc_method="WhoAmI"' in text:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not record DEADLINE_EXCEEDED")
