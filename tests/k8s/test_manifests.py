@@ -1,0 +1,405 @@
+"""The kustomize overlays render, validate offline and keep the invariants a platform team
+relies on: gRPC health probes, shutdown timings, resources and security context, port names
+that line up across objects and with ``services.registry``, and metric names that exist.
+
+Rendering needs ``kubectl`` and the rule check ``promtool``; each is skipped when missing,
+except under ``CI=true`` where a missing tool fails the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.registry import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+OVERLAYS = ("local", "gpu")
+IDS = [f"{o}-overlay" for o in OVERLAYS]
+"""Test ids: a bare "gpu" id would match conftest's CUDA skip (it checks keywords)."""
+K8S_VERSION = "1.30"
+"""Oldest Kubernetes we support; kubernetes-validate ships its schemas."""
+CRD_GROUP = "monitoring.coreos.com/"
+CLIENT_ERROR_CODES = {
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+}
+ACCOUNTANT_METRICS = {"veil_accountant_spends_total", "veil_accountant_refusals_total"}
+"""Names services/accountant/metrics.py is to define (checked xfail until it lands)."""
+
+Obj = dict[str, Any]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required under CI=true but is not on PATH")
+        pytest.skip(f"{name} is not installed (needed to check the k8s manifests)")
+    return path
+
+
+_rendered: dict[str, list[Obj]] = {}
+
+
+def render(overlay: str) -> list[Obj]:
+    """``kubectl kustomize k8s/overlays/<overlay>`` as a list of objects (cached)."""
+    if overlay not in _rendered:
+        kubectl = _tool("kubectl")
+        out = subprocess.run(
+            [kubectl, "kustomize", str(K8S / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        _rendered[overlay] = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return _rendered[overlay]
+
+
+def of_kind(objs: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in of_kind(objs, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def config_env(objs: list[Obj], container: Obj) -> dict[str, str]:
+    """The container's environment: its ConfigMaps (envFrom) overlaid by literal ``env``."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]["name"]
+        env.update(one(objs, "ConfigMap", ref)["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def veil_deployments(objs: list[Obj]) -> list[tuple[str, Obj]]:
+    """(service, Deployment) for each Veil service rendered (name ``veil-<service>``)."""
+    return [
+        (d["metadata"]["name"].removeprefix("veil-"), d)
+        for d in of_kind(objs, "Deployment")
+        if d["metadata"]["name"].startswith("veil-")
+    ]
+
+
+def container_ports(deploy: Obj) -> dict[str, int]:
+    return {
+        p["name"]: p["containerPort"]
+        for c in deploy["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_overlay_renders(overlay: str) -> None:
+    objs = render(overlay)
+    assert of_kind(objs, "Deployment"), f"{overlay} renders no Deployment"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_builtin_objects_validate(overlay: str) -> None:
+    for obj in render(overlay):
+        if obj["apiVersion"].startswith(CRD_GROUP):
+            continue
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {err.message} at {err.path}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_crds_are_well_formed(overlay: str) -> None:
+    for obj in render(overlay):
+        if not obj["apiVersion"].startswith(CRD_GROUP):
+            continue
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        assert obj["kind"] in {"ServiceMonitor", "PrometheusRule"}, obj["kind"]
+        assert obj["metadata"]["name"]
+        spec = obj["spec"]
+        if obj["kind"] == "ServiceMonitor":
+            assert spec["selector"]["matchLabels"]
+            assert spec["endpoints"] and all("port" in e for e in spec["endpoints"])
+        else:
+            assert spec["groups"]
+            for group in spec["groups"]:
+                assert group["name"] and group["rules"]
+                for rule in group["rules"]:
+                    assert ("alert" in rule) != ("record" in rule), rule
+                    assert rule["expr"].strip()
+                    if "alert" in rule:
+                        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+                        assert rule["annotations"]["summary"]
+
+
+def test_local_overlay_has_no_crds() -> None:
+    assert not [o for o in render("local") if o["apiVersion"].startswith(CRD_GROUP)]
+
+
+def prometheus_rules() -> list[Obj]:
+    rules = of_kind(render("gpu"), "PrometheusRule")
+    assert rules, "the gpu overlay renders no PrometheusRule"
+    return rules
+
+
+def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = _tool("promtool")
+    for i, rule in enumerate(prometheus_rules()):
+        path = tmp_path / f"rules-{i}.yaml"
+        path.write_text(yaml.safe_dump(rule["spec"]))
+        out = subprocess.run(
+            [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_error_ratio_alert_ignores_client_errors() -> None:
+    exprs = [
+        r["expr"]
+        for pr in prometheus_rules()
+        for g in pr["spec"]["groups"]
+        for r in g["rules"]
+        if re.search(r'grpc_code!~"', r["expr"])
+    ]
+    assert exprs, "no rule excludes client error codes"
+    for expr in exprs:
+        excluded = set(re.search(r'grpc_code!~"([^"]*)"', expr).group(1).split("|"))
+        assert {"OK", *CLIENT_ERROR_CODES} <= excluded, expr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_probes_use_grpc_health_services(overlay: str) -> None:
+    objs = render(overlay)
+    deployments = veil_deployments(objs)
+    assert deployments
+    for service, deploy in deployments:
+        grpc_port = SERVICES[service].port
+        (container,) = deploy["spec"]["template"]["spec"]["containers"]
+        probes = {k: container[k]["grpc"] for k in ("livenessProbe", "readinessProbe")}
+        assert probes["livenessProbe"] == {"port": grpc_port, "service": "liveness"}
+        assert probes["readinessProbe"] == {"port": grpc_port, "service": "readiness"}
+        assert container["startupProbe"]["grpc"]["port"] == grpc_port
+        assert container_ports(deploy)["grpc"] == grpc_port
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_termination_grace_exceeds_drain_plus_shutdown_grace(overlay: str) -> None:
+    objs = render(overlay)
+    for service, deploy in veil_deployments(objs):
+        pod = deploy["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = config_env(objs, container)
+        prefix = f"VEIL_{service.upper()}_"
+        grace = float(env[prefix + "SHUTDOWN_GRACE_S"])
+        drain = float(env[prefix + "DRAIN_DELAY_S"])
+        assert drain > 0, "a drain delay lets endpoints drop the pod before RPCs are refused"
+        assert pod["terminationGracePeriodSeconds"] > grace + drain
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_settings_match_registry(overlay: str) -> None:
+    objs = render(overlay)
+    for service, deploy in veil_deployments(objs):
+        (container,) = deploy["spec"]["template"]["spec"]["containers"]
+        env = config_env(objs, container)
+        prefix = f"VEIL_{service.upper()}_"
+        entry = SERVICES[service]
+        assert container["command"] == ["veil", "serve", service]
+        assert env[prefix + "HOST"] == "0.0.0.0"
+        assert env[prefix + "METRICS_HOST"] == "0.0.0.0"
+        assert int(env[prefix + "PORT"]) == entry.port
+        assert int(env[prefix + "METRICS_PORT"]) == entry.metrics_port
+        assert container_ports(deploy) == {"grpc": entry.port, "metrics": entry.metrics_port}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert str(Path(env[prefix + "TOKENS_FILE"]).parent) in mounts
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_every_container_has_resources_and_locked_down_security(overlay: str) -> None:
+    for deploy in of_kind(render(overlay), "Deployment"):
+        pod = deploy["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
+        for c in pod["containers"]:
+            name = f"{deploy['metadata']['name']}/{c['name']}"
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][part]), name
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_service_accounts_mount_no_token(overlay: str) -> None:
+    for sa in of_kind(render(overlay), "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_port_names_line_up(overlay: str) -> None:
+    """Service, NetworkPolicy and ServiceMonitor name ports the Deployment has."""
+    objs = render(overlay)
+    for deploy in of_kind(objs, "Deployment"):
+        labels = deploy["spec"]["template"]["metadata"]["labels"]
+        ports = container_ports(deploy)
+        services = [s for s in of_kind(objs, "Service") if selects(s["spec"]["selector"], labels)]
+        assert len(services) == 1, deploy["metadata"]["name"]
+        (svc,) = services
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] == p["name"] and p["name"] in ports
+            assert p["port"] == ports[p["name"]]
+        grpc = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc["appProtocol"] == "kubernetes.io/h2c"
+        assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}
+
+        policies = [
+            n
+            for n in of_kind(objs, "NetworkPolicy")
+            if selects(n["spec"]["podSelector"]["matchLabels"], labels)
+        ]
+        assert len(policies) == 1, deploy["metadata"]["name"]
+        for rule in policies[0]["spec"]["ingress"]:
+            for p in rule["ports"]:
+                assert p["port"] in ports
+
+        svc_labels = svc["metadata"]["labels"]
+        for monitor in of_kind(objs, "ServiceMonitor"):
+            if selects(monitor["spec"]["selector"]["matchLabels"], svc_labels):
+                assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_network_policy_admits_clients_sanitizer_and_monitoring() -> None:
+    policy = one(render("gpu"), "NetworkPolicy", "veil-accountant")
+    by_port = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    grpc_from = [f["podSelector"]["matchLabels"] for f in by_port["grpc"]]
+    assert {"veil.dev/client": "true"} in grpc_from
+    assert {"app.kubernetes.io/name": "veil-sanitizer"} in grpc_from
+    assert by_port["metrics"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+def test_gpu_overlay_monitors_every_service() -> None:
+    objs = render("gpu")
+    monitored = {m["metadata"]["name"] for m in of_kind(objs, "ServiceMonitor")}
+    assert {d["metadata"]["name"] for d in of_kind(objs, "Deployment")} <= monitored
+
+
+def test_local_overlay_is_one_sqlite_replica() -> None:
+    objs = render("local")
+    deploy = one(objs, "Deployment", "veil-accountant")
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert not of_kind(objs, "HorizontalPodAutoscaler"), "SQLite allows one replica only"
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    (db,) = [e for e in container["env"] if e["name"] == "VEIL_ACCOUNTANT_DATABASE_URL"]
+    secret = one(objs, "Secret", db["valueFrom"]["secretKeyRef"]["name"])
+    url = base64.b64decode(secret["data"][db["valueFrom"]["secretKeyRef"]["key"]]).decode()
+    assert url.startswith("sqlite:////")
+    ledger_dir = str(Path(url.removeprefix("sqlite:///")).parent)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts[ledger_dir]]
+
+
+def test_gpu_overlay_is_postgres_autoscaled_with_triton_on_a_gpu() -> None:
+    objs = render("gpu")
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"veil"}
+    assert not of_kind(objs, "Secret"), "production secrets are created out of band"
+    hpa = one(objs, "HorizontalPodAutoscaler", "veil-accountant")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+    accountant = one(objs, "Deployment", "veil-accountant")
+    assert "replicas" not in accountant["spec"], "the HPA owns the replica count"
+    (container,) = accountant["spec"]["template"]["spec"]["containers"]
+    (db,) = [e for e in container["env"] if e["name"] == "VEIL_ACCOUNTANT_DATABASE_URL"]
+    assert db["valueFrom"]["secretKeyRef"] == {"name": "veil-accountant-db", "key": "url"}
+
+    triton = one(objs, "Deployment", "triton")
+    pod = triton["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--model-repository=/models" in server["args"]
+    assert container_ports(triton) == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert pod["nodeSelector"] and pod["tolerations"]
+    one(objs, "ServiceMonitor", "triton")
+
+
+def test_dashboard_is_a_labelled_configmap() -> None:
+    cm = one(render("gpu"), "ConfigMap", "veil-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    for text in cm["data"].values():
+        dashboard = json.loads(text)
+        exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+        for name in ("grpc_server_handled_total", "grpc_server_handling_seconds_bucket"):
+            assert name in exprs
+        assert "grpc_server_in_flight" in exprs
+        assert set(re.findall(r"veil_accountant_\w+", exprs)) >= ACCOUNTANT_METRICS
+
+
+def used_metric_names() -> set[str]:
+    """``veil_*`` and ``grpc_server_*`` names in the rules and dashboards, histogram suffixes
+    stripped (``_bucket``/``_sum``/``_count`` are series of one histogram)."""
+    objs = render("gpu")
+    texts = [
+        r["expr"] for pr in prometheus_rules() for g in pr["spec"]["groups"] for r in g["rules"]
+    ]
+    texts += [
+        v
+        for cm in of_kind(objs, "ConfigMap")
+        if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        for v in cm["data"].values()
+    ]
+    text = re.sub(r"\b\w+:[\w:]+", "", "\n".join(texts))  # recording rules: level:metric:op
+    names = set(re.findall(r"\b((?:veil|grpc_server)_[a-z0-9_]+)", text))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+def _defined_in(paths: list[Path], name: str) -> bool:
+    """prometheus_client adds ``_total`` to counters, so either spelling defines ``name``."""
+    spellings = {f'"{name}"', f'"{name.removesuffix("_total")}"'}
+    return any(s in p.read_text() for p in paths for s in spellings)
+
+
+def test_rpc_metric_names_exist_in_code() -> None:
+    metrics_py = [ROOT / "services" / "common" / "metrics.py"]
+    names = {n for n in used_metric_names() if not n.startswith("veil_accountant_")}
+    assert "grpc_server_handled_total" in names
+    missing = [n for n in sorted(names) if not _defined_in(metrics_py, n)]
+    assert not missing, f"not defined in services/common/metrics.py: {missing}"
+
+
+def test_accountant_metric_names_exist_in_code() -> None:
+    names = {n for n in used_metric_names() if n.startswith("veil_accountant_")}
+    assert names <= ACCOUNTANT_METRICS, f"unexpected accountant metrics: {names}"
+    sources = [p for p in (ROOT / "services").rglob("*.py") if "_proto" not in p.parts]
+    missing = [n for n in sorted(names) if not _defined_in(sources, n)]
+    if missing:
+        pytest.xfail(f"{missing} not in services/ yet (services/accountant/metrics.py pending)")
