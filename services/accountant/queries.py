@@ -1,0 +1,230 @@
+"""Read side of the ledger: remaining budget, history pages, verification, audit/replay.
+
+Mixed into :class:`services.accountant.ledger.Ledger`; kept apart so that the write path
+reads on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import Connection, func, select
+
+from services.accountant.accounting import Atom, Composition, atoms_of
+from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Scope
+from services.accountant.schema import budgets, event_budgets, events
+from services.accountant.store import load_budgets, row_to_budget
+from services.common.errors import InvalidArgument, PermissionDenied
+
+if TYPE_CHECKING:
+    from services.accountant.policy import Policy
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One committed event as the history shows it."""
+
+    spend_id: str
+    charge: Charge
+    committed_at: float
+    cost_epsilon: float
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of history; pass ``next_page_token`` back for the next ('' = last page)."""
+
+    events: tuple[EventRecord, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Running state vs a full recomputation from the event log."""
+
+    scope: Scope
+    ok: bool
+    event_count: int
+    max_abs_rdp_diff: float
+    atoms_equal: bool
+
+
+class LedgerQueries:
+    """Queries over the ledger's tables; every one is scoped to the caller's tenant."""
+
+    policy: Policy
+
+    if TYPE_CHECKING:
+
+        def _tx(self, *, readonly: bool = False) -> AbstractContextManager[Connection]: ...
+
+        def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus: ...
+
+        def _spend_in(
+            self,
+            conn: Connection,
+            charge: Charge,
+            *,
+            enforce: bool,
+            exclude: str | None,
+            spend_id: str | None = None,
+            committed_at: float | None = None,
+        ) -> Receipt: ...
+
+    def remaining(self, caller_tenant: str, scope: Scope) -> BudgetStatus:
+        """Committed figures of one budget, RDP and tight (reservations not included)."""
+        _own(caller_tenant, scope)
+        with self._tx(readonly=True) as conn:
+            row = load_budgets(conn, [scope], lock=False)[0]
+        return self.policy.status(row.budget, row.comp, row.version, want_tight=True)
+
+    def history(
+        self,
+        caller_tenant: str,
+        scope: Scope,
+        *,
+        page_size: int = 50,
+        page_token: str = "",
+        newest_first: bool = True,
+    ) -> HistoryPage:
+        """Events charged to ``scope``, newest first by default (commit order otherwise).
+
+        The token is opaque (base64 JSON of the last event id and the direction); a token
+        used with the other direction is InvalidArgument.
+        """
+        _own(caller_tenant, scope)
+        if not 1 <= page_size <= 1000:
+            raise InvalidArgument("page_size must be in [1, 1000]")
+        after = _decode_token(page_token, newest_first)
+        with self._tx(readonly=True) as conn:
+            bid = load_budgets(conn, [scope], lock=False)[0].id
+            q = (
+                select(events)
+                .join(event_budgets, event_budgets.c.event_id == events.c.id)
+                .where(event_budgets.c.budget_id == bid)
+                .limit(page_size + 1)
+            )
+            if after is not None:
+                q = q.where(events.c.id < after if newest_first else events.c.id > after)
+            q = q.order_by(events.c.id.desc() if newest_first else events.c.id)
+            rows = conn.execute(q).all()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        token = _encode_token(rows[-1].id, newest_first) if more else ""
+        return HistoryPage(tuple(_record(r) for r in rows), token)
+
+    def verify(self, caller_tenant: str, scope: Scope) -> VerifyReport:
+        """Recompute a budget's composition from its full event log and compare."""
+        _own(caller_tenant, scope)
+        with self._tx(readonly=True) as conn:
+            row = load_budgets(conn, [scope], lock=False)[0]
+            q = (
+                select(events.c.charge, func.count())
+                .join(event_budgets, event_budgets.c.event_id == events.c.id)
+                .where(event_budgets.c.budget_id == row.id)
+                .group_by(events.c.charge)
+            )
+            groups = conn.execute(q).all()
+        total: Counter[Atom] = Counter()
+        for text, n in groups:
+            for atom, k in atoms_of(Charge.from_json(json.loads(text))).items():
+                total[atom] += k * n
+        fresh = Composition().add(total)
+        diff = float(np.max(np.abs(fresh.rdp - row.comp.rdp))) if len(fresh.rdp) else 0.0
+        close = bool(np.allclose(fresh.rdp, row.comp.rdp, rtol=1e-7, atol=1e-9))
+        same = +total == +row.comp.atoms
+        return VerifyReport(scope, close and same, sum(n for _, n in groups), diff, same)
+
+    def export_audit(self, tenant_id: str | None = None) -> Iterator[str]:
+        """JSON lines: every budget, then every event in commit order (operator use).
+
+        ``replay`` of these lines into an empty ledger rebuilds the same state.
+        """
+        with self._tx(readonly=True) as conn:
+            q = select(budgets).order_by(budgets.c.id)
+            if tenant_id is not None:
+                q = q.where(budgets.c.tenant_id == tenant_id)
+            for r in conn.execute(q):
+                b = row_to_budget(r).budget
+                yield json.dumps(
+                    {
+                        "type": "budget",
+                        "scope": b.scope.to_json(),
+                        "epsilon": b.epsilon,
+                        "delta": b.delta,
+                    }
+                )
+            eq = select(events).order_by(events.c.id)
+            if tenant_id is not None:
+                eq = eq.where(events.c.tenant_id == tenant_id)
+            for e in conn.execution_options(yield_per=1000).execute(eq):
+                yield json.dumps(
+                    {
+                        "type": "event",
+                        "spend_id": e.spend_id,
+                        "committed_at": e.committed_at,
+                        "charge": json.loads(e.charge),
+                    }
+                )
+
+    def replay(self, lines: Iterable[str]) -> int:
+        """Load an audit export into this (empty) ledger; returns the number of events.
+
+        Events are applied without enforcement (they were accepted once; a limit lowered
+        later must not drop history) but keep their spend ids and commit times.
+        """
+        n = 0
+        for line in lines:
+            item = json.loads(line)
+            if item["type"] == "budget":
+                b = Budget(Scope.from_json(item["scope"]), item["epsilon"], item["delta"])
+                self.put_budget(b.scope.tenant_id, b)
+            elif item["type"] == "event":
+                charge = Charge.from_json(item["charge"])
+                with self._tx() as conn:
+                    self._spend_in(
+                        conn,
+                        charge,
+                        enforce=False,
+                        exclude=None,
+                        spend_id=item["spend_id"],
+                        committed_at=item["committed_at"],
+                    )
+                n += 1
+        return n
+
+
+def _own(caller_tenant: str, scope: Scope) -> None:
+    if caller_tenant != scope.tenant_id:
+        raise PermissionDenied("scope belongs to another tenant")
+
+
+def _record(row: Any) -> EventRecord:
+    charge = Charge.from_json(json.loads(row.charge))
+    return EventRecord(row.spend_id, charge, row.committed_at, row.cost_epsilon)
+
+
+def _encode_token(last_id: int, newest_first: bool) -> str:
+    raw = json.dumps({"after": last_id, "desc": newest_first}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(token: str, newest_first: bool) -> int | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after, desc = int(data["after"]), bool(data["desc"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("malformed page_token") from exc
+    if desc != newest_first:
+        raise InvalidArgument("page_token was issued for the other order")
+    return after
