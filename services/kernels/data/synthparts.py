@@ -190,9 +190,9 @@ def glasses(img, g: Grid, u, worn, shift) -> None:
     on = _c(worn)
     for side in (-1.0, 1.0):
         cx = _c(side * 0.2 + shift)
-        outer = ellipse(g, cx, -0.04, F(0.145), F(0.105))
-        inner = ellipse(g, cx, -0.04, F(0.12), F(0.08))
-        shade(img, inner * on, 0.85)
+        outer = ellipse(g, cx, -0.04, F(0.15), F(0.11))
+        inner = ellipse(g, cx, -0.04, F(0.115), F(0.075))
+        shade(img, inner * on, _c(0.55 + 0.3 * u[:, 39]))
         paint(img, (outer - inner) * on, colour)
     paint(img, band(g, _c(shift), F(0.06), F(-0.07), F(-0.045)) * on, colour)
 
