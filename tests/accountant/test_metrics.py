@@ -1,0 +1,32 @@
+"""Metrics land on the registry passed in, with bounded labels."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry
+
+from services.accountant.events import Budget, Charge, Gaussian, Scope
+from services.accountant.ledger import Ledger
+from services.accountant.metrics import AccountantMetrics
+from services.common.errors import BudgetExhausted
+
+
+def test_spend_and_refusal_metrics(tmp_path: object) -> None:
+    registry = CollectorRegistry()
+    metrics = AccountantMetrics(registry, low_cardinality_datasets=["faces"])
+    led = Ledger(f"sqlite:///{tmp_path}/m.sqlite", metrics=metrics)
+    led.create_schema()
+    for scope in (Scope("t"), Scope("t", "faces"), Scope("t", "misc")):
+        led.put_budget("t", Budget(scope, 3.0, 1e-5))
+    led.spend("t", Charge(Gaussian(5.0), "t", "faces", "k1"))
+    led.spend("t", Charge(Gaussian(5.0), "t", "misc", "k2"))
+    with contextlib.suppress(BudgetExhausted):
+        led.spend("t", Charge(Gaussian(0.1), "t", "misc", "k3"))
+    get = registry.get_sample_value
+    assert get("veil_accountant_spends_total", {"kind": "spend"}) == 2
+    assert get("veil_accountant_refusals_total", {"reason": "budget_exhausted"}) == 1
+    assert get("veil_accountant_dataset_epsilon_spent_epsilon", {"dataset": "faces"}) > 0
+    assert get("veil_accountant_dataset_epsilon_spent_epsilon", {"dataset": "other"}) > 0
+    assert get("veil_accountant_spend_duration_seconds_count") == 2
+    led.close()
