@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("demo", help="start the local stack, call it over gRPC, stop it")
 
+    triton = sub.add_parser("triton", help="run tritonserver on the model repository")
+    triton.add_argument("--model-repository", help="model repository (default triton_models/)")
+    triton.add_argument("--host", help="bind address of all three endpoints")
+    for name in ("grpc", "http", "metrics"):
+        triton.add_argument(f"--{name}-port", type=int, help=f"{name} port (0 = free port)")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from services.demo import main as demo
@@ -38,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo()
     if args.command == "serve":
         return _serve(args)
+    if args.command == "triton":
+        return _triton(args)
     return _up(args.services.split(","))
 
 
@@ -57,6 +65,17 @@ def _serve(args: argparse.Namespace) -> int:
     server = VeilServer(entry.build(settings))
     asyncio.run(server.run())
     return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    """Run tritonserver until SIGTERM/SIGINT (exit 0) or until it dies or fails to start (1)."""
+    from services.common.triton import TritonServer, serve_forever
+    from services.common.triton_settings import TritonSettings
+
+    keys = ("model_repository", "host", "grpc_port", "http_port", "metrics_port")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve_forever(TritonServer(TritonSettings(**overrides)))
 
 
 def _up(names: list[str]) -> int:
