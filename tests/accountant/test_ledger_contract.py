@@ -162,9 +162,9 @@ def test_running_state_after_many_mixed_events(make_ledger: Callable[..., Ledger
     led = make_ledger()
     for scope in (TENANT, DATASET, SUBJECT):
         led.put_budget(T, Budget(scope, 1e6, 1e-5))
-    spend_mixed(led, 200)
+    spend_mixed(led, 100)
     assert all(led.verify(T, scope).ok for scope in (TENANT, DATASET, SUBJECT))
-    assert led.verify(T, DATASET).event_count == 200
+    assert led.verify(T, DATASET).event_count == 100
 
 
 def test_audit_export_replays_to_same_state(

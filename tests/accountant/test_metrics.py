@@ -9,13 +9,16 @@ from prometheus_client import CollectorRegistry
 from services.accountant.events import Budget, Charge, Gaussian, Scope
 from services.accountant.ledger import Ledger
 from services.accountant.metrics import AccountantMetrics
+from services.accountant.policy import Policy
 from services.common.errors import BudgetExhausted
 
 
 def test_spend_and_refusal_metrics(tmp_path: object) -> None:
     registry = CollectorRegistry()
     metrics = AccountantMetrics(registry, low_cardinality_datasets=["faces"])
-    led = Ledger(f"sqlite:///{tmp_path}/m.sqlite", metrics=metrics)
+    led = Ledger(
+        f"sqlite:///{tmp_path}/m.sqlite", metrics=metrics, policy=Policy(enforce_with="rdp")
+    )
     led.create_schema()
     for scope in (Scope("t"), Scope("t", "faces"), Scope("t", "misc")):
         led.put_budget("t", Budget(scope, 3.0, 1e-5))
