@@ -326,18 +326,19 @@ def serve_forever(server: TritonServer) -> int:
 
     For ``veil triton``: call from the main thread (it installs signal handlers).
     """
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
         log.info("signal %d: stopping tritonserver", signum)
         stop.set()
-        if not server.is_ready(timeout=0.2):
-            raise _StopRequested
+        if not started.is_set():
+            raise _StopRequested  # interrupts start(), which stops the child on its way out
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             server.start()
+            started.set()
         except _StopRequested:
             return 0
         except TritonStartError as exc:

@@ -132,6 +132,27 @@ def test_broken_model_fails_start_and_leaves_nothing(tmp_path: Path) -> None:
     assert processes_mentioning(str(repository)) == []
 
 
+def test_explicit_mode_loads_only_the_listed_models(tmp_path: Path) -> None:
+    repository = broken_repository(tmp_path / "models")
+    settings = free_port_settings(
+        repository, model_control_mode="explicit", load_models=["add_sub"]
+    )
+    with TritonServer(settings) as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
+        assert c.is_model_ready("add_sub")
+        assert not c.is_model_ready("broken")
+    assert processes_mentioning(str(repository)) == []
+
+
+def test_cli_exits_nonzero_when_the_server_cannot_start(tmp_path: Path) -> None:
+    repository = broken_repository(tmp_path / "models")
+    command = [sys.executable, "-m", "services.cli", "triton", "--model-repository"]
+    command += [str(repository), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 1
+    assert BROKEN_ERROR in done.stderr
+    assert processes_mentioning(str(repository)) == []
+
+
 def test_cli_starts_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     repository = add_sub_repository(tmp_path / "models")
     http_port = free_port()
