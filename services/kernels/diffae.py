@@ -1,0 +1,228 @@
+"""Diffusion autoencoder (Preechakul et al., "Diffusion Autoencoders", CVPR 2022).
+
+A semantic encoder maps an image x to a code z ∈ R^d; a conditional DDIM decoder (a
+diffusers ``UNet2DModel`` whose time embedding is shifted by a projection of z, through
+``class_embed_type="identity"``) maps (z, x_T) back to an image. Trained with the
+ε-prediction loss of DDPM (Ho et al. 2020, eq. 14) on ``DDPMScheduler`` noise; sampled
+with deterministic DDIM (Song et al. 2021, eq. 12 with η = 0), so :meth:`DiffAE.decode`
+is a pure function of (z, x_T, steps). The weighted DP mechanism edits z and decodes
+with a fresh x_T (DESIGN.md); :meth:`DiffAE.stochastic_encode` (DDIM inversion) exists
+only to measure reconstruction.
+
+Everything is resolution-agnostic: resolution and widths live in :class:`DiffAEConfig`,
+which is saved next to the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, cast
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from torch import nn
+from torch.nn import functional as F
+
+from services.kernels.checks import (
+    KernelInputError,
+    check_codes,
+    check_images,
+    check_noise,
+    check_steps,
+)
+
+
+@dataclass(frozen=True)
+class DiffAEConfig:
+    """Shape of a diffusion autoencoder; saved with its weights (``manifest.json``)."""
+
+    resolution: int = 32
+    z_dim: int = 64
+    encoder_channels: tuple[int, ...] = (32, 64, 128, 128)
+    """One residual stage per entry; every stage after the first halves the resolution."""
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = True
+    """Self-attention in the lowest-resolution UNet stage."""
+    norm_groups: int = 8
+    train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+
+    def __post_init__(self) -> None:
+        stages = len(self.unet_channels) - 1
+        if self.resolution % (2**stages) or self.resolution < 8:
+            raise KernelInputError(
+                f"resolution {self.resolution} must be >= 8 and divisible by 2**{stages}"
+            )
+        widths = (*self.encoder_channels, *self.unet_channels)
+        if any(c % self.norm_groups for c in widths):
+            raise KernelInputError(f"every channel width must be divisible by {self.norm_groups}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffAEConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**cast(dict[str, Any], values))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, twice, with a (1×1 when widths differ) skip."""
+
+    def __init__(self, cin: int, cout: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class SemanticEncoder(nn.Module):
+    """Image → z: residual stages at full resolution first (small features such as the
+    mouth survive), stride-2 downsampling between stages, global average pooling, a linear
+    layer, and LayerNorm so that every code has the same scale (probe bounds stay stable).
+    """
+
+    def __init__(self, config: DiffAEConfig) -> None:
+        super().__init__()
+        chans, groups = config.encoder_channels, config.norm_groups
+        layers: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1)]
+        for i, width in enumerate(chans):
+            previous = chans[max(i - 1, 0)]
+            if i > 0:
+                layers.append(nn.Conv2d(previous, previous, 3, stride=2, padding=1))
+            layers.append(ResBlock(previous, width, groups))
+        layers += [nn.GroupNorm(groups, chans[-1]), nn.SiLU(), nn.AdaptiveAvgPool2d(1)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], config.z_dim)
+        self.norm = nn.LayerNorm(config.z_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.head(self.body(x).flatten(1)))
+
+
+class DiffAE(nn.Module):
+    """Semantic encoder + z-conditioned DDIM UNet decoder."""
+
+    def __init__(self, config: DiffAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = SemanticEncoder(config)
+        chans = config.unet_channels
+        down = ["DownBlock2D"] * len(chans)
+        up = ["UpBlock2D"] * len(chans)
+        if config.attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        unet: Any = UNet2DModel(
+            sample_size=config.resolution,
+            block_out_channels=tuple(chans),
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_groups,
+            attention_head_dim=chans[-1],
+            add_attention=config.attention,
+            class_embed_type="identity",
+        )
+        self.unet = cast(nn.Module, unet)
+        self.cond = nn.Linear(config.z_dim, chans[0] * 4)
+        """z → the UNet's time-embedding width; added to the time embedding."""
+
+    # -- schedulers (rebuilt on demand: they hold no learned state) -----------------------
+
+    def train_scheduler(self) -> Any:
+        """DDPM noise schedule (diffusers schedulers are untyped: ``Any``)."""
+        return DDPMScheduler(
+            num_train_timesteps=self.config.train_timesteps,
+            beta_schedule=self.config.beta_schedule,
+        )
+
+    def sample_scheduler(self, steps: int) -> Any:
+        """DDIM with "trailing" spacing: the first step starts at the last training
+        timestep, where x_T ~ N(0, I) is the right input even with few steps."""
+        scheduler: Any = DDIMScheduler(
+            num_train_timesteps=self.config.train_timesteps,
+            beta_schedule=self.config.beta_schedule,
+            timestep_spacing="trailing",
+            clip_sample=False,
+        )
+        scheduler.set_timesteps(check_steps(steps, self.config.train_timesteps))
+        return scheduler
+
+    # -- the network ---------------------------------------------------------------------
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ε_θ(x_t, t, z)."""
+        out: torch.Tensor = self.unet(x_t, t, class_labels=self.cond(z)).sample
+        return out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, R, R) in [-1, 1] → codes (B, z_dim)."""
+        return self.encoder(check_images(x, self.config.resolution))
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """ε-prediction MSE at a uniform random timestep, encoder trained end to end."""
+        scheduler = self.train_scheduler()
+        batch = x.shape[0]
+        t = torch.randint(0, self.config.train_timesteps, (batch,), generator=generator)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        x_t = scheduler.add_noise(x, noise, t)
+        return F.mse_loss(self.eps(x_t, t, self.encoder(x)), noise)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, x_T: torch.Tensor, steps: int = 20) -> torch.Tensor:
+        """Deterministic DDIM (η = 0) from x_T conditioned on z → images in [-1, 1].
+
+        A pure function of (z, x_T, steps, weights): no random numbers are drawn.
+        """
+        z = check_codes(z, self.config.z_dim)
+        x = check_noise(x_T, self.config.resolution, z.shape[0])
+        scheduler = self.sample_scheduler(steps)
+        for t in scheduler.timesteps:
+            eps = self.eps(x, t.expand(x.shape[0]), z)
+            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        return x.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def stochastic_encode(self, x: torch.Tensor, z: torch.Tensor, steps: int = 20) -> torch.Tensor:
+        """DDIM inversion: the x_T from which :meth:`decode` (same z, steps) returns ≈ x.
+
+        Runs the η = 0 update backwards along the same timesteps (ε evaluated at the
+        current point, the usual approximation). For reconstruction metrics only: the
+        inverted x_T carries the attributes, so the mechanism never uses it.
+        """
+        x = check_images(x, self.config.resolution)
+        z = check_codes(z, self.config.z_dim)
+        if z.shape[0] != x.shape[0]:
+            raise KernelInputError(f"z: expected {x.shape[0]} codes; got {z.shape[0]}")
+        scheduler = self.sample_scheduler(steps)
+        alphas = scheduler.alphas_cumprod
+        alpha_from = torch.tensor(1.0)
+        for t in scheduler.timesteps.flip(0):
+            alpha_to = alphas[t]
+            eps = self.eps(x, t.expand(x.shape[0]), z)
+            x0 = (x - (1 - alpha_from).sqrt() * eps) / alpha_from.sqrt()
+            x = alpha_to.sqrt() * x0 + (1 - alpha_to).sqrt() * eps
+            alpha_from = alpha_to
+        return x
+
+    def reconstruct(
+        self, x: torch.Tensor, steps: int = 20, x_T: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """encode → decode; ``x_T`` defaults to the inverted noise of ``x``."""
+        with torch.no_grad():
+            z = self.encode(x)
+        noise = self.stochastic_encode(x, z, steps) if x_T is None else x_T
+        return self.decode(z, noise, steps)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

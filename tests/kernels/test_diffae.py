@@ -1,0 +1,105 @@
+"""Diffusion autoencoder: shapes, deterministic decoding, inversion, typed input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.errors import InvalidArgument
+from services.kernels.checks import KernelInputError
+from services.kernels.diffae import DiffAE, DiffAEConfig
+
+TINY = DiffAEConfig(
+    resolution=16,
+    z_dim=8,
+    encoder_channels=(8, 16),
+    unet_channels=(8, 16),
+    norm_groups=4,
+    train_timesteps=100,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffAE:
+    torch.manual_seed(0)
+    return DiffAE(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_encode_and_decode_shapes(model: DiffAE, images: torch.Tensor) -> None:
+    z = model.encode(images)
+    assert z.shape == (3, 8)
+    out = model.decode(z, torch.randn(3, 3, 16, 16), steps=3)
+    assert out.shape == (3, 3, 16, 16)
+    assert float(out.abs().max()) <= 1.0
+
+
+def test_decode_is_a_pure_function_of_z_noise_and_steps(
+    model: DiffAE, images: torch.Tensor
+) -> None:
+    z = model.encode(images)
+    x_t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(123)
+    first = model.decode(z, x_t, steps=4)
+    torch.manual_seed(456)  # the global RNG must not matter
+    assert torch.equal(model.decode(z, x_t, steps=4), first)
+    other = model.decode(z, torch.randn(3, 3, 16, 16), steps=4)
+    assert not torch.allclose(other, first)
+    assert not torch.allclose(model.decode(z, x_t, steps=2), first)
+
+
+def test_stochastic_encode_inverts_to_noise_of_the_right_shape(
+    model: DiffAE, images: torch.Tensor
+) -> None:
+    z = model.encode(images)
+    x_t = model.stochastic_encode(images, z, steps=4)
+    assert x_t.shape == images.shape and bool(torch.isfinite(x_t).all())
+    assert model.reconstruct(images, steps=4).shape == images.shape
+
+
+def test_loss_is_reproducible_with_a_generator(model: DiffAE, images: torch.Tensor) -> None:
+    a = model.loss(images, torch.Generator().manual_seed(5))
+    b = model.loss(images, torch.Generator().manual_seed(5))
+    assert a.ndim == 0 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (np.zeros((16, 16, 3), dtype=np.uint8), "ndarray"),
+        (torch.zeros(16, 16, 3, dtype=torch.uint8), "uint8"),
+        (torch.zeros(1, 16, 16, 3), "(1, 16, 16, 3)"),
+        (torch.zeros(1, 3, 32, 32), "(B, 3, 16, 16)"),
+        (torch.full((1, 3, 16, 16), 255.0), "values in [255, 255]"),
+        (torch.full((1, 3, 16, 16), float("nan")), "NaN"),
+    ],
+)
+def test_bad_images_are_refused_naming_the_expected_form(
+    model: DiffAE, bad: object, needle: str
+) -> None:
+    with pytest.raises(KernelInputError) as info:
+        model.encode(bad)  # type: ignore[arg-type]
+    assert "float tensor (B, 3, 16, 16) in [-1, 1]" in info.value.message
+    assert needle in info.value.message
+    assert isinstance(info.value, InvalidArgument)
+
+
+def test_bad_codes_noise_and_steps_are_refused(model: DiffAE) -> None:
+    noise = torch.randn(2, 3, 16, 16)
+    with pytest.raises(KernelInputError, match=r"\(B, 8\)"):
+        model.decode(torch.zeros(2, 9), noise, steps=2)
+    with pytest.raises(KernelInputError, match=r"\(2, 3, 16, 16\)"):
+        model.decode(torch.zeros(2, 8), torch.randn(3, 3, 16, 16), steps=2)
+    with pytest.raises(KernelInputError, match="steps"):
+        model.decode(torch.zeros(2, 8), noise, steps=0)
+
+
+def test_config_round_trips_and_refuses_bad_resolution() -> None:
+    assert DiffAEConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(KernelInputError, match="divisible"):
+        DiffAEConfig(resolution=18, unet_channels=(8, 16, 16), norm_groups=4)

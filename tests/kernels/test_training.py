@@ -1,0 +1,126 @@
+"""Training: EMA update, exact resume, and `veil train` / `veil models` end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from services.kernels.diffae import DiffAEConfig
+from services.kernels.store import ModelStore
+from services.kernels.train_cli import add_models_parser, add_train_parser
+from services.kernels.training import EMA, TrainConfig, Trainer
+from services.kernels.training.data import load_table
+from services.kernels.training.diffae import train_diffae
+
+DATA = "synthfaces://?n=64&seed=0"
+TINY_ARGS = [
+    "--resolution", "16", "--steps", "3", "--batch-size", "4", "--threads", "1",
+    "--no-progress", "--checkpoint-every", "2",
+]  # fmt: skip
+
+
+def test_ema_moves_toward_the_weights() -> None:
+    model = nn.Linear(2, 1)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.model.weight.fill_(0.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.5))
+    assert not ema.model.weight.requires_grad
+
+
+def _toy_trainer(tmp: Path, steps: int) -> Trainer:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    data = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+
+    def step_loss(net: nn.Module, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        noisy = data[idx] + 0.1 * torch.randn(len(idx), 4, generator=gen)
+        return net(noisy).square().mean()
+
+    config = TrainConfig(steps=steps, batch_size=8, lr=1e-2, seed=7, threads=1, progress=False,
+                         checkpoint_every=0)  # fmt: skip
+    return Trainer(model, step_loss, len(data), config, tmp, {"toy": 1})
+
+
+def test_resume_gives_the_same_weights_as_one_run(tmp_path: Path) -> None:
+    whole = _toy_trainer(tmp_path / "a", 10).run()
+    _toy_trainer(tmp_path / "b", 5).run()
+    resumed = _toy_trainer(tmp_path / "b", 10).run(resume=True)
+    assert resumed.resumed_from == 5 and resumed.steps == 10
+    for a, b in zip(
+        whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    for a, b in zip(
+        whole.ema.state_dict().values(), resumed.ema.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_diffae_resume_is_exact(tmp_path: Path) -> None:
+    table = load_table(DATA, 16, cache_dir=None)
+    cfg = DiffAEConfig(resolution=16, z_dim=8, encoder_channels=(8,), unet_channels=(8, 8),
+                       norm_groups=4, train_timesteps=50, attention=False)  # fmt: skip
+    run = TrainConfig(steps=4, batch_size=4, seed=1, threads=1, progress=False, checkpoint_every=2)
+    whole = train_diffae(table, cfg, run, tmp_path / "a")
+    short = TrainConfig(**{**run.to_dict(), "steps": 2})
+    train_diffae(table, cfg, short, tmp_path / "b")
+    resumed = train_diffae(table, cfg, run, tmp_path / "b", resume=True)
+    for a, b in zip(
+        whole.ema.state_dict().values(), resumed.ema.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="veil")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_models_parser(sub)
+    return parser.parse_args(argv)
+
+
+def _veil(argv: list[str]) -> int:
+    args = _parse(argv)
+    return int(args.handler(args))
+
+
+def test_veil_train_diffae_then_probes_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, ckpt = tmp_path / "store", tmp_path / "ckpt"
+    common = ["--out", str(store), "--data", DATA, "--cache-dir", str(tmp_path / "cache")]
+    tiny = ["--z-dim", "8", "--encoder-channels", "32", "--unet-channels", "32,32"]
+    argv = ["train", "diffae", *common, *TINY_ARGS, *tiny, "--checkpoint-dir", str(ckpt)]
+    assert _veil(argv) == 0
+    manifest = json.loads((store / "diffae" / "manifest.json").read_text())
+    assert manifest["kind"] == "diffae" and manifest["data"]["n"] == 61
+    assert (
+        manifest["command"].startswith("veil train diffae") and "--steps 3" in manifest["command"]
+    )
+    assert _veil(["train", "probes", "--out", str(store), "--data", "synthfaces://?n=64&seed=1",
+                  "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    probes = ModelStore(store).manifest("probes")
+    assert probes.config["attributes"][0] == "male" and "heldout_accuracy" in probes.metrics
+    assert _veil(["models", "verify", "--out", str(store)]) == 0
+    assert "diffae" in capsys.readouterr().out
+
+
+def test_veil_train_classifier_writes_a_store_entry(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    argv = ["train", "classifier", "--role", "attacker", "--attribute", "smiling", "--arch", "vgg",
+            "--width", "8", "--out", str(store), "--data", DATA, "--cache-dir", str(tmp_path),
+            "--checkpoint-dir", str(tmp_path / "ckpt"), *TINY_ARGS]  # fmt: skip
+    assert _veil(argv) == 0
+    manifest = ModelStore(store).manifest("attacker-smiling-vgg")
+    assert manifest.config["target"] == "smiling" and manifest.seed == 0
+    assert "held-out accuracy" in manifest.metrics
+    assert _veil(["models", "list", "--out", str(store)]) == 0
+    assert ModelStore(store).verify() == {"attacker-smiling-vgg": "ok"}
