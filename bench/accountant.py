@@ -65,7 +65,10 @@ def seed(led: Ledger, n: int) -> None:
         comp = Composition().add(Counter({a: c * n for a, c in atoms_of(charge("x")).items()}))
         conn.execute(
             update(budgets).values(
-                rdp=dumps(comp.rdp.tolist()), atoms=atoms_to_json(comp.atoms), version=n
+                rdp=dumps(comp.rdp.tolist()),
+                atoms=atoms_to_json(comp.atoms),
+                version=n,
+                event_count=n,
             )
         )
 

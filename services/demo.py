@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import grpc
 
+from services._proto.veil.v1 import accountant_pb2 as pb
 from services._proto.veil.v1 import common_pb2, diagnostics_pb2
 from services.client import VeilClient
 from services.common.imaging import encode_image
@@ -59,6 +61,48 @@ async def _talk() -> None:
             )
         except grpc.aio.AioRpcError as err:
             print(f"bad image       {err.code().name}: {err.details()}")
+        await _ledger(veil)
+
+
+async def _ledger(veil: VeilClient) -> None:
+    """Budgets for a tenant, a dataset and one data subject; spends until refused."""
+    run = uuid.uuid4().hex[:8]  # a fresh dataset per run: the demo ledger file persists
+    dataset = f"demo-faces-{run}"
+    for scope, epsilon in (
+        (pb.BudgetScope(), 1000.0),
+        (pb.BudgetScope(dataset_id=dataset), 50.0),
+        (pb.BudgetScope(dataset_id=dataset, subject_id="alice"), 8.0),
+    ):
+        await veil.accountant.PutBudget(
+            pb.PutBudgetRequest(budget=pb.Budget(scope=scope, epsilon=epsilon, delta=1e-5))
+        )
+    print(f"PutBudget       tenant 1000, dataset {dataset} 50, subject alice 8 (δ=1e-5)")
+    for i in range(1, 11):
+        charge = pb.Charge(
+            dataset_id=dataset,
+            subject_ids=["alice"],
+            event=pb.PrivacyEvent(gaussian=pb.GaussianMechanism(noise_multiplier=1.5)),
+            service="demo",
+            idempotency_key=f"{run}-release-{i}",
+        )
+        try:
+            receipt = await veil.accountant.Spend(pb.SpendRequest(charge=charge))
+        except grpc.aio.AioRpcError as err:
+            print(f"Spend #{i}        {err.code().name}: {err.details()}")
+            break
+        alice = receipt.after[-1]
+        spent = alice.epsilon_limit - alice.epsilon_remaining  # min(RDP, tight): both bound ε
+        print(
+            f"Spend #{i}        cost ε={receipt.cost.epsilon:.3f}; alice has spent ε={spent:.3f}"
+            f" of {alice.epsilon_limit:g}"
+        )
+    status = await veil.accountant.GetBudget(
+        pb.GetBudgetRequest(scope=pb.BudgetScope(dataset_id=dataset, subject_id="alice"))
+    )
+    print(
+        f"GetBudget       alice: {status.event_count} events, ε={status.epsilon_spent_rdp:.3f} "
+        f"(RDP) / {status.epsilon_spent_tight:.3f} ({status.tight_accountant.upper()})"
+    )
 
 
 def main() -> int:

@@ -47,6 +47,7 @@ def test_readme_grpc_example_runs_against_a_real_accountant(tmp_path):
             )
             assert out.returncode == 0, out.stderr
             assert "tenant=acme service=accountant" in out.stdout
+            assert "alice has ε=" in out.stdout
 
 
 @pytest.mark.slow
@@ -68,4 +69,5 @@ def test_demo_command(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "WhoAmI          tenant=demo service=accountant" in out.stdout
     assert "bad image       INVALID_ARGUMENT" in out.stdout
+    assert "RESOURCE_EXHAUSTED: charge exceeds the subject budget" in out.stdout
     assert "stack stopped (exit 0)" in out.stdout

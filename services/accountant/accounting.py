@@ -140,6 +140,11 @@ class Composition:
         return tuple(sorted(self.atoms.items(), key=repr))
 
 
+def charge_epsilon(charge: Charge, delta: float) -> float:
+    """The ε of one charge on its own at ``delta`` (RDP, opacus' conversion): its cost."""
+    return eps_from_rdp(Composition().add(atoms_of(charge)).rdp, delta)
+
+
 def _atom_pld(atom: Atom, count: int) -> PLD:
     """Pessimistic PLD of ``count`` compositions of one atom (as PLDAccountant builds it)."""
     kind, p = atom[0], float(atom[1])

@@ -1,15 +1,24 @@
-"""The accountant's server: its settings and the servicers it mounts."""
+"""The accountant's server: settings, the ledger's lifecycle, the servicers it mounts."""
 
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+import asyncio
+from pathlib import Path
 
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from services._proto.veil.v1 import accountant_pb2_grpc
+from services.accountant.ledger import Ledger
+from services.accountant.metrics import AccountantMetrics
+from services.accountant.servicer import AccountantServicer
+from services.accountant.settings import AccountantSettings
 from services.common.diagnostics import diagnostics_mount
-from services.common.server import ServiceApp
+from services.common.server import Mount, ServiceApp
 from services.common.settings import ServiceSettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, AccountantSettings):
     """Accountant server settings (environment prefix ``VEIL_ACCOUNTANT_``)."""
 
     model_config = SettingsConfigDict(env_prefix="VEIL_ACCOUNTANT_", extra="ignore")
@@ -18,9 +27,32 @@ class Settings(ServiceSettings):
 
 
 def build_app(settings: Settings) -> ServiceApp:
-    """The accountant's app; the ledger RPCs mount here once the ledger lands."""
-    return ServiceApp(
-        name="accountant",
-        settings=settings,
-        mounts=[diagnostics_mount("accountant", settings.image_limits)],
-    )
+    """The accountant: the ledger RPCs plus diagnostics; ready while the database answers."""
+    app = ServiceApp(name="accountant", settings=settings, mounts=[])
+    metrics = AccountantMetrics(app.registry, settings.low_cardinality_datasets)
+    ledger = Ledger.from_settings(settings, metrics=metrics)
+    app.mounts += [
+        Mount(
+            "veil.v1.Accountant",
+            AccountantServicer(ledger),
+            accountant_pb2_grpc.add_AccountantServicer_to_server,
+        ),
+        diagnostics_mount("accountant", settings.image_limits),
+    ]
+
+    async def start() -> None:
+        url = make_url(settings.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(ledger.create_schema)
+
+    async def ready() -> bool:
+        return await asyncio.to_thread(ledger.ping)
+
+    async def stop() -> None:
+        await asyncio.to_thread(ledger.close)
+
+    app.on_start.append(start)
+    app.on_stop.append(stop)
+    app.ready = ready
+    return app

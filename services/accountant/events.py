@@ -250,6 +250,10 @@ class BudgetStatus:
     epsilon_enforced: float
     version: int
     exceeds: bool = False
+    event_count: int = 0
+    """Events charged to the budget (projected statuses include the candidate charge)."""
+    epsilon_reserved: float = 0.0
+    """How much live reservations add to ``epsilon_enforced`` (queries only; else 0)."""
 
     @property
     def remaining_epsilon(self) -> float:

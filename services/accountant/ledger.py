@@ -18,12 +18,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from services.accountant.accounting import Atom, Composition, atoms_of, eps_from_rdp
+from services.accountant.accounting import Atom, Composition, atoms_of, charge_epsilon
 from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Reservation
 from services.accountant.metrics import AccountantMetrics
 from services.accountant.policy import Policy
@@ -88,9 +89,17 @@ class Ledger(LedgerQueries):
             max_lease_s=settings.max_lease_s,
         )
 
+    def _now(self) -> float:
+        return self._clock()
+
     def create_schema(self) -> None:
         """Create the tables if missing (idempotent)."""
         metadata.create_all(self._engine)
+
+    def ping(self) -> bool:
+        """True if the database answers (the server's readiness check)."""
+        with self._tx(readonly=True) as conn:  # a plain BEGIN: no write lock for a ping
+            return bool(conn.execute(text("SELECT 1")).scalar_one() == 1)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -122,9 +131,9 @@ class Ledger(LedgerQueries):
                         updated_at=self._clock(),
                     )
                 )
-                comp, version = rows[0].comp, rows[0].version + 1
+                comp, version, count = rows[0].comp, rows[0].version + 1, rows[0].event_count
             else:
-                comp, version = Composition(), 0
+                comp, version, count = Composition(), 0, 0
                 conn.execute(
                     insert(budgets).values(
                         tenant_id=t,
@@ -133,12 +142,13 @@ class Ledger(LedgerQueries):
                         epsilon=budget.epsilon,
                         delta=budget.delta,
                         version=0,
+                        event_count=0,
                         rdp=dumps(comp.rdp.tolist()),
                         atoms=atoms_to_json(comp.atoms),
                         updated_at=self._clock(),
                     )
                 )
-        return self.policy.status(budget, comp, version)
+        return replace(self.policy.status(budget, comp, version), event_count=count)
 
     @staticmethod
     def _exists(conn: Connection, t: str, d: str, s: str) -> bool:
@@ -271,7 +281,7 @@ class Ledger(LedgerQueries):
         else:
             statuses = self._project(rows, {}, atoms_of(charge), want_tight=False)
         atoms = atoms_of(charge)
-        cost = eps_from_rdp(Composition().add(atoms).rdp, min(r.budget.delta for r in rows))
+        cost = charge_epsilon(charge, min(r.budget.delta for r in rows))
         spend_id = spend_id or uuid.uuid4().hex
         event_id = conn.execute(
             insert(events)
@@ -297,6 +307,7 @@ class Ledger(LedgerQueries):
                     rdp=dumps(comp.rdp.tolist()),
                     atoms=atoms_to_json(comp.atoms),
                     version=r.version + 1,
+                    event_count=r.event_count + 1,
                     updated_at=now,
                 )
             )
@@ -339,9 +350,10 @@ class Ledger(LedgerQueries):
         for r in rows:
             extra = Counter(held.get(r.id, Counter()))
             extra.update(atoms)
-            out.append(
-                self.policy.status(r.budget, r.comp.add(extra), r.version, want_tight=want_tight)
+            status = self.policy.status(
+                r.budget, r.comp.add(extra), r.version, want_tight=want_tight
             )
+            out.append(replace(status, event_count=r.event_count + 1))
         return tuple(out)
 
     @staticmethod

@@ -12,16 +12,21 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Connection, func, select
 
-from services.accountant.accounting import Atom, Composition, atoms_of
+from services.accountant.accounting import Atom, Composition, atoms_of, charge_epsilon
 from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Scope
 from services.accountant.schema import budgets, event_budgets, events
-from services.accountant.store import load_budgets, row_to_budget
+from services.accountant.store import (
+    BudgetRow,
+    live_reservation_atoms,
+    load_budgets,
+    row_to_budget,
+)
 from services.common.errors import InvalidArgument, PermissionDenied
 
 if TYPE_CHECKING:
@@ -43,6 +48,16 @@ class HistoryPage:
     """A page of history; pass ``next_page_token`` back for the next ('' = last page)."""
 
     events: tuple[EventRecord, ...]
+    next_page_token: str
+    delta: float
+    """δ of the budget the page is about (the δ its events' costs are quoted at)."""
+
+
+@dataclass(frozen=True)
+class BudgetPage:
+    """A page of budget statuses; pass ``next_page_token`` back for the next ('' = last)."""
+
+    budgets: tuple[BudgetStatus, ...]
     next_page_token: str
 
 
@@ -66,6 +81,8 @@ class LedgerQueries:
 
         def _tx(self, *, readonly: bool = False) -> AbstractContextManager[Connection]: ...
 
+        def _now(self) -> float: ...
+
         def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus: ...
 
         def _spend_in(
@@ -80,11 +97,49 @@ class LedgerQueries:
         ) -> Receipt: ...
 
     def remaining(self, caller_tenant: str, scope: Scope) -> BudgetStatus:
-        """Committed figures of one budget, RDP and tight (reservations not included)."""
+        """Committed figures of one budget, RDP and tight; ``epsilon_reserved`` says how
+        much live reservations would add to the enforced figure."""
         _own(caller_tenant, scope)
         with self._tx(readonly=True) as conn:
             row = load_budgets(conn, [scope], lock=False)[0]
-        return self.policy.status(row.budget, row.comp, row.version, want_tight=True)
+            held = live_reservation_atoms(conn, scope.tenant_id, [row.id], self._now())
+        return self._status(row, held[row.id])
+
+    def list_budgets(
+        self,
+        caller_tenant: str,
+        tenant_id: str,
+        *,
+        dataset_id: str | None = None,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> BudgetPage:
+        """The tenant's budgets (optionally one dataset's and its subjects'), by creation."""
+        _own(caller_tenant, Scope(tenant_id))
+        _check_page_size(page_size)
+        after = _decode_token(page_token, newest_first=False)
+        q = select(budgets).where(budgets.c.tenant_id == tenant_id)
+        if dataset_id:
+            q = q.where(budgets.c.dataset_id == dataset_id)
+        if after is not None:
+            q = q.where(budgets.c.id > after)
+        with self._tx(readonly=True) as conn:
+            rows = [
+                row_to_budget(r)
+                for r in conn.execute(q.order_by(budgets.c.id).limit(page_size + 1))
+            ]
+            page = rows[:page_size]
+            held = live_reservation_atoms(conn, tenant_id, [r.id for r in page], self._now())
+        token = _encode_token(page[-1].id, False) if len(rows) > page_size else ""
+        return BudgetPage(tuple(self._status(r, held[r.id]) for r in page), token)
+
+    def _status(self, row: BudgetRow, held: Counter[Atom]) -> BudgetStatus:
+        status = self.policy.status(row.budget, row.comp, row.version, want_tight=True)
+        reserved = 0.0
+        if +held:
+            with_held = self.policy.status(row.budget, row.comp.add(held), row.version)
+            reserved = max(0.0, with_held.epsilon_enforced - status.epsilon_enforced)
+        return replace(status, event_count=row.event_count, epsilon_reserved=reserved)
 
     def history(
         self,
@@ -94,18 +149,21 @@ class LedgerQueries:
         page_size: int = 50,
         page_token: str = "",
         newest_first: bool = True,
+        since: float | None = None,
+        until: float | None = None,
     ) -> HistoryPage:
         """Events charged to ``scope``, newest first by default (commit order otherwise).
 
         The token is opaque (base64 JSON of the last event id and the direction); a token
-        used with the other direction is InvalidArgument.
+        used with the other direction is InvalidArgument. ``since`` (inclusive) and
+        ``until`` (exclusive) bound the commit time, in unix seconds.
         """
         _own(caller_tenant, scope)
-        if not 1 <= page_size <= 1000:
-            raise InvalidArgument("page_size must be in [1, 1000]")
+        _check_page_size(page_size)
         after = _decode_token(page_token, newest_first)
         with self._tx(readonly=True) as conn:
-            bid = load_budgets(conn, [scope], lock=False)[0].id
+            budget_row = load_budgets(conn, [scope], lock=False)[0]
+            bid = budget_row.id
             q = (
                 select(events)
                 .join(event_budgets, event_budgets.c.event_id == events.c.id)
@@ -114,12 +172,17 @@ class LedgerQueries:
             )
             if after is not None:
                 q = q.where(events.c.id < after if newest_first else events.c.id > after)
+            if since is not None:
+                q = q.where(events.c.committed_at >= since)
+            if until is not None:
+                q = q.where(events.c.committed_at < until)
             q = q.order_by(events.c.id.desc() if newest_first else events.c.id)
             rows = conn.execute(q).all()
         more = len(rows) > page_size
         rows = rows[:page_size]
         token = _encode_token(rows[-1].id, newest_first) if more else ""
-        return HistoryPage(tuple(_record(r) for r in rows), token)
+        delta = budget_row.budget.delta
+        return HistoryPage(tuple(_record(r, delta) for r in rows), token, delta)
 
     def verify(self, caller_tenant: str, scope: Scope) -> VerifyReport:
         """Recompute a budget's composition from its full event log and compare."""
@@ -141,7 +204,9 @@ class LedgerQueries:
         diff = float(np.max(np.abs(fresh.rdp - row.comp.rdp))) if len(fresh.rdp) else 0.0
         close = bool(np.allclose(fresh.rdp, row.comp.rdp, rtol=1e-7, atol=1e-9))
         same = +total == +row.comp.atoms
-        return VerifyReport(scope, close and same, sum(n for _, n in groups), diff, same)
+        count = sum(n for _, n in groups)
+        ok = close and same and count == row.event_count
+        return VerifyReport(scope, ok, count, diff, same)
 
     def export_audit(self, tenant_id: str | None = None) -> Iterator[str]:
         """JSON lines: every budget, then every event in commit order (operator use).
@@ -202,14 +267,21 @@ class LedgerQueries:
         return n
 
 
+def _check_page_size(page_size: int) -> None:
+    if not 1 <= page_size <= 1000:
+        raise InvalidArgument("page_size must be in [1, 1000]")
+
+
 def _own(caller_tenant: str, scope: Scope) -> None:
     if caller_tenant != scope.tenant_id:
         raise PermissionDenied("scope belongs to another tenant")
 
 
-def _record(row: Any) -> EventRecord:
+def _record(row: Any, delta: float) -> EventRecord:
+    """An event with its cost quoted at ``delta`` (the stored cost used the smallest δ of
+    the budgets it touched, which need not be this one)."""
     charge = Charge.from_json(json.loads(row.charge))
-    return EventRecord(row.spend_id, charge, row.committed_at, row.cost_epsilon)
+    return EventRecord(row.spend_id, charge, row.committed_at, charge_epsilon(charge, delta))
 
 
 def _encode_token(last_id: int, newest_first: bool) -> str:

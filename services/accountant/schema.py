@@ -2,7 +2,8 @@
 
 ``budgets`` holds each budget's limits plus its running composition (``rdp``: the RDP
 curve over :data:`~services.accountant.accounting.ORDERS`; ``atoms``: the multiset as a
-JSON list of ``[atom, count]``) and a ``version`` bumped on every change. ``events`` is
+JSON list of ``[atom, count]``), ``event_count`` (events charged to it, kept so that
+reading it never scans the log) and a ``version`` bumped on every change. ``events`` is
 append-only (never updated or deleted); ``event_budgets`` links an event to every budget it
 charged; ``reservations`` are leases on budget that count while ``status = 'live'`` and
 ``expires_at`` is in the future.
@@ -42,6 +43,7 @@ budgets = Table(
     Column("epsilon", Float, nullable=False),
     Column("delta", Float, nullable=False),
     Column("version", Integer, nullable=False, default=0),
+    Column("event_count", BigInteger, nullable=False, default=0),
     Column("rdp", Text, nullable=False),
     Column("atoms", Text, nullable=False),
     Column("updated_at", Float, nullable=False),

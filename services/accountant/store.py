@@ -25,6 +25,7 @@ class BudgetRow:
     budget: Budget
     version: int
     comp: Composition
+    event_count: int = 0
 
 
 def dumps(obj: Any) -> str:
@@ -48,7 +49,8 @@ def scope_key(scope: Scope) -> tuple[str, str, str]:
 def row_to_budget(row: Any) -> BudgetRow:
     scope = Scope(row.tenant_id, row.dataset_id or None, row.subject_id or None)
     comp = Composition(np.array(json.loads(row.rdp), dtype=float), atoms_from_json(row.atoms))
-    return BudgetRow(row.id, Budget(scope, row.epsilon, row.delta), row.version, comp)
+    budget = Budget(scope, row.epsilon, row.delta)
+    return BudgetRow(row.id, budget, row.version, comp, int(row.event_count))
 
 
 def load_budgets(conn: Connection, scopes: Iterable[Scope], *, lock: bool) -> list[BudgetRow]:

@@ -1,0 +1,178 @@
+"""``veil.v1.Accountant`` over gRPC: request → domain → ledger → response, nothing else.
+
+The ledger is synchronous (SQLAlchemy); every call runs in a worker thread so the event
+loop keeps serving health checks and other RPCs while a spend waits on a database lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+
+from services._proto.veil.v1 import accountant_pb2 as pb
+from services._proto.veil.v1 import accountant_pb2_grpc, common_pb2
+from services.accountant import converters as cv
+from services.accountant.accounting import charge_epsilon
+from services.accountant.events import BudgetStatus, Charge, Scope
+from services.accountant.ledger import Ledger
+from services.common.auth import require_tenant
+
+AUDIT_CHUNK_BYTES = 256 * 1024
+
+
+class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.tight = ledger.policy.tight
+
+    def _status(self, status: BudgetStatus) -> pb.BudgetStatus:
+        return cv.status_to_pb(status, self.tight)
+
+    def _cost(self, charge: Charge, statuses: tuple[BudgetStatus, ...]) -> common_pb2.PrivacyCost:
+        delta = min((s.delta for s in statuses), default=0.0)
+        if delta <= 0:  # a replayed receipt carries no statuses: quote at the tenant's δ
+            delta = self.ledger.remaining(charge.tenant_id, Scope(charge.tenant_id)).delta
+        return cv.cost_to_pb(charge_epsilon(charge, delta), delta)
+
+    async def PutBudget(self, request: pb.PutBudgetRequest, context) -> pb.BudgetStatus:
+        tenant = require_tenant(request.budget.scope.tenant_id)
+        budget = cv.budget_from_pb(request.budget, tenant)
+        return self._status(await asyncio.to_thread(self.ledger.put_budget, tenant, budget))
+
+    async def GetBudget(self, request: pb.GetBudgetRequest, context) -> pb.BudgetStatus:
+        tenant = require_tenant(request.scope.tenant_id)
+        scope = cv.scope_from_pb(request.scope, tenant)
+        return self._status(await asyncio.to_thread(self.ledger.remaining, tenant, scope))
+
+    async def ListBudgets(self, request: pb.ListBudgetsRequest, context):
+        tenant = require_tenant(request.tenant_id)
+        page = await asyncio.to_thread(
+            self.ledger.list_budgets,
+            tenant,
+            tenant,
+            dataset_id=request.dataset_id or None,
+            page_size=cv.page_size(request.page),
+            page_token=request.page.page_token,
+        )
+        return pb.ListBudgetsResponse(
+            budgets=[self._status(s) for s in page.budgets],
+            page={"next_page_token": page.next_page_token, "total_size": -1},
+        )
+
+    async def Check(self, request: pb.CheckRequest, context) -> pb.CheckResponse:
+        tenant = require_tenant(request.charge.tenant_id)
+        charge = cv.charge_from_pb(request.charge, tenant, key_required=False)
+        statuses = await asyncio.to_thread(self.ledger.check, tenant, charge)
+        exceeded = [s for s in statuses if s.exceeds]
+        return pb.CheckResponse(
+            allowed=not exceeded,
+            projected=[self._status(s) for s in statuses],
+            reason="; ".join(f"exceeds the {s.scope.kind} budget" for s in exceeded),
+            exceeded=[cv.scope_to_pb(s.scope) for s in exceeded],
+            cost=self._cost(charge, statuses),
+        )
+
+    async def Spend(self, request: pb.SpendRequest, context) -> pb.Receipt:
+        tenant = require_tenant(request.charge.tenant_id)
+        charge = cv.charge_from_pb(request.charge, tenant)
+        receipt = await asyncio.to_thread(self.ledger.spend, tenant, charge)
+        cost = await asyncio.to_thread(self._cost, receipt.charge, receipt.statuses)
+        return cv.receipt_to_pb(receipt, cost, self.tight)
+
+    async def Reserve(self, request: pb.ReserveRequest, context) -> pb.Reservation:
+        tenant = require_tenant(request.charge.tenant_id)
+        charge = cv.charge_from_pb(request.charge, tenant)
+        lease = cv.lease_seconds(request)
+        reservation = await asyncio.to_thread(self.ledger.reserve, tenant, charge, lease)
+        cost = self._cost(charge, reservation.statuses)
+        return cv.reservation_to_pb(reservation, cost, self.tight)
+
+    async def Commit(self, request: pb.CommitRequest, context) -> pb.Receipt:
+        tenant = require_tenant()
+        receipt = await asyncio.to_thread(self.ledger.commit, tenant, request.reservation_id)
+        cost = await asyncio.to_thread(self._cost, receipt.charge, receipt.statuses)
+        out = cv.receipt_to_pb(receipt, cost, self.tight)
+        out.reservation_id = request.reservation_id
+        return out
+
+    async def Release(self, request: pb.ReleaseReservationRequest, context):
+        tenant = require_tenant()
+        await asyncio.to_thread(self.ledger.release, tenant, request.reservation_id)
+        return pb.ReleaseReservationResponse(reservation_id=request.reservation_id, released=True)
+
+    async def ListEvents(self, request: pb.ListEventsRequest, context):
+        tenant = require_tenant(request.scope.tenant_id)
+        page = await asyncio.to_thread(
+            self.ledger.history,
+            tenant,
+            cv.scope_from_pb(request.scope, tenant),
+            page_size=cv.page_size(request.page),
+            page_token=request.page.page_token,
+            since=cv.optional_time(request, "since"),
+            until=cv.optional_time(request, "until"),
+        )
+        return pb.ListEventsResponse(
+            events=[cv.event_to_pb(e, page.delta) for e in page.events],
+            page={"next_page_token": page.next_page_token, "total_size": -1},
+        )
+
+    async def ExportAudit(
+        self, request: pb.ExportAuditRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AuditChunk]:
+        tenant = require_tenant(request.tenant_id)
+        since = cv.optional_time(request, "since")
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=_produce, args=(self._audit_chunks(tenant, since), chunks, stop), daemon=True
+        )
+        worker.start()
+        try:
+            while (item := await asyncio.to_thread(chunks.get)) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield pb.AuditChunk(jsonl=item)
+        finally:
+            stop.set()
+
+    def _audit_chunks(self, tenant: str, since: float | None) -> Iterator[bytes]:
+        """JSON lines grouped into chunks that never split a line."""
+        buffer: list[bytes] = []
+        size = 0
+        for line in self.ledger.export_audit(tenant):
+            if since is not None:
+                item = json.loads(line)
+                if item["type"] == "event" and item["committed_at"] < since:
+                    continue
+            data = line.encode() + b"\n"
+            if size + len(data) > AUDIT_CHUNK_BYTES and buffer:
+                yield b"".join(buffer)
+                buffer, size = [], 0
+            buffer.append(data)
+            size += len(data)
+        if buffer:
+            yield b"".join(buffer)
+
+
+def _produce(
+    source: Iterator[bytes], out: queue.Queue[bytes | BaseException | None], stop: threading.Event
+) -> None:
+    """Run ``source`` on one thread (it owns a DB connection); stop when the RPC ends."""
+    try:
+        for chunk in source:
+            while not stop.is_set():
+                try:
+                    out.put(chunk, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        out.put(None)
+    except BaseException as exc:  # handed to the RPC, which maps it to a status
+        out.put(exc)
