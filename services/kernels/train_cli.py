@@ -105,7 +105,16 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def command_line(args: argparse.Namespace) -> str:
     """The ``veil train`` command that reproduces ``args`` (recorded in the manifest)."""
-    skip = {"handler", "model_kind", "resume", "no_progress", "checkpoint_dir", "out", "cache_dir"}
+    skip = {
+        "handler",
+        "command",
+        "model_kind",
+        "resume",
+        "no_progress",
+        "checkpoint_dir",
+        "out",
+        "cache_dir",
+    }
     parts = ["veil", "train", args.model_kind]
     for key, value in sorted(vars(args).items()):
         if key in skip or value is None or value is False:

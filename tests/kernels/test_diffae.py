@@ -9,6 +9,7 @@ import torch
 from services.common.errors import InvalidArgument
 from services.kernels.checks import KernelInputError
 from services.kernels.diffae import DiffAE, DiffAEConfig
+from services.kernels.metrics import psnr, ssim
 
 TINY = DiffAEConfig(
     resolution=16,
@@ -103,3 +104,12 @@ def test_config_round_trips_and_refuses_bad_resolution() -> None:
     assert DiffAEConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(KernelInputError, match="divisible"):
         DiffAEConfig(resolution=18, unet_channels=(8, 16, 16), norm_groups=4)
+
+
+def test_psnr_and_ssim_rank_a_noisier_copy_lower(images: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(3)
+    slight = (images + 0.05 * torch.randn(images.shape, generator=gen)).clamp(-1, 1)
+    heavy = (images + 0.5 * torch.randn(images.shape, generator=gen)).clamp(-1, 1)
+    assert torch.allclose(ssim(images, images), torch.ones(3))
+    assert bool((ssim(images, slight) > ssim(images, heavy)).all())
+    assert bool((psnr(images, slight) > psnr(images, heavy)).all())

@@ -102,9 +102,9 @@ def test_veil_train_diffae_then_probes_end_to_end(
     assert _veil(argv) == 0
     manifest = json.loads((store / "diffae" / "manifest.json").read_text())
     assert manifest["kind"] == "diffae" and manifest["data"]["n"] == 61
-    assert (
-        manifest["command"].startswith("veil train diffae") and "--steps 3" in manifest["command"]
-    )
+    command = manifest["command"]
+    assert command.startswith("veil train diffae --batch-size 4") and "--steps 3" in command
+    assert "--command" not in command and "--resume" not in command
     assert _veil(["train", "probes", "--out", str(store), "--data", "synthfaces://?n=64&seed=1",
                   "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
     probes = ModelStore(store).manifest("probes")
