@@ -107,6 +107,12 @@ class Classifier(nn.Module):
         return out
 
 
+def _spatial_head(width: int) -> list[nn.Module]:
+    """Pool to 2×2 (not 1×1) before the linear layer: pose is where the features sit
+    inside the head, which a global average throws away."""
+    return [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, width), nn.ReLU()]
+
+
 class SmallResNet(Classifier):
     feature_layers = ("stem", "block1", "block2", "block3", "penultimate")
 
@@ -120,7 +126,7 @@ class SmallResNet(Classifier):
                 "block2": PreActBlock(w, 2 * w, 2),
                 "block3": PreActBlock(2 * w, 4 * w, 2),
                 "penultimate": nn.Sequential(
-                    nn.BatchNorm2d(4 * w), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+                    nn.BatchNorm2d(4 * w), nn.ReLU(), *_spatial_head(4 * w)
                 ),
             }
         )
@@ -148,9 +154,7 @@ class VGGNet(Classifier):
                 "block1": _vgg_block(3, w),
                 "block2": _vgg_block(w, 2 * w),
                 "block3": _vgg_block(2 * w, 4 * w),
-                "penultimate": nn.Sequential(
-                    nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * w, 4 * w), nn.ReLU()
-                ),
+                "penultimate": nn.Sequential(*_spatial_head(4 * w)),
             }
         )
         self.head = nn.Linear(4 * w, config.num_classes)

@@ -59,7 +59,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     kinds = train.add_subparsers(dest="model_kind", required=True)
 
     diffae = kinds.add_parser("diffae", help="the diffusion autoencoder")
-    _common(diffae, steps=20_000, batch=32, lr=2e-4, data=DEFAULT_DATA)
+    _common(diffae, steps=12_000, batch=32, lr=2e-4, data=DEFAULT_DATA)
     diffae.add_argument("--z-dim", type=int, default=64)
     diffae.add_argument("--encoder-channels", type=_ints, default=(32, 64, 128, 128))
     diffae.add_argument("--unet-channels", type=_ints, default=(32, 64, 64))
@@ -67,7 +67,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     diffae.set_defaults(handler=run_train_diffae)
 
     clf = kinds.add_parser("classifier", help="the task classifier or an attacker")
-    _common(clf, steps=2_000, batch=64, lr=1e-3, data=DEFAULT_DATA)
+    _common(clf, steps=1_000, batch=64, lr=1e-3, data=DEFAULT_DATA)
     clf.add_argument("--role", choices=("task", "attacker"), default="task")
     clf.add_argument("--attribute", help="what an attacker predicts (a sensitive attribute)")
     clf.add_argument("--arch", choices=ARCHITECTURES, default="resnet")
