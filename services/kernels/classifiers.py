@@ -21,8 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from services.kernels.checks import KernelInputError, check_images
-
-ARCHITECTURES = ("resnet", "vgg")
+from services.kernels.defaults import ARCHITECTURES
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
+from services.kernels.defaults import DEFAULT_DIFFAE, DEFAULT_PROBES
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.probes import ProbeSet
 from services.kernels.store import ModelStore
-
-DEFAULT_DIFFAE = "diffae"
-DEFAULT_PROBES = "probes"
 
 
 def load_diffae(name: str = DEFAULT_DIFFAE, store: ModelStore | None = None) -> DiffAE:

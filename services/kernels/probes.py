@@ -23,10 +23,8 @@ from torch.nn import functional as F
 
 from services.common.errors import FailedPrecondition
 from services.kernels.checks import KernelInputError, check_codes
+from services.kernels.defaults import DEFAULT_QUANTILE, DEFAULT_THRESHOLD
 
-DEFAULT_QUANTILE = 0.98
-DEFAULT_THRESHOLD = 0.8
-"""Held-out accuracy below which an attribute counts as not linearly readable from z."""
 MIN_INDEPENDENT = 1e-3
 """|R_aa| / ‖w_a‖ below this: probe a is (almost) a combination of the earlier ones."""
 

@@ -10,19 +10,23 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from services.kernels.defaults import (
+    ARCHITECTURES,
+    DEFAULT_CACHE,
+    DEFAULT_DIFFAE,
+    DEFAULT_PROBES,
+    DEFAULT_QUANTILE,
+    DEFAULT_THRESHOLD,
+)
 
-from services.kernels.classifiers import ARCHITECTURES, ClassifierConfig
-from services.kernels.diffae import DiffAE, DiffAEConfig
-from services.kernels.models import DEFAULT_DIFFAE, DEFAULT_PROBES, load_diffae
-from services.kernels.probes import DEFAULT_QUANTILE, DEFAULT_THRESHOLD, fit_probes, unreadable
-from services.kernels.store import ModelStore
-from services.kernels.training.classifier import train_classifier
-from services.kernels.training.data import DEFAULT_CACHE, ImageTable, load_table
-from services.kernels.training.diffae import train_diffae
-from services.kernels.training.loop import TrainConfig, TrainResult, format_table
+if TYPE_CHECKING:
+    import torch
+
+    from services.kernels.diffae import DiffAE
+    from services.kernels.training.data import ImageTable
+    from services.kernels.training.loop import TrainConfig, TrainResult
 
 DEFAULT_DATA = "synthfaces://?n=20000&seed=0"
 PROBE_DATA = "synthfaces://?n=5000&seed=1"
@@ -129,6 +133,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from services.kernels.training.loop import TrainConfig
+
     return TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -142,12 +148,19 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _data(args: argparse.Namespace) -> tuple[ImageTable, ImageTable]:
+    import torch
+
+    from services.kernels.training.data import load_table
+
     torch.set_num_threads(args.threads)
     print(f"loading {args.data} at {args.resolution}x{args.resolution} …", file=sys.stderr)
     return load_table(args.data, args.resolution, args.cache_dir).split(HOLDOUT)
 
 
 def _finish(args: argparse.Namespace, kind: str, result: TrainResult, config: dict, n: int) -> int:
+    from services.kernels.store import ModelStore
+    from services.kernels.training.loop import format_table
+
     store = ModelStore(args.out)
     manifest = store.save(
         args.name,
@@ -169,6 +182,9 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
 
 
 def run_train_diffae(args: argparse.Namespace) -> int:
+    from services.kernels.diffae import DiffAEConfig
+    from services.kernels.training.diffae import train_diffae
+
     args.name = args.name or DEFAULT_DIFFAE
     config = DiffAEConfig(
         resolution=args.resolution,
@@ -185,6 +201,9 @@ def run_train_diffae(args: argparse.Namespace) -> int:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
+    from services.kernels.classifiers import ClassifierConfig
+    from services.kernels.training.classifier import train_classifier
+
     if args.role == "attacker" and not args.attribute:
         print("veil train classifier: --role attacker needs --attribute", file=sys.stderr)
         return 2
@@ -216,6 +235,8 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 def encode_table(model: DiffAE, table: ImageTable, batch: int = 256) -> torch.Tensor:
     """Codes of every image of ``table`` (N, z_dim)."""
+    import torch
+
     codes = []
     with torch.no_grad():
         for start in range(0, len(table), batch):
@@ -226,6 +247,14 @@ def encode_table(model: DiffAE, table: ImageTable, batch: int = 256) -> torch.Te
 
 
 def run_train_probes(args: argparse.Namespace) -> int:
+    import torch
+
+    from services.kernels.models import load_diffae
+    from services.kernels.probes import fit_probes, unreadable
+    from services.kernels.store import ModelStore
+    from services.kernels.training.data import load_table
+    from services.kernels.training.loop import format_table
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     store = ModelStore(args.out)
@@ -279,6 +308,8 @@ def _probes_command(args: argparse.Namespace) -> str:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
+    from services.kernels.store import ModelStore
+
     store = ModelStore(args.out)
     manifests = store.list()
     if not manifests:
@@ -289,6 +320,8 @@ def run_models_list(args: argparse.Namespace) -> int:
 
 
 def run_models_verify(args: argparse.Namespace) -> int:
+    from services.kernels.store import ModelStore
+
     report = ModelStore(args.out).verify(args.name)
     for name, status in report.items():
         print(f"{name:<28} {status}")

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from services.kernels.data import FaceDataset, SynthFaces, open_dataset
-
-DEFAULT_CACHE = Path.home() / ".cache" / "veil" / "datasets"
+from services.kernels.defaults import DEFAULT_CACHE
 
 
 @dataclass

@@ -1,0 +1,18 @@
+"""Default names and numbers shared by the kernels and the CLI.
+
+Kept free of torch imports so that ``veil --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_DIFFAE = "diffae"
+DEFAULT_PROBES = "probes"
+ARCHITECTURES = ("resnet", "vgg")
+DEFAULT_QUANTILE = 0.98
+"""Clipping bound C_a: this quantile of |u_aᵀz| over training codes."""
+DEFAULT_THRESHOLD = 0.8
+"""Held-out accuracy below which an attribute counts as not linearly readable from z."""
+DEFAULT_CACHE = Path.home() / ".cache" / "veil" / "datasets"
+"""Where rendered datasets are cached as ``.npz``."""
