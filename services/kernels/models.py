@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
 from services.kernels.defaults import DEFAULT_DIFFAE, DEFAULT_PROBES
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.probes import ProbeSet
-from services.kernels.store import ModelStore
+from services.kernels.store import ModelIntegrityError, ModelStore
+
+
+def _fill(model: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Load weights into a freshly built model; weights that do not fit its config (an
+    entry written by an older version of the code) are refused, typed."""
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ModelIntegrityError(
+            f"weights of {name!r} do not fit its config (retrain it): {first[0].strip()}"
+        ) from None
 
 
 def load_diffae(name: str = DEFAULT_DIFFAE, store: ModelStore | None = None) -> DiffAE:
     manifest, tensors = (store or ModelStore()).load(name, kind="diffae")
     model = DiffAE(DiffAEConfig.from_dict(manifest.config))
-    model.load_state_dict(tensors)
+    _fill(model, name, tensors)
     return model.eval().requires_grad_(False)
 
 
 def load_classifier(name: str, store: ModelStore | None = None) -> Classifier:
     manifest, tensors = (store or ModelStore()).load(name, kind="classifier")
     model = build_classifier(ClassifierConfig.from_dict(manifest.config))
-    model.load_state_dict(tensors)
+    _fill(model, name, tensors)
     return model.eval()
 
 

@@ -66,3 +66,11 @@ def test_classifier_loads_back_identical(tmp_path: Path) -> None:
     again = load_classifier("clf", store)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(again(x), model(x))
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    model = build_classifier(ClassifierConfig(resolution=16, width=8))
+    store.save("clf", "classifier", model.state_dict(), ClassifierConfig(width=16).to_dict())
+    with pytest.raises(ModelIntegrityError, match="do not fit its config"):
+        load_classifier("clf", store)
