@@ -12,6 +12,7 @@ import sys
 import time
 
 from services import __version__
+from services.kernels.train_cli import add_models_parser, add_train_parser
 from services.registry import SERVICES
 
 
@@ -37,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("grpc", "http", "metrics"):
         triton.add_argument(f"--{name}-port", type=int, help=f"{name} port (0 = free port)")
 
+    add_train_parser(sub)
+    add_models_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command in ("train", "models"):
+        return int(args.handler(args) or 0)
     if args.command == "demo":
         from services.demo import main as demo
 
