@@ -1,0 +1,142 @@
+"""Feature map distortion (FMD): authorized-inference protection by a PGD loop.
+
+Maximise J(x*) = MSE(f_feat(x), f_feat(x*)) − λ·CE(f(x*), y) over ‖x* − x‖∞ ≤ ε with
+signed-gradient steps of size α for N iterations (DESIGN.md, "Authorized-inference
+protection"; the PGD form is Madry et al. 2018, eq. 2). f is the authorized classifier,
+f_feat one of its named feature maps, y the authorized label (given, or f's own
+prediction on x). Pushing the features away from the original makes other models, which
+share low-level features, fail; the CE term keeps the authorized model right.
+
+ε and α are in [0, 1] pixel units, as in the paper (16/255, 4/255); images live in
+[-1, 1], where one pixel unit is two, so both are doubled here. Every step is projected
+back onto the ε-ball and onto [-1, 1]. Each image's objective depends on that image only
+(the model runs in eval mode), so a batch gives the same result as its images one by one.
+Deterministic: no random start unless ``seed`` is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from services.kernels.checks import KernelInputError, check_images
+from services.kernels.classifiers import Classifier
+
+MAX_ITERATIONS = 10_000
+
+
+@dataclass(frozen=True)
+class FMDStats:
+    """Per-image results of one :func:`protect` call (tensors of shape (B,))."""
+
+    feature_distortion: torch.Tensor
+    """MSE between the feature maps of the original and the protected image."""
+    cross_entropy: torch.Tensor
+    """CE of the authorized model on the protected image against ``labels``."""
+    labels: torch.Tensor
+    """The authorized labels used (given, or the model's predictions on the originals)."""
+    predictions: torch.Tensor
+    """The authorized model's predictions on the protected images."""
+
+
+def _check_scalar(value: object, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise KernelInputError(f"{name}: expected a number in [{low}, {high}]; got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and low <= number <= high):
+        raise KernelInputError(f"{name}: expected a number in [{low}, {high}]; got {value!r}")
+    return number
+
+
+def check_labels(labels: object, batch: int, num_classes: int) -> torch.Tensor:
+    """Integer labels (B,) in [0, num_classes), or −1 for "use the model's prediction"."""
+    expected = f"integer tensor ({batch},) in [-1, {num_classes})"
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.is_floating_point()
+        or labels.dtype == torch.bool
+        or tuple(labels.shape) != (batch,)
+    ):
+        raise KernelInputError(f"labels: expected {expected}; got {labels!r:.80}")
+    if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) >= num_classes):
+        raise KernelInputError(f"labels: expected {expected}; got values outside")
+    return labels.long()
+
+
+def _objective(
+    model: Classifier,
+    x_adv: torch.Tensor,
+    target: torch.Tensor,
+    labels: torch.Tensor,
+    ce_weight: float,
+    layer: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (J, MSE, CE) at ``x_adv``."""
+    feats = model.features(x_adv, layer)
+    mse = (feats - target).flatten(1).pow(2).mean(1)
+    ce = F.cross_entropy(
+        model.head(feats) if layer == "penultimate" else model(x_adv), labels, reduction="none"
+    )
+    return mse - ce_weight * ce, mse, ce
+
+
+def protect(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    epsilon: float = 16 / 255,
+    step_size: float = 4 / 255,
+    iterations: int = 100,
+    ce_weight: float = 1.0,
+    feature_layer: str = "penultimate",
+    seed: int | None = None,
+) -> tuple[torch.Tensor, FMDStats]:
+    """Protected images (B, 3, R, R) in [-1, 1] with ‖x* − x‖∞ ≤ 2ε, and their stats.
+
+    ``labels`` (B,) may hold −1 (or be None) to use the model's own prediction.
+    """
+    x = check_images(images, model.config.resolution).detach()
+    eps = 2 * _check_scalar(epsilon, "epsilon", 0.0, 1.0)
+    alpha = 2 * _check_scalar(step_size, "step_size", 0.0, 1.0)
+    lam = _check_scalar(ce_weight, "ce_weight", 0.0, 1e6)
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise KernelInputError(f"iterations: expected an integer; got {iterations!r}")
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        raise KernelInputError(f"iterations: expected [0, {MAX_ITERATIONS}]; got {iterations}")
+    if feature_layer not in model.feature_layers:
+        raise KernelInputError(
+            f"feature_layer: expected one of {model.feature_layers}; got {feature_layer!r}"
+        )
+    batch = x.shape[0]
+    given = torch.full((batch,), -1) if labels is None else labels
+    y = check_labels(given, batch, model.config.num_classes)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            y = torch.where(y < 0, model(x).argmax(1), y)
+            target = model.features(x, feature_layer)
+        x_adv = x.clone()
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+            x_adv = (x + eps * noise).clamp(-1.0, 1.0)
+        for _ in range(iterations):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                objective, _, _ = _objective(model, x_adv, target, y, lam, feature_layer)
+                (grad,) = torch.autograd.grad(objective.sum(), x_adv)
+            with torch.no_grad():
+                step = x_adv + alpha * grad.sign()
+                x_adv = torch.min(torch.max(step, x - eps), x + eps).clamp(-1.0, 1.0)
+        with torch.no_grad():
+            _, mse, ce = _objective(model, x_adv, target, y, lam, feature_layer)
+            predictions = model(x_adv).argmax(1)
+    finally:
+        model.train(was_training)
+    stats = FMDStats(feature_distortion=mse, cross_entropy=ce, labels=y, predictions=predictions)
+    return x_adv.detach(), stats

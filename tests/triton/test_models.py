@@ -1,0 +1,182 @@
+"""The real ``triton_models/`` on the bundled tritonserver, over a tiny model store.
+
+The repository is a tmp copy of ``triton_models/`` whose ``store`` parameters point at a
+store of random-init tiny models (fixed seeds): nothing here depends on trained weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from services.common.inference import CLASSIFIER, DECODER, ENCODER, MODELS, PROTECT
+from services.common.triton import TritonServer, TritonStartError
+from services.common.triton_settings import REPO_ROOT
+from services.kernels.classifiers import ClassifierConfig, build_classifier
+from services.kernels.diffae import DiffAE, DiffAEConfig
+from services.kernels.store import ModelStore
+from tests.triton.conftest import free_port_settings
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+TINY_DIFFAE = DiffAEConfig(
+    resolution=16,
+    z_dim=8,
+    encoder_channels=(8,),
+    unet_channels=(8, 8),
+    norm_groups=4,
+    train_timesteps=50,
+    attention=False,
+)
+TINY_CLASSIFIER = ClassifierConfig(num_classes=3, resolution=16, width=8)
+DIFFAE_ENTRY, CLASSIFIER_ENTRY = "diffae", "task-resnet"
+
+
+def tiny_store(root: Path) -> Path:
+    """A model store with a random-init tiny DiffAE and task classifier (seed 0)."""
+    store = ModelStore(root)
+    torch.manual_seed(0)
+    diffae = DiffAE(TINY_DIFFAE)
+    store.save(DIFFAE_ENTRY, "diffae", diffae.state_dict(), TINY_DIFFAE.to_dict(), seed=0)
+    classifier = build_classifier(TINY_CLASSIFIER)
+    config = TINY_CLASSIFIER.to_dict()
+    store.save(CLASSIFIER_ENTRY, "classifier", classifier.state_dict(), config, seed=0)
+    return root
+
+
+def copy_repository(
+    root: Path, store: Path | str, *, models: tuple[str, ...] = tuple(MODELS), batching=True
+) -> Path:
+    """A copy of ``triton_models/`` (``models`` only) whose ``store`` parameter is ``store``;
+    ``batching=False`` drops the ``dynamic_batching`` block."""
+    for name in models:
+        shutil.copytree(REPO_ROOT / "triton_models" / name, root / name)
+        config = root / name / "config.pbtxt"
+        text = re.sub(
+            r'(key: "store" value: \{ string_value: )"[^"]*"', rf'\1"{store}"', config.read_text()
+        )
+        if not batching:
+            text = re.sub(r"dynamic_batching \{[^}]*\}\n", "", text)
+        config.write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def veil_triton(tmp_path_factory: pytest.TempPathFactory, store_root: Path) -> Iterator[TritonServer]:
+    """The four Veil models on one real tritonserver for the module."""
+    repository = copy_repository(tmp_path_factory.mktemp("repo"), store_root)
+    with TritonServer(free_port_settings(repository)) as server:
+        yield server
+
+
+@pytest.fixture
+def client(veil_triton: TritonServer) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(veil_triton.grpc_url) as c:
+        yield c
+
+
+def infer_input(name: str, value: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (n, 3, 16, 16)).astype(np.float32)
+
+
+def test_every_model_is_ready(client) -> None:
+    for name in MODELS:
+        assert client.is_model_ready(name), name
+    config = client.get_model_config(CLASSIFIER).config
+    assert config.version_policy.latest.num_versions == 2
+
+
+def test_encoder_matches_the_kernel(client, store_root: Path) -> None:
+    x = images(3)
+    result = client.infer(ENCODER, [infer_input("IMAGE", x, "FP32")], client_timeout=30)
+    from services.kernels.models import load_diffae
+
+    expected = load_diffae(DIFFAE_ENTRY, ModelStore(store_root)).encode(torch.from_numpy(x))
+    np.testing.assert_allclose(result.as_numpy("Z"), expected.numpy(), atol=1e-5)
+
+
+def test_bad_requests_get_invalid_arg_and_the_rest_are_served(veil_triton) -> None:
+    """Concurrent requests in one dynamic batch: the bad ones fail alone, typed."""
+    import tritonclient.grpc.aio as aioclient
+
+    async def send(client, x: np.ndarray):
+        tensor = aioclient.InferInput("IMAGE", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        try:
+            return await client.infer(CLASSIFIER, [tensor], client_timeout=30)
+        except InferenceServerException as exc:
+            return exc
+
+    async def main():
+        async with aioclient.InferenceServerClient(veil_triton.grpc_url) as client:
+            bad_range, wrong_size = images(1) * 3, images(1)[:, :, :8, :8]
+            return await asyncio.gather(
+                *(send(client, x) for x in (images(2), bad_range, images(1, 1), wrong_size))
+            )
+
+    good, bad_range, good2, wrong_size = asyncio.run(main())
+    assert good.as_numpy("LOGITS").shape == (2, 3)
+    assert good.as_numpy("FEATURES").shape == (2, 32)
+    assert good2.as_numpy("LOGITS").shape == (1, 3)
+    for error in (bad_range, wrong_size):
+        assert isinstance(error, InferenceServerException)
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+        assert "images" in error.message()
+
+
+def test_decoder_rejects_zero_steps(client) -> None:
+    inputs = [
+        infer_input("Z", np.zeros((1, 8), np.float32), "FP32"),
+        infer_input("X_T", np.zeros((1, 3, 16, 16), np.float32), "FP32"),
+        infer_input("STEPS", np.zeros((1, 1), np.int32), "INT32"),
+    ]
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(DECODER, inputs, client_timeout=30)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "STEPS" in info.value.message()
+
+
+def test_protect_keeps_the_bound(client) -> None:
+    x = images(2)
+    one = np.ones((2, 1))
+    inputs = [
+        infer_input("IMAGE", x, "FP32"),
+        infer_input("LABEL", -one.astype(np.int64), "INT64"),
+        infer_input("EPSILON", (one * 8 / 255).astype(np.float32), "FP32"),
+        infer_input("STEP_SIZE", (one * 2 / 255).astype(np.float32), "FP32"),
+        infer_input("ITERATIONS", (one * 3).astype(np.int32), "INT32"),
+        infer_input("CE_WEIGHT", one.astype(np.float32), "FP32"),
+    ]
+    result = client.infer(PROTECT, inputs, client_timeout=60)
+    protected = result.as_numpy("PROTECTED")
+    assert np.abs(protected - x).max() <= 2 * np.float32(8 / 255) + 1e-6
+    assert protected.min() >= -1 and protected.max() <= 1
+    assert (result.as_numpy("FEATURE_DISTORTION") > 0).all()
+
+
+def test_missing_weights_fail_initialize_with_the_reason(tmp_path: Path) -> None:
+    repository = copy_repository(tmp_path / "repo", tmp_path / "empty", models=(CLASSIFIER,))
+    settings = free_port_settings(repository, startup_timeout_s=60.0)
+    with pytest.raises(TritonStartError, match="cannot be loaded from the model store"):
+        TritonServer(settings).start()
