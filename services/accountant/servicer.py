@@ -10,7 +10,7 @@ import asyncio
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 
 import grpc
 
@@ -140,7 +140,7 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
         finally:
             stop.set()
 
-    def _audit_chunks(self, tenant: str, since: float | None) -> Iterator[bytes]:
+    def _audit_chunks(self, tenant: str, since: float | None) -> Generator[bytes, None, None]:
         """JSON lines grouped into chunks that never split a line."""
         buffer: list[bytes] = []
         size = 0
@@ -160,7 +160,9 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
 
 
 def _produce(
-    source: Iterator[bytes], out: queue.Queue[bytes | BaseException | None], stop: threading.Event
+    source: Generator[bytes, None, None],
+    out: queue.Queue[bytes | BaseException | None],
+    stop: threading.Event,
 ) -> None:
     """Run ``source`` on one thread (it owns a DB connection); stop when the RPC ends."""
     try:
@@ -176,3 +178,5 @@ def _produce(
         out.put(None)
     except BaseException as exc:  # handed to the RPC, which maps it to a status
         out.put(exc)
+    finally:
+        source.close()  # ends the read transaction now, not at garbage collection
