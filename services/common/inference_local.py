@@ -17,7 +17,7 @@ import threading
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,10 +34,11 @@ from services.common.inference import (
 )
 from services.kernels import fmd
 from services.kernels.checks import KernelInputError, check_codes, check_images, check_noise
-from services.kernels.classifiers import Classifier
-from services.kernels.diffae import DiffAE
-from services.kernels.models import load_classifier, load_diffae
+from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
 from services.kernels.store import ModelIntegrityError, ModelStore
+
+if TYPE_CHECKING:
+    from services.kernels.diffae import DiffAE
 
 Arrays = dict[str, np.ndarray]
 Tensors = dict[str, torch.Tensor]
@@ -58,10 +59,26 @@ def version_entry(entry: str, version: int) -> str:
     return entry if version <= 1 else f"{entry}-v{version}"
 
 
+def _load_classifier(entry: str, store: ModelStore) -> Classifier:
+    """``services.kernels.models.load_classifier`` without importing diffusers (which costs a
+    Triton stub seconds of start-up that a classifier does not need)."""
+    manifest, tensors = store.load(entry, kind="classifier")
+    model = build_classifier(ClassifierConfig.from_dict(manifest.config))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ModelIntegrityError(f"weights of {entry!r} do not fit its config") from exc
+    return model.eval()
+
+
 def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Classifier:
     """The model behind ``entry``; missing or broken weights are ModelNotReady, explained."""
     try:
-        return load_diffae(entry, store) if kind == "diffae" else load_classifier(entry, store)
+        if kind == "diffae":
+            from services.kernels.models import load_diffae
+
+            return load_diffae(entry, store)
+        return _load_classifier(entry, store)
     except (NotFound, ModelIntegrityError) as exc:
         raise ModelNotReady(
             f"{kind} {entry!r} cannot be loaded from the model store {store.root}: "
@@ -223,6 +240,8 @@ def build_kernel(
 ) -> BatchKernel:
     """The kernel a Triton model (or the local backend) serves under ``model_name``."""
     if model_name in (ENCODER, DECODER):
+        from services.kernels.diffae import DiffAE
+
         diffae = load_kernel_model("diffae", entry, store)
         assert isinstance(diffae, DiffAE)
         return EncoderKernel(diffae) if model_name == ENCODER else DecoderKernel(diffae)

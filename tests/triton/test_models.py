@@ -70,17 +70,37 @@ def copy_repository(
     return root
 
 
-@pytest.fixture(scope="module")
-def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_store(tmp_path_factory.mktemp("store"))
+def shared_veil_triton(request: pytest.FixtureRequest) -> TritonServer:
+    """The four Veil models on one real tritonserver for the whole session (started on first
+    use, stopped when the session ends): its start-up (four stubs importing torch) is most of
+    these tests' time, so this module and the inference contract suite share it."""
+    config = request.config
+    server = getattr(config, "_veil_triton", None)
+    if server is None:
+        factory = request.getfixturevalue("tmp_path_factory")
+        store = tiny_store(factory.mktemp("store"))
+        repository = copy_repository(factory.mktemp("repo"), store)
+        server = TritonServer(free_port_settings(repository))
+        config.add_cleanup(server.stop)
+        server.start()
+        config._veil_triton, config._veil_store = server, store  # type: ignore[attr-defined]
+    return server
 
 
-@pytest.fixture(scope="module")
-def veil_triton(tmp_path_factory: pytest.TempPathFactory, store_root: Path) -> Iterator[TritonServer]:
-    """The four Veil models on one real tritonserver for the module."""
-    repository = copy_repository(tmp_path_factory.mktemp("repo"), store_root)
-    with TritonServer(free_port_settings(repository)) as server:
-        yield server
+def light_triton(root: Path, store: Path | str) -> TritonServer:
+    """``veil_classifier`` alone (no diffusers import in its stub: starts in seconds)."""
+    repository = copy_repository(root / "repo", store, models=(CLASSIFIER,))
+    return TritonServer(free_port_settings(repository, startup_timeout_s=60.0))
+
+
+@pytest.fixture
+def veil_triton(request: pytest.FixtureRequest) -> TritonServer:
+    return shared_veil_triton(request)
+
+
+@pytest.fixture
+def store_root(veil_triton: TritonServer, request: pytest.FixtureRequest) -> Path:
+    return Path(request.config._veil_store)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -176,7 +196,5 @@ def test_protect_keeps_the_bound(client) -> None:
 
 
 def test_missing_weights_fail_initialize_with_the_reason(tmp_path: Path) -> None:
-    repository = copy_repository(tmp_path / "repo", tmp_path / "empty", models=(CLASSIFIER,))
-    settings = free_port_settings(repository, startup_timeout_s=60.0)
     with pytest.raises(TritonStartError, match="cannot be loaded from the model store"):
-        TritonServer(settings).start()
+        light_triton(tmp_path, tmp_path / "empty").start()
