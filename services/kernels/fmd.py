@@ -11,7 +11,8 @@ share low-level features, fail; the CE term keeps the authorized model right.
 [-1, 1], where one pixel unit is two, so both are doubled here. Every step is projected
 back onto the ε-ball and onto [-1, 1]. Each image's objective depends on that image only
 (the model runs in eval mode), so a batch gives the same result as its images one by one.
-Deterministic: no random start unless ``seed`` is given.
+Deterministic: no random start unless ``seed`` is given (where the MSE gradient vanishes,
+at x* = x, a step along the gradient of the logits' energy starts the walk instead).
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def _objective(
     return mse - ce_weight * ce, mse, ce
 
 
+def _escape(model: Classifier, x_adv: torch.Tensor) -> torch.Tensor:
+    """Gradient of ‖f_feat(x*)‖² with respect to the input: at x* = x the MSE term is at its
+    minimum and its gradient vanishes (sign(0) = 0 would never move), so the first step of a
+    start without random noise grows the features instead; deterministic."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        energy = model(x_adv).pow(2).sum()
+        (grad,) = torch.autograd.grad(energy, x_adv)
+    return grad
+
+
 def protect(
     model: Classifier,
     images: torch.Tensor,
@@ -130,6 +142,9 @@ def protect(
             with torch.enable_grad():
                 objective, _, _ = _objective(model, x_adv, target, y, lam, feature_layer)
                 (grad,) = torch.autograd.grad(objective.sum(), x_adv)
+                stuck = grad.flatten(1).abs().amax(1) == 0
+                if bool(stuck.any()):
+                    grad = torch.where(stuck[:, None, None, None], _escape(model, x_adv), grad)
             with torch.no_grad():
                 step = x_adv + alpha * grad.sign()
                 x_adv = torch.min(torch.max(step, x - eps), x + eps).clamp(-1.0, 1.0)
