@@ -1,0 +1,67 @@
+"""Every ``triton_models/*/config.pbtxt`` parses and says what ``services.common.inference``
+sends: names, dtypes, dims, batch limits; python backend, instance groups, dynamic batching."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.common.inference import CLASSIFIER, MODELS, TensorSpec
+from services.common.triton_settings import REPO_ROOT
+
+REPOSITORY = REPO_ROOT / "triton_models"
+
+
+def load(name: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(
+        (REPOSITORY / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+
+
+def as_specs(tensors) -> list[TensorSpec]:
+    kinds = model_config_pb2.DataType
+    return [
+        TensorSpec(t.name, kinds.Name(t.data_type).removeprefix("TYPE_"), tuple(t.dims))
+        for t in tensors
+    ]
+
+
+def test_the_repository_holds_exactly_the_contracted_models() -> None:
+    on_disk = {p.parent.name for p in REPOSITORY.glob("*/config.pbtxt")}
+    assert on_disk == set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_config_matches_the_contract(name: str) -> None:
+    config, spec = load(name), MODELS[name]
+    assert config.name == name
+    assert config.backend == "python"
+    assert config.max_batch_size == spec.max_batch_size
+    assert as_specs(config.input) == list(spec.inputs)
+    assert as_specs(config.output) == list(spec.outputs)
+    assert config.HasField("dynamic_batching")
+    assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 100_000
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    assert all(g.count >= 1 for g in config.instance_group)
+    assert config.version_policy.HasField("latest")
+    assert (REPOSITORY / name / "1" / "model.py").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_weights_come_from_the_store(name: str) -> None:
+    parameters = load(name).parameters
+    assert "store" in parameters and parameters["store"].string_value == ""
+    assert parameters["model_name"].string_value in ("diffae", "task-resnet")
+
+
+def test_classifier_keeps_two_versions() -> None:
+    assert load(CLASSIFIER).version_policy.latest.num_versions == 2
+
+
+def test_model_files_follow_add_sub() -> None:
+    for model in REPOSITORY.glob("*/1/model.py"):
+        text = model.read_text()
+        for part in ("class TritonPythonModel", "def initialize", "def execute", "def finalize"):
+            assert part in text, f"{model}: {part}"
+        assert "TritonError" in text
