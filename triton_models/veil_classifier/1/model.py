@@ -3,7 +3,8 @@
 IMAGE (B, 3, R, R) → LOGITS (B, C) and FEATURES (B, F): the feature map named by the
 ``feature_layer`` parameter, flattened.
 
-Weights come from the model store (config parameters ``store``, ``model_name``); missing
+Weights come from the model store (config parameters ``store``, ``model_name``; ``threads``
+sets torch's intra-op threads, empty = torch's default); missing
 weights fail ``initialize`` with the reason. Bad requests get an INVALID_ARG error in their
 own response; the other requests of the batch are served.
 """
@@ -11,6 +12,7 @@ own response; the other requests of the batch are served.
 import json
 import traceback
 
+import torch
 import triton_python_backend_utils as pb_utils
 
 from services.common.errors import VeilError
@@ -28,6 +30,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.spec = MODELS[args["model_name"]]
+        if params.get("threads"):
+            torch.set_num_threads(int(params["threads"]))
         entry = version_entry(params["model_name"], int(args["model_version"]))
         self.kernel = build_kernel(
             self.spec.name,
