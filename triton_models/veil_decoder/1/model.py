@@ -10,66 +10,6 @@ weights fail ``initialize`` with the reason. Bad requests get an INVALID_ARG err
 own response; the other requests of the batch are served.
 """
 
-import json
-import traceback
+from services.common.triton_model import TritonPythonModel
 
-import torch
-import triton_python_backend_utils as pb_utils
-
-from services.common.errors import VeilError
-from services.common.inference import MODELS
-from services.common.inference_local import (
-    build_kernel,
-    execute_batched,
-    resolve_store,
-    version_entry,
-)
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.spec = MODELS[args["model_name"]]
-        if params.get("threads"):
-            torch.set_num_threads(int(params["threads"]))
-        entry = version_entry(params["model_name"], int(args["model_version"]))
-        self.kernel = build_kernel(
-            self.spec.name,
-            resolve_store(params.get("store", "")),
-            entry,
-            params.get("feature_layer") or "penultimate",
-        )
-
-    def execute(self, requests):
-        inputs = [
-            {
-                t.name: pb_utils.get_input_tensor_by_name(request, t.name).as_numpy()
-                for t in self.spec.inputs
-            }
-            for request in requests
-        ]
-        responses = []
-        for result in execute_batched(self.kernel, inputs):
-            if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=self._error(result)))
-                continue
-            outputs = [
-                pb_utils.Tensor(t.name, result[t.name].astype(t.numpy_dtype))
-                for t in self.spec.outputs
-            ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
-        return responses
-
-    def _error(self, exc):
-        if isinstance(exc, VeilError) and exc.status == "INVALID_ARGUMENT":
-            return pb_utils.TritonError(exc.message, pb_utils.TritonError.INVALID_ARG)
-        if isinstance(exc, VeilError):
-            return pb_utils.TritonError(exc.message, pb_utils.TritonError.INTERNAL)
-        pb_utils.Logger.log_error(traceback.format_exc())
-        return pb_utils.TritonError(
-            f"{self.spec.name}: internal error", pb_utils.TritonError.INTERNAL
-        )
-
-    def finalize(self):
-        self.kernel = None
+__all__ = ["TritonPythonModel"]
