@@ -3,6 +3,8 @@ sends: names, dtypes, dims, batch limits; python backend, instance groups, dynam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -60,8 +62,13 @@ def test_classifier_keeps_two_versions() -> None:
 
 
 def test_model_files_follow_add_sub() -> None:
-    for model in REPOSITORY.glob("*/1/model.py"):
-        text = model.read_text()
-        for part in ("class TritonPythonModel", "def initialize", "def execute", "def finalize"):
-            assert part in text, f"{model}: {part}"
-        assert "TritonError" in text
+    shared = Path(__file__).resolve().parents[2] / "services" / "common" / "triton_model.py"
+    text = shared.read_text()
+    for part in ("class TritonPythonModel", "def initialize", "def execute", "def finalize"):
+        assert part in text, f"{shared}: {part}"
+    assert "TritonError" in text
+    models = sorted(REPOSITORY.glob("*/1/model.py"))
+    assert len(models) == 4
+    for model in models:
+        source = model.read_text()
+        assert "from services.common.triton_model import TritonPythonModel" in source, model
