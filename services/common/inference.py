@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -140,6 +140,31 @@ class InferenceSettings(BaseSettings):
     """Local backend: threads that run kernels (torch uses its own intra-op threads)."""
 
 
+Arrays = dict[str, np.ndarray]
+"""Named tensors of one request or response, batch first."""
+
+
+def protect_inputs(
+    images: np.ndarray, labels: np.ndarray | None, params: ProtectParams | None
+) -> Arrays:
+    """The named ``veil_protect`` inputs for one request (settings repeated on every row)."""
+    p = params or ProtectParams()
+    rows = len(images)
+    label = np.full(rows, -1) if labels is None else np.asarray(labels)
+
+    def column(value: Any, dtype: type[np.generic]) -> np.ndarray:
+        return np.full((rows, 1), value, dtype=dtype)
+
+    return {
+        "IMAGE": images,
+        "LABEL": label.astype(np.int64).reshape(rows, 1),
+        "EPSILON": column(p.epsilon, np.float32),
+        "STEP_SIZE": column(p.step_size, np.float32),
+        "ITERATIONS": column(p.iterations, np.int32),
+        "CE_WEIGHT": column(p.ce_weight, np.float32),
+    }
+
+
 class InferenceBackend(abc.ABC):
     """The heavy kernels, async. Arrays are numpy, batch first; images in [-1, 1].
 
@@ -147,21 +172,30 @@ class InferenceBackend(abc.ABC):
     Unavailable / ModelNotReady; too slow → DeadlineExceeded.
     """
 
+    settings: InferenceSettings
+
     @abc.abstractmethod
+    async def _call(
+        self, model: str, arrays: Arrays, version: int = 0, timeout: float | None = None
+    ) -> Arrays:
+        """Run ``model`` on named input arrays; the named outputs (the one transport hook)."""
+
     async def encode(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, R, R) → semantic codes (B, z_dim)."""
+        return (await self._call(ENCODER, {"IMAGE": images}))["Z"]
 
-    @abc.abstractmethod
     async def decode(self, z: np.ndarray, x_T: np.ndarray, steps: int) -> np.ndarray:
         """Deterministic DDIM from noise (B, 3, R, R) conditioned on codes (B, z_dim)."""
+        rows = np.full((len(z), 1), steps, dtype=np.int32)
+        return (await self._call(DECODER, {"Z": z, "X_T": x_T, "STEPS": rows}))["IMAGE"]
 
-    @abc.abstractmethod
     async def classify(
         self, images: np.ndarray, *, model: str = CLASSIFIER, version: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """(logits (B, C), flattened features (B, F)); version 0 = the latest."""
+        out = await self._call(model, {"IMAGE": images}, version)
+        return out["LOGITS"], out["FEATURES"]
 
-    @abc.abstractmethod
     async def protect(
         self,
         images: np.ndarray,
@@ -169,6 +203,9 @@ class InferenceBackend(abc.ABC):
         params: ProtectParams | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """FMD: (protected images, feature distortion (B,)); labels −1/None = prediction."""
+        arrays = protect_inputs(images, labels, params)
+        out = await self._call(PROTECT, arrays, timeout=self.settings.protect_timeout_s)
+        return out["PROTECTED"], out["FEATURE_DISTORTION"][:, 0]
 
     @abc.abstractmethod
     async def ready(self) -> bool:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +28,9 @@ from services.common.inference import (
     DECODER,
     ENCODER,
     PROTECT,
+    Arrays,
     InferenceBackend,
     InferenceSettings,
-    ProtectParams,
 )
 from services.kernels import fmd
 from services.kernels.checks import KernelInputError, check_codes, check_images, check_noise
@@ -40,7 +40,6 @@ from services.kernels.store import ModelIntegrityError, ModelStore
 if TYPE_CHECKING:
     from services.kernels.diffae import DiffAE
 
-Arrays = dict[str, np.ndarray]
 Tensors = dict[str, torch.Tensor]
 
 
@@ -288,34 +287,14 @@ class LocalBackend(InferenceBackend):
             raise result
         return result
 
-    async def _call(self, model: str, arrays: Arrays, version: int = 0) -> Arrays:
+    async def _call(
+        self, model: str, arrays: Arrays, version: int = 0, timeout: float | None = None
+    ) -> Arrays:
+        """In-process: ``timeout`` is not applied (no network can stall the call)."""
         if self._executor is None:
             raise ModelNotReady("the local inference backend is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, model, version, arrays)
-
-    async def encode(self, images: np.ndarray) -> np.ndarray:
-        return (await self._call(ENCODER, {"IMAGE": images}))["Z"]
-
-    async def decode(self, z: np.ndarray, x_T: np.ndarray, steps: int) -> np.ndarray:
-        rows = np.full((len(z), 1), steps, dtype=np.int32)
-        out = await self._call(DECODER, {"Z": z, "X_T": x_T, "STEPS": rows})
-        return out["IMAGE"]
-
-    async def classify(
-        self, images: np.ndarray, *, model: str = CLASSIFIER, version: int = 0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        out = await self._call(model, {"IMAGE": images}, version)
-        return out["LOGITS"], out["FEATURES"]
-
-    async def protect(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray | None = None,
-        params: ProtectParams | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        out = await self._call(PROTECT, protect_inputs(images, labels, params))
-        return out["PROTECTED"], out["FEATURE_DISTORTION"][:, 0]
 
     async def ready(self) -> bool:
         if self._executor is None:
@@ -332,24 +311,3 @@ class LocalBackend(InferenceBackend):
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-def protect_inputs(
-    images: np.ndarray, labels: np.ndarray | None, params: ProtectParams | None
-) -> Arrays:
-    """The named ``veil_protect`` inputs for one request (settings repeated on every row)."""
-    p = params or ProtectParams()
-    rows = len(images)
-    label = np.full(rows, -1) if labels is None else np.asarray(labels)
-
-    def column(value: Any, dtype: type[np.generic]) -> np.ndarray:
-        return np.full((rows, 1), value, dtype=dtype)
-
-    return {
-        "IMAGE": images,
-        "LABEL": label.astype(np.int64).reshape(rows, 1),
-        "EPSILON": column(p.epsilon, np.float32),
-        "STEP_SIZE": column(p.step_size, np.float32),
-        "ITERATIONS": column(p.iterations, np.int32),
-        "CE_WEIGHT": column(p.ce_weight, np.float32),
-    }

@@ -24,16 +24,12 @@ from services.common.errors import (
 )
 from services.common.inference import (
     CLASSIFIER,
-    DECODER,
-    ENCODER,
     MODELS,
-    PROTECT,
+    Arrays,
     InferenceBackend,
     InferenceSettings,
     ModelSpec,
-    ProtectParams,
 )
-from services.common.inference_local import Arrays, protect_inputs
 
 
 def map_error(exc: InferenceServerException, model: str) -> VeilError:
@@ -129,29 +125,6 @@ class TritonBackend(InferenceBackend):
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-    async def encode(self, images: np.ndarray) -> np.ndarray:
-        return (await self._call(ENCODER, {"IMAGE": images}))["Z"]
-
-    async def decode(self, z: np.ndarray, x_T: np.ndarray, steps: int) -> np.ndarray:
-        rows = np.full((len(z), 1), steps, dtype=np.int32)
-        return (await self._call(DECODER, {"Z": z, "X_T": x_T, "STEPS": rows}))["IMAGE"]
-
-    async def classify(
-        self, images: np.ndarray, *, model: str = CLASSIFIER, version: int = 0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        out = await self._call(model, {"IMAGE": images}, version)
-        return out["LOGITS"], out["FEATURES"]
-
-    async def protect(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray | None = None,
-        params: ProtectParams | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        arrays = protect_inputs(images, labels, params)
-        out = await self._call(PROTECT, arrays, timeout=self.settings.protect_timeout_s)
-        return out["PROTECTED"], out["FEATURE_DISTORTION"][:, 0]
 
     async def ready(self) -> bool:
         """Triton is ready and so is every model the services call (never raises)."""
