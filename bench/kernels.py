@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.kernels.data import to_uint8
 from services.kernels.diffae import DiffAE
-from services.kernels.metrics import psnr, ssim
 from services.kernels.models import load_classifier, load_diffae, load_probes
 from services.kernels.probes import ProbeSet
 from services.kernels.store import ModelStore
 from services.kernels.train_cli import encode_table
 from services.kernels.training.classifier import accuracy, labels_for
 from services.kernels.training.data import ImageTable, load_table
+from services.kernels.training.diffae import reconstruction
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
@@ -43,18 +43,56 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def reconstruction(model: DiffAE, data: ImageTable, n: int, steps: int) -> None:
+def recon_table(model: DiffAE, data: ImageTable, n: int, steps: int) -> None:
+    x = data.batch(torch.arange(min(n, len(data))))
+    got = reconstruction(model, x, steps)
+    rows = [
+        [label, steps, got[f"{label} x_T PSNR"], got[f"{label} x_T SSIM"]]
+        for label in ("fresh", "inverted")
+    ]
+    table(f"reconstruction ({len(x)} images)", ["x_T", "DDIM steps", "PSNR dB", "SSIM"], rows)
+
+
+def edit_effect(
+    model: DiffAE, probes: ProbeSet, store: ModelStore, data: ImageTable, n: int, steps: int
+) -> None:
+    """Does moving c_a = u_aᵀz change attribute a in the pixels? Read by the attacker
+    classifiers (trained on original images, never on decodes): the mean predicted label
+    of the originals, of their decodes (c_a kept) and of decodes with c_a set to −C_a / +C_a
+    (same fresh x_T), beside the attacker's accuracy on the originals and on the decodes."""
     x = data.batch(torch.arange(min(n, len(data))))
     z = model.encode(x)
-    fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    x_t = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    decoded = model.decode(z, x_t, steps)
     rows = []
-    for label, x_t in (
-        ("fresh x_T", fresh),
-        ("inverted x_T", model.stochastic_encode(x, z, steps)),
-    ):
-        out = model.decode(z, x_t, steps)
-        rows.append([label, steps, float(psnr(out, x).mean()), float(ssim(out, x).mean())])
-    table(f"reconstruction ({len(x)} images)", ["x_T", "DDIM steps", "PSNR dB", "SSIM"], rows)
+    for manifest in store.list():
+        cfg = manifest.config
+        if manifest.kind != "classifier" or cfg.get("role") != "attacker":
+            continue
+        name = cfg["target"]
+        if name not in probes.names or cfg["resolution"] != model.config.resolution:
+            continue
+        attacker = load_classifier(manifest.name, store)
+        a = probes.names.index(name)
+        u, bound = probes.directions[:, a], probes.clip_bounds[a]
+        truth = data.attributes[: len(x), data.attribute_names.index(name)]
+        means = []
+        for value in (-bound, bound):
+            edited = model.decode(z - (z @ u)[:, None] * u + value * u, x_t, steps)
+            means.append(float(attacker.predict(edited).float().mean()))
+        rows.append([
+            manifest.name,
+            float(truth.float().mean()),
+            float(attacker.predict(decoded).float().mean()),
+            *means,
+            float((attacker.predict(x) == truth).float().mean()),
+            float((attacker.predict(decoded) == truth).float().mean()),
+        ])  # fmt: skip
+    table(
+        f"attribute edits read by the attackers ({len(x)} images, fresh x_T, {steps} steps)",
+        ["attacker", "mean label", "decoded", "c_a=-C_a", "c_a=+C_a", "acc orig", "acc decoded"],
+        rows,
+    )
 
 
 def decode_timing(model: DiffAE, steps_list: list[int], batch: int = 8) -> None:
@@ -128,11 +166,12 @@ def main() -> None:
     store = ModelStore(args.store)
     model = load_diffae(args.diffae, store)
     data = load_table(args.data, model.config.resolution)
-    reconstruction(model, data, args.n, args.recon_steps)
+    recon_table(model, data, args.n, args.recon_steps)
     decode_timing(model, [int(s) for s in args.steps.split(",")])
     probes = load_probes(args.probes, store)
     probe_accuracy(model, probes, data)
     classifier_accuracy(store, data)
+    edit_effect(model, probes, store, data, args.n, args.recon_steps)
     if args.grid:
         edit_grid(model, probes, data, args.grid, args.recon_steps)
 

@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
 
     up = sub.add_parser("up", help="run the local stack, one process per service")
     up.add_argument("--services", default=",".join(SERVICES), help="comma-separated list")
+    up.add_argument(
+        "--backend",
+        choices=("triton", "local"),
+        default="triton",
+        help="where services that call the kernels run them: a tritonserver that `up` starts"
+        " first (default; VEIL_TRITON_* settings) or in their own process",
+    )
 
     sub.add_parser("demo", help="start the local stack, call it over gRPC, stop it")
 
@@ -43,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command in ("train", "models"):
+        # Idle OpenMP workers sleep instead of spinning: on a small shared machine a
+        # spinning pool steals the core another process (or the trainer's own data
+        # preparation) needs. Only effective before torch is imported, as here.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return int(args.handler(args) or 0)
     if args.command == "demo":
         from services.demo import main as demo
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "triton":
         return _triton(args)
-    return _up(args.services.split(","))
+    return _up(args.services.split(","), args.backend)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -84,16 +95,29 @@ def _triton(args: argparse.Namespace) -> int:
     return serve_forever(TritonServer(TritonSettings(**overrides)))
 
 
-def _up(names: list[str]) -> int:
-    """Start each service as a child process; on SIGINT/SIGTERM or any child's exit, stop all."""
+def service_environment(
+    base: dict[str, str], backend: str, triton_url: str | None
+) -> dict[str, str]:
+    """The environment of ``veil up``'s service processes: with Triton started, the
+    services' inference settings point at it (``VEIL_INFERENCE_*``)."""
+    env = dict(base)
+    if triton_url is not None:
+        env["VEIL_INFERENCE_BACKEND"] = "triton"
+        env["VEIL_INFERENCE_TRITON_URL"] = triton_url
+    elif backend == "local":
+        env["VEIL_INFERENCE_BACKEND"] = "local"
+    return env
+
+
+def _up(names: list[str], backend: str = "triton") -> int:
+    """Start Triton if a service needs it, then each service as a child process; on
+    SIGINT/SIGTERM or any child's (or Triton's) exit, stop all: services first, then Triton."""
+    from services.registry import uses_inference
+
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         print(f"veil up: unknown service(s) {unknown}; known: {sorted(SERVICES)}", file=sys.stderr)
         return 2
-    children = {
-        name: subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name])
-        for name in names
-    }
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -102,9 +126,29 @@ def _up(names: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    triton = None
+    if backend == "triton" and uses_inference(names):
+        from services.common.triton import TritonServer, TritonStartError
+        from services.common.triton_settings import TritonSettings
+
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        triton = TritonServer(TritonSettings())
+        try:
+            triton.start()
+        except TritonStartError as exc:
+            print(f"veil up: tritonserver did not start: {exc}", file=sys.stderr)
+            return 1
+    url = triton.grpc_url if triton is not None else None
+    env = service_environment(dict(os.environ), backend, url)
+    children = {
+        name: subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env)
+        for name in names
+    }
     failed = None
     while not stop and failed is None:
         failed = next((n for n, p in children.items() if p.poll() is not None), None)
+        if failed is None and triton is not None and not triton.running():
+            failed = "tritonserver"
         time.sleep(0.2)
     for proc in children.values():
         if proc.poll() is None:
@@ -115,8 +159,11 @@ def _up(names: list[str]) -> int:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if triton is not None:
+        triton.stop()
     if failed is not None:
-        print(f"veil up: {failed} exited with {children[failed].returncode}", file=sys.stderr)
+        code = children[failed].returncode if failed in children else "an error"
+        print(f"veil up: {failed} exited with {code}", file=sys.stderr)
         return 1
     return 0
 

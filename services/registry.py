@@ -22,6 +22,9 @@ class ServiceEntry:
     module: str
     port: int
     metrics_port: int
+    inference: bool = False
+    """The service calls the heavy kernels (``attach_backend``): ``veil up`` starts Triton
+    before it and points it there."""
 
     def settings(self, **overrides: object) -> ServiceSettings:
         """The service's settings from its ``VEIL_<SERVICE>_`` environment, plus overrides."""
@@ -36,3 +39,8 @@ SERVICES: dict[str, ServiceEntry] = {
     "accountant": ServiceEntry("services.accountant.app", port=50052, metrics_port=9462),
 }
 """Services that can be served today; the others join as they land."""
+
+
+def uses_inference(names: list[str]) -> bool:
+    """Whether any of ``names`` calls the inference backend."""
+    return any(SERVICES[name].inference for name in names)

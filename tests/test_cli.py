@@ -108,3 +108,26 @@ def test_up_refuses_unknown_service():
         text=True,
     )
     assert out.returncode == 2 and "nope" in out.stderr
+
+
+def test_up_points_services_at_the_triton_it_started():
+    from services.cli import service_environment
+
+    env = service_environment({"PATH": "/bin"}, "triton", "127.0.0.1:8001")
+    assert env["VEIL_INFERENCE_BACKEND"] == "triton"
+    assert env["VEIL_INFERENCE_TRITON_URL"] == "127.0.0.1:8001" and env["PATH"] == "/bin"
+    assert service_environment({}, "local", None) == {"VEIL_INFERENCE_BACKEND": "local"}
+    # no Triton started (no service needs it): the caller's own settings stay in force
+    assert service_environment({"VEIL_INFERENCE_BACKEND": "triton"}, "triton", None) == {
+        "VEIL_INFERENCE_BACKEND": "triton"
+    }
+
+
+def test_up_starts_triton_only_for_services_that_call_the_kernels(monkeypatch):
+    from services import registry
+
+    assert not registry.uses_inference(["accountant"])  # so `veil up` starts no Triton for it
+    monkeypatch.setitem(
+        registry.SERVICES, "kernels-user", registry.ServiceEntry("x", 1, 2, inference=True)
+    )
+    assert registry.uses_inference(["accountant", "kernels-user"])

@@ -1,25 +1,48 @@
-"""Training entry point of the diffusion autoencoder."""
+"""Training entry point of the diffusion autoencoder, and the reconstruction figures that
+its manifest records (and ``bench/kernels.py`` prints)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from services.kernels.diffae import DiffAE, DiffAEConfig
+from services.kernels.metrics import psnr, ssim
 from services.kernels.training.data import ImageTable
 from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, seed_everything
 
 EVAL_SAMPLES = 256
+RECON_SAMPLES = 64
+RECON_STEPS = 20
 
 
 def heldout_loss(model: DiffAE, held: ImageTable, seed: int = 0) -> float:
-    """ε-prediction loss on held-out images with fixed noise (comparable across runs)."""
+    """Training loss (v or ε) on held-out images with fixed noise (comparable across runs)."""
     gen = torch.Generator().manual_seed(seed)
     images = held.batch(torch.arange(min(len(held), EVAL_SAMPLES)))
     with torch.no_grad():
         return float(model.loss(images, gen))
+
+
+def reconstruction(
+    model: DiffAE, images: torch.Tensor, steps: int = RECON_STEPS, seed: int = 0
+) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of encode → decode against the originals, decoding from a
+    fresh x_T ~ N(0, I) (seeded; what the sanitizer does) and from the DDIM-inverted x_T
+    (an upper bound on fidelity, never used to release)."""
+    with torch.no_grad():
+        z = model.encode(images)
+        fresh = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+        inverted = model.stochastic_encode(images, z, steps)
+        out: dict[str, float] = {}
+        for label, x_t in (("fresh", fresh), ("inverted", inverted)):
+            decoded = model.decode(z, x_t, steps)
+            out[f"{label} x_T PSNR"] = float(psnr(decoded, images).mean())
+            out[f"{label} x_T SSIM"] = float(ssim(decoded, images).mean())
+    return out
 
 
 def train_diffae(
@@ -29,7 +52,15 @@ def train_diffae(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     held: ImageTable | None = None,
+    init: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
+    """Train (or, with ``resume``, continue) a diffusion autoencoder on ``train``.
+
+    ``init`` warm-starts a new run from weights of the same architecture (an earlier
+    model or checkpoint); a resumed run ignores it and continues from its checkpoint.
+    With ``held``, the result's metrics are the held-out loss and :func:`reconstruction`
+    of the first held-out images (EMA weights, ``RECON_STEPS`` DDIM steps).
+    """
     seed_everything(config.seed)
     model = DiffAE(model_config)
 
@@ -39,8 +70,13 @@ def train_diffae(
 
     def evaluate(ema: nn.Module) -> dict[str, float]:
         assert isinstance(ema, DiffAE)
-        return {} if held is None else {"held-out loss": heldout_loss(ema, held)}
+        if held is None:
+            return {}
+        images = held.batch(torch.arange(min(len(held), RECON_SAMPLES)))
+        return {"held-out loss": heldout_loss(ema, held), **reconstruction(ema, images)}
 
     run_config = {"model": model_config.to_dict(), "data": train.uri, "n": len(train)}
     trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config)
+    if init is not None:
+        trainer.warm_start(init)
     return trainer.run(resume=resume, evaluate=evaluate)

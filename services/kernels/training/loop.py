@@ -55,9 +55,12 @@ class TrainResult:
     """The EMA of its weights: use it to sample and evaluate."""
     steps: int
     wall_s: float
+    """Training time of every step so far, summed over resumed runs."""
     final_loss: float
     resumed_from: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    session_s: float = 0.0
+    """Training time of this run alone (since the resume)."""
 
     def summary(self) -> dict[str, object]:
         done = self.steps - self.resumed_from
@@ -65,7 +68,7 @@ class TrainResult:
             "steps": self.steps,
             "resumed from": self.resumed_from,
             "wall time (s)": round(self.wall_s, 1),
-            "s/step": round(self.wall_s / done, 3) if done else "-",
+            "s/step": round(self.session_s / done, 3) if done else "-",
             "final loss": round(self.final_loss, 5),
         }
         rows.update({k: round(v, 4) for k, v in self.metrics.items()})
@@ -129,6 +132,15 @@ class Trainer:
         self.ema = EMA(model, config.ema_decay)
         self.step = 0
         self.losses: list[float] = []
+        self.wall_before = 0.0
+        """Wall time of the steps taken before the last resume (from the checkpoint)."""
+        self._began = time.perf_counter()
+
+    def warm_start(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start from ``state`` (weights of the same architecture, e.g. an earlier model):
+        the weights and their EMA are set; the optimizer and the step count start fresh."""
+        self.model.load_state_dict(state)
+        self.ema = EMA(self.model, self.config.ema_decay)
 
     def resume(self) -> int:
         """Load the latest checkpoint, if any; returns the step it was taken at."""
@@ -145,6 +157,7 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
+        self.wall_before = float(state.get("wall_s", 0.0))
         _set_rng_state(state["rng"])
         return self.step
 
@@ -160,6 +173,7 @@ class Trainer:
             "step": self.step,
             "losses": self.losses[-100:],
             "rng": _rng_state(),
+            "wall_s": self.wall_before + time.perf_counter() - self._began,
             "run_config": self.run_config,
             "train_config": self.config.to_dict(),
         }
@@ -176,7 +190,7 @@ class Trainer:
         seed_everything(cfg.seed)
         start = self.resume() if resume else 0
         self.model.train()
-        began = time.perf_counter()
+        self._began = time.perf_counter()
         bar = tqdm(
             total=cfg.steps, initial=start, disable=not cfg.progress, unit="step", smoothing=0.1
         )
@@ -189,17 +203,18 @@ class Trainer:
         bar.close()
         if self.dir is not None and (not cfg.checkpoint_every or self.step % cfg.checkpoint_every):
             self.save_checkpoint()
-        wall = time.perf_counter() - began
+        session = time.perf_counter() - self._began
         tail = self.losses[-50:]
         metrics = dict(evaluate(self.ema.model)) if evaluate is not None else {}
         return TrainResult(
             self.model,
             self.ema.model,
             self.step,
-            wall,
+            self.wall_before + session,
             float(np.mean(tail)) if tail else float("nan"),
             start,
             metrics,
+            session,
         )
 
     def _one_step(self) -> None:
