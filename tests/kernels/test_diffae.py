@@ -113,3 +113,43 @@ def test_psnr_and_ssim_rank_a_noisier_copy_lower(images: torch.Tensor) -> None:
     assert torch.allclose(ssim(images, images), torch.ones(3))
     assert bool((ssim(images, slight) > ssim(images, heavy)).all())
     assert bool((psnr(images, slight) > psnr(images, heavy)).all())
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_both_parameterisations_agree_on_noise_and_image(prediction: str) -> None:
+    torch.manual_seed(0)
+    net = DiffAE(DiffAEConfig(**{**TINY.to_dict(), "prediction_type": prediction})).eval()
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([5, 90])
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        raw, eps = net.predict(x_t, t, z), net.eps(x_t, t, z)
+    alpha = net.train_scheduler().alphas_cumprod[t].view(-1, 1, 1, 1)
+    if prediction == "epsilon":
+        assert torch.equal(eps, raw)
+    else:  # x₀ read from ε (DDPM) equals x₀ read from v (Salimans & Ho)
+        from_eps = (x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        from_v = alpha.sqrt() * x_t - (1 - alpha).sqrt() * raw
+        assert torch.allclose(from_eps, from_v, atol=1e-4)
+
+
+def test_v_loss_targets_the_velocity() -> None:
+    torch.manual_seed(0)
+    net = DiffAE(TINY)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    scheduler = net.train_scheduler()
+    gen = torch.Generator().manual_seed(4)
+    t = torch.randint(0, TINY.train_timesteps, (2,), generator=gen)
+    noise = torch.randn(x.shape, generator=gen)
+    with torch.no_grad():
+        want = torch.nn.functional.mse_loss(
+            net.predict(scheduler.add_noise(x, noise, t), t, net.encoder(x)),
+            scheduler.get_velocity(x, noise, t),
+        )
+        got = net.loss(x, torch.Generator().manual_seed(4))
+    assert torch.allclose(got, want)
+
+
+def test_unknown_parameterisation_is_refused() -> None:
+    with pytest.raises(KernelInputError, match="prediction_type"):
+        DiffAEConfig(prediction_type="sample")

@@ -124,3 +124,29 @@ def test_veil_train_classifier_writes_a_store_entry(tmp_path: Path) -> None:
     assert "held-out accuracy" in manifest.metrics
     assert _veil(["models", "list", "--out", str(store)]) == 0
     assert ModelStore(store).verify() == {"attacker-smiling-vgg": "ok"}
+
+
+def test_wall_time_adds_up_across_a_resume(tmp_path: Path) -> None:
+    first = _toy_trainer(tmp_path, 5).run()
+    resumed = _toy_trainer(tmp_path, 10).run(resume=True)
+    assert resumed.session_s > 0 and first.wall_s > 0
+    assert resumed.wall_s == pytest.approx(first.wall_s + resumed.session_s, rel=0.05, abs=0.05)
+
+
+def test_init_from_a_checkpoint_warm_starts_a_new_diffae(tmp_path: Path) -> None:
+    common = ["--data", DATA, "--cache-dir", str(tmp_path / "cache")]
+    tiny = ["--z-dim", "8", "--encoder-channels", "32", "--unet-channels", "32,32"]
+    first = ["train", "diffae", "--out", str(tmp_path / "a"), *common, *TINY_ARGS, *tiny,
+             "--checkpoint-dir", str(tmp_path / "ckpt-a")]  # fmt: skip
+    assert _veil(first) == 0
+    checkpoint = sorted((tmp_path / "ckpt-a").glob("ckpt-*.pt"))[-1]
+    again = ["train", "diffae", "--out", str(tmp_path / "b"), *common, *TINY_ARGS, *tiny,
+             "--checkpoint-dir", str(tmp_path / "ckpt-b"), "--prediction", "epsilon",
+             "--init-from", str(checkpoint), "--steps", "0"]  # fmt: skip
+    assert _veil(again) == 0
+    _, warm = ModelStore(tmp_path / "b").load("diffae")
+    start = torch.load(checkpoint, weights_only=True)["ema"]
+    assert all(torch.equal(warm[k], start[k]) for k in start)
+    manifest = ModelStore(tmp_path / "b").manifest("diffae")
+    assert f"--init-from {checkpoint}" in manifest.command
+    assert manifest.config["prediction_type"] == "epsilon"
