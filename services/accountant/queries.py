@@ -208,10 +208,14 @@ class LedgerQueries:
         ok = close and same and count == row.event_count
         return VerifyReport(scope, ok, count, diff, same)
 
-    def export_audit(self, tenant_id: str | None = None) -> Iterator[str]:
+    def export_audit(
+        self, tenant_id: str | None = None, since: float | None = None
+    ) -> Iterator[str]:
         """JSON lines: every budget, then every event in commit order (operator use).
 
-        ``replay`` of these lines into an empty ledger rebuilds the same state.
+        ``replay`` of these lines into an empty ledger rebuilds the same state. ``since``
+        (unix seconds, inclusive) keeps only events committed from then on (filtered in
+        SQL); budgets are always all listed.
         """
         with self._tx(readonly=True) as conn:
             q = select(budgets).order_by(budgets.c.id)
@@ -230,6 +234,8 @@ class LedgerQueries:
             eq = select(events).order_by(events.c.id)
             if tenant_id is not None:
                 eq = eq.where(events.c.tenant_id == tenant_id)
+            if since is not None:
+                eq = eq.where(events.c.committed_at >= since)
             for e in conn.execution_options(yield_per=1000).execute(eq):
                 yield json.dumps(
                     {

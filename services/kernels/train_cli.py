@@ -126,6 +126,7 @@ def command_line(args: argparse.Namespace) -> str:
         "checkpoint_dir",
         "out",
         "cache_dir",
+        "init_recipe",
     }
     parts = ["veil", "train", args.model_kind]
     for key, value in sorted(vars(args).items()):
@@ -185,12 +186,15 @@ def _finish(args: argparse.Namespace, kind: str, result: TrainResult, config: di
     from services.kernels.training.loop import format_table
 
     store = ModelStore(args.out)
+    command = command_line(args)
+    if getattr(args, "init_recipe", None):
+        command = f"{args.init_recipe} && {command}"
     manifest = store.save(
         args.name,
         kind,
         result.ema.state_dict(),
         config,
-        command=command_line(args),
+        command=command,
         seed=args.seed,
         data={"uri": args.data, "n": n, "resolution": args.resolution},
         metrics={k: v for k, v in result.summary().items() if isinstance(v, int | float)},
@@ -217,7 +221,9 @@ def run_train_diffae(args: argparse.Namespace) -> int:
         layers_per_block=args.layers_per_block,
         prediction_type=args.prediction,
     )
-    init = _init_state(args.init_from, args.out) if args.init_from else None
+    init = None
+    if args.init_from:
+        init, args.init_recipe = _init_state(args.init_from, args.out)
     train, held = _data(args)
     result = train_diffae(
         train, config, _train_config(args), _checkpoint_dir(args), args.resume, held, init
@@ -225,8 +231,10 @@ def run_train_diffae(args: argparse.Namespace) -> int:
     return _finish(args, "diffae", result, config.to_dict(), len(train))
 
 
-def _init_state(source: str, out: Path | None) -> dict[str, torch.Tensor]:
-    """Weights to warm-start from: a checkpoint file (its EMA) or a store entry."""
+def _init_state(source: str, out: Path | None) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Weights to warm-start from, and the command that made them: a store entry (its
+    recorded command, so the new manifest holds the whole recipe ``A && B``) or a
+    checkpoint file (its EMA; no recipe: the manifest names the file)."""
     import torch
 
     from services.kernels.store import ModelStore
@@ -234,9 +242,9 @@ def _init_state(source: str, out: Path | None) -> dict[str, torch.Tensor]:
     path = Path(source)
     if path.suffix == ".pt" and path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return dict(state["ema"])
-    _, tensors = ModelStore(out).load(source, kind="diffae")
-    return tensors
+        return dict(state["ema"]), None
+    manifest, tensors = ModelStore(out).load(source, kind="diffae")
+    return tensors, manifest.command
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:

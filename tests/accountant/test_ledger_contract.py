@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 
 import pytest
@@ -179,6 +180,19 @@ def test_audit_export_replays_to_same_state(
         assert (a.epsilon_rdp, a.epsilon_tight) == pytest.approx((b.epsilon_rdp, b.epsilon_tight))
         assert other.verify(T, scope).ok
     assert list(other.export_audit(T)) == lines
+
+
+def test_audit_export_since_keeps_later_events_and_every_budget(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    spend_mixed(ledger, 3)
+    clock.advance(10)
+    cut = clock()
+    spend_mixed(ledger, 2)
+    items = [json.loads(line) for line in ledger.export_audit(T, since=cut)]
+    kinds = [item["type"] for item in items]
+    assert kinds.count("event") == 2 and kinds.count("budget") == 3
+    assert all(item["committed_at"] >= cut for item in items if item["type"] == "event")
 
 
 def test_history_pages_both_orders(ledger: Ledger) -> None:

@@ -1,7 +1,6 @@
-"""The real ``triton_models/`` repository with the committed default weights: the models
-whose defaults exist load in the bundled tritonserver and answer exactly as the
-in-process backend does. (``veil_encoder``/``veil_decoder`` join once a default ``diffae``
-is committed; until then they are not loaded: explicit model control.)"""
+"""The real ``triton_models/`` repository with the committed default weights: every model
+loads in the bundled tritonserver (``veil triton``'s defaults: all models at start) and
+answers exactly as the in-process backend does."""
 
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ import numpy as np
 import pytest
 
 from services.common.inference import (
-    CLASSIFIER,
-    PROTECT,
+    MODELS,
     InferenceSettings,
     ProtectParams,
     create_backend,
@@ -21,7 +19,6 @@ from services.common.triton import TritonServer
 from services.common.triton_settings import TritonSettings
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
-MODELS = [CLASSIFIER, PROTECT]
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +28,29 @@ def server():
         http_port=0,
         metrics_port=0,
         startup_timeout_s=240,
-        model_control_mode="explicit",
-        load_models=MODELS,
     )
     with TritonServer(settings) as running:  # triton_models/ on the packaged store
         yield running
 
 
-def test_default_classifier_and_protect_serve_like_the_local_backend(server):
+def test_every_default_model_serves_like_the_local_backend(server):
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, size=(2, 3, 32, 32)).astype(np.float32)
     params = ProtectParams(iterations=2)
+    models = list(MODELS)
 
     async def compare() -> None:
-        local = create_backend(InferenceSettings(backend="local", models=MODELS))
+        local = create_backend(InferenceSettings(backend="local", models=models))
         triton = create_backend(
-            InferenceSettings(backend="triton", triton_url=server.grpc_url, models=MODELS)
+            InferenceSettings(backend="triton", triton_url=server.grpc_url, models=models)
         )
         try:
-            assert await triton.ready()
+            assert await triton.ready() and await local.ready()
+            z = await triton.encode(images)
+            np.testing.assert_allclose(z, await local.encode(images), atol=1e-4)
+            x_t = rng.standard_normal(images.shape).astype(np.float32)
+            decoded = await triton.decode(z, x_t, 5)
+            np.testing.assert_allclose(decoded, await local.decode(z, x_t, 5), atol=1e-3)
             logits, features = await triton.classify(images)
             want_logits, want_features = await local.classify(images)
             np.testing.assert_allclose(logits, want_logits, atol=1e-4)
