@@ -150,3 +150,19 @@ def test_init_from_a_checkpoint_warm_starts_a_new_diffae(tmp_path: Path) -> None
     manifest = ModelStore(tmp_path / "b").manifest("diffae")
     assert f"--init-from {checkpoint}" in manifest.command
     assert manifest.config["prediction_type"] == "epsilon"
+
+
+def test_init_from_a_store_entry_records_the_whole_recipe(tmp_path: Path) -> None:
+    common = ["--out", str(tmp_path / "store"), "--data", DATA,
+              "--cache-dir", str(tmp_path / "cache"), *TINY_ARGS,
+              "--z-dim", "8", "--encoder-channels", "32", "--unet-channels", "32,32"]  # fmt: skip
+    first = ["train", "diffae", "--name", "stage-a", "--prediction", "epsilon", *common,
+             "--checkpoint-dir", str(tmp_path / "ckpt-a")]  # fmt: skip
+    assert _veil(first) == 0
+    second = ["train", "diffae", "--name", "stage-b", "--init-from", "stage-a", *common,
+              "--checkpoint-dir", str(tmp_path / "ckpt-b")]  # fmt: skip
+    assert _veil(second) == 0
+    store = ModelStore(tmp_path / "store")
+    recipe = store.manifest("stage-b").command.split(" && ")
+    assert recipe[0] == store.manifest("stage-a").command
+    assert "--init-from stage-a" in recipe[1] and "--name stage-b" in recipe[1]
