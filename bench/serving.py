@@ -37,6 +37,7 @@ from services.common.inference import (
     create_backend,
 )
 from services.common.triton import TritonServer
+from services.common.triton_repository import render
 from services.common.triton_settings import REPO_ROOT, TritonSettings
 from services.kernels.classifiers import ClassifierConfig, build_classifier
 from services.kernels.diffae import DiffAE, DiffAEConfig
@@ -62,23 +63,14 @@ def build_store(root: Path) -> Path:
 
 
 def copy_repository(root: Path, store: Path, batching: bool, delay_us: int, threads: int) -> Path:
-    for name in (CLASSIFIER, DECODER):
-        target = root / name
-        (target / "1").mkdir(parents=True)
-        source = REPO_ROOT / "triton_models" / name
-        (target / "1" / "model.py").write_text((source / "1" / "model.py").read_text())
-        text = (source / "config.pbtxt").read_text()
-        text = re.sub(r'(key: "store" value: \{ string_value: )"[^"]*"', rf'\1"{store}"', text)
-        text = re.sub(r'(key: "threads" value: \{ string_value: )"[^"]*"', rf'\1"{threads}"', text)
-        text = re.sub(
-            r"dynamic_batching \{[^}]*\}\n",
-            f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
-            if batching
-            else "",
-            text,
-        )
-        (target / "config.pbtxt").write_text(text)
-    return root
+    return render(
+        REPO_ROOT / "triton_models",
+        root,
+        parameters={"store": str(store), "threads": str(threads)},
+        batching=batching,
+        queue_delay_us=delay_us,
+        models=(CLASSIFIER, DECODER),
+    )
 
 
 def scrape(url: str) -> dict[tuple[str, str], float]:

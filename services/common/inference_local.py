@@ -109,7 +109,16 @@ def _uniform(arrays: Arrays, name: str, rows: int) -> float | int:
 
 
 class BatchKernel(abc.ABC):
-    """One served kernel: check a request (``parse``), run a batch of them (``run``)."""
+    """One served kernel: check a request (``parse``), run a batch of them (``run``).
+
+    Requests are parsed on the CPU; ``run`` moves its batch to :attr:`device` (where the
+    model lives: ``cuda:N`` in a GPU instance of a Triton model) and returns numpy.
+    """
+
+    device = torch.device("cpu")
+
+    def to_device(self, tensors: Tensors) -> Tensors:
+        return {name: t.to(self.device) for name, t in tensors.items()}
 
     @abc.abstractmethod
     def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
@@ -129,7 +138,7 @@ class EncoderKernel(BatchKernel):
 
     @torch.no_grad()
     def run(self, key: Hashable, tensors: Tensors) -> Arrays:
-        return {"Z": self.model.encode(tensors["IMAGE"]).numpy()}
+        return {"Z": self.model.encode(self.to_device(tensors)["IMAGE"]).cpu().numpy()}
 
 
 class DecoderKernel(BatchKernel):
@@ -147,7 +156,8 @@ class DecoderKernel(BatchKernel):
 
     def run(self, key: Hashable, tensors: Tensors) -> Arrays:
         assert isinstance(key, int)
-        return {"IMAGE": self.model.decode(tensors["Z"], tensors["X_T"], key).numpy()}
+        t = self.to_device(tensors)
+        return {"IMAGE": self.model.decode(t["Z"], t["X_T"], key).cpu().numpy()}
 
 
 class ClassifierKernel(BatchKernel):
@@ -163,11 +173,12 @@ class ClassifierKernel(BatchKernel):
 
     @torch.no_grad()
     def run(self, key: Hashable, tensors: Tensors) -> Arrays:
-        features = self.model.features(tensors["IMAGE"], self.layer)
+        images = self.to_device(tensors)["IMAGE"]
+        features = self.model.features(images, self.layer)
         logits = self.model.head(features) if self.layer == "penultimate" else None
         if logits is None:
-            logits = self.model(tensors["IMAGE"])
-        return {"LOGITS": logits.numpy(), "FEATURES": features.flatten(1).numpy()}
+            logits = self.model(images)
+        return {"LOGITS": logits.cpu().numpy(), "FEATURES": features.flatten(1).cpu().numpy()}
 
 
 class ProtectKernel(BatchKernel):
@@ -192,18 +203,19 @@ class ProtectKernel(BatchKernel):
     def run(self, key: Hashable, tensors: Tensors) -> Arrays:
         assert isinstance(key, tuple)
         epsilon, step_size, iterations, ce_weight = key
+        t = self.to_device(tensors)
         protected, stats = fmd.protect(
             self.model,
-            tensors["IMAGE"],
-            tensors["LABEL"],
+            t["IMAGE"],
+            t["LABEL"],
             epsilon=epsilon,
             step_size=step_size,
             iterations=iterations,
             ce_weight=ce_weight,
             feature_layer=self.layer,
         )
-        distortion = stats.feature_distortion.reshape(-1, 1)
-        return {"PROTECTED": protected.numpy(), "FEATURE_DISTORTION": distortion.numpy()}
+        distortion = stats.feature_distortion.reshape(-1, 1).cpu()
+        return {"PROTECTED": protected.cpu().numpy(), "FEATURE_DISTORTION": distortion.numpy()}
 
 
 def execute_batched(kernel: BatchKernel, requests: list[Arrays]) -> list[Arrays | Exception]:
@@ -234,21 +246,42 @@ def execute_batched(kernel: BatchKernel, requests: list[Arrays]) -> list[Arrays 
     return [r if r is not None else RuntimeError("no result") for r in results]
 
 
+def instance_device(args: dict[str, str]) -> str:
+    """The device of a Triton model instance from its ``initialize`` args: ``cuda:<id>``
+    for ``KIND_GPU`` instances, ``cpu`` otherwise."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args.get('model_instance_device_id') or 0)}"
+    return "cpu"
+
+
 def build_kernel(
-    model_name: str, store: ModelStore, entry: str, feature_layer: str = "penultimate"
+    model_name: str,
+    store: ModelStore,
+    entry: str,
+    feature_layer: str = "penultimate",
+    device: str | torch.device = "cpu",
 ) -> BatchKernel:
-    """The kernel a Triton model (or the local backend) serves under ``model_name``."""
+    """The kernel a Triton model (or the local backend) serves under ``model_name``, with
+    its model on ``device``."""
+    kernel: BatchKernel
     if model_name in (ENCODER, DECODER):
         from services.kernels.diffae import DiffAE
 
         diffae = load_kernel_model("diffae", entry, store)
         assert isinstance(diffae, DiffAE)
-        return EncoderKernel(diffae) if model_name == ENCODER else DecoderKernel(diffae)
-    classifier = load_kernel_model("classifier", entry, store)
-    assert isinstance(classifier, Classifier)
-    if model_name == PROTECT:
-        return ProtectKernel(classifier, feature_layer)
-    return ClassifierKernel(classifier, feature_layer)
+        diffae.to(device)
+        kernel = EncoderKernel(diffae) if model_name == ENCODER else DecoderKernel(diffae)
+    else:
+        classifier = load_kernel_model("classifier", entry, store)
+        assert isinstance(classifier, Classifier)
+        classifier.to(device)
+        kernel = (
+            ProtectKernel(classifier, feature_layer)
+            if model_name == PROTECT
+            else ClassifierKernel(classifier, feature_layer)
+        )
+    kernel.device = torch.device(device)
+    return kernel
 
 
 class LocalBackend(InferenceBackend):

@@ -204,7 +204,7 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--metrics-address={s.host}",
             f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false",
+            f"--allow-gpu-metrics={'true' if s.gpu_metrics else 'false'}",
             f"--log-verbose={s.log_verbose}",
             f"--exit-timeout-secs={max(1, int(s.shutdown_grace_s))}",
         ]

@@ -5,7 +5,9 @@ models (tensors, kernel) comes from ``services.common.inference.MODELS`` by the 
 name and from ``build_kernel``. Shaped after python_backend's ``examples/add_sub``:
 ``initialize`` / ``execute`` / ``finalize``, one response per request, errors in the
 response. Weights come from the model store (config parameters ``store``, ``model_name``;
-``threads`` sets torch's intra-op threads, empty = torch's default); missing weights fail
+``threads`` sets torch's intra-op threads, empty = torch's default). A ``KIND_GPU`` instance
+runs its kernel on the GPU Triton assigned to it (``cuda:<model_instance_device_id>``), a
+``KIND_CPU`` one on the CPU; missing weights fail
 ``initialize`` with the reason. A bad request gets an INVALID_ARG error in its own
 response; the other requests of the batch are served. Importable only inside Triton's
 python backend stub (``triton_python_backend_utils``).
@@ -22,6 +24,7 @@ from services.common.inference import MODELS
 from services.common.inference_local import (
     build_kernel,
     execute_batched,
+    instance_device,
     resolve_store,
     version_entry,
 )
@@ -40,6 +43,7 @@ class TritonPythonModel:
             resolve_store(params.get("store", "")),
             entry,
             params.get("feature_layer") or "penultimate",
+            instance_device(args),
         )
 
     def execute(self, requests):

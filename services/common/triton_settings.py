@@ -36,6 +36,9 @@ class TritonSettings(BaseSettings):
     only ``load_models``; ``poll``: follow the repository on disk."""
     load_models: list[str] = Field(default_factory=list)
     """Models to load at start in ``explicit`` mode (``["*"]`` = all); ignored otherwise."""
+    gpu_metrics: bool = False
+    """Export Triton's GPU metrics (``nv_gpu_utilization``, memory, power): on for GPU nodes
+    (``VEIL_TRITON_GPU_METRICS=true`` in the GPU overlay); off where there is no GPU."""
     log_verbose: int = 0
     """``--log-verbose`` level of tritonserver (0 = info, warnings and errors only)."""
     startup_timeout_s: float = 120.0

@@ -179,7 +179,7 @@ class DiffAE(nn.Module):
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The network's raw output at (x_t, t, z): v or ε, per ``prediction_type``."""
-        out: torch.Tensor = self.unet(x_t, t, class_labels=self.cond(z)).sample
+        out: torch.Tensor = self.unet(x_t, t.to(x_t.device), class_labels=self.cond(z)).sample
         return out
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -187,7 +187,8 @@ class DiffAE(nn.Module):
         out = self.predict(x_t, t, z)
         if self.config.prediction_type == "epsilon":
             return out
-        alphas = self.train_scheduler().alphas_cumprod.to(x_t.dtype)[t].view(-1, 1, 1, 1)
+        alphas = self.train_scheduler().alphas_cumprod[t.cpu()]
+        alphas = alphas.to(x_t.device, x_t.dtype).view(-1, 1, 1, 1)
         return alphas.sqrt() * out + (1 - alphas).sqrt() * x_t
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,8 @@ class DiffAE(nn.Module):
         scheduler = self.train_scheduler()
         batch = x.shape[0]
         t = torch.randint(0, self.config.train_timesteps, (batch,), generator=generator)
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        t = t.to(x.device)
         x_t = scheduler.add_noise(x, noise, t)
         target = (
             noise

@@ -125,7 +125,7 @@ def protect(
         )
     batch = x.shape[0]
     given = torch.full((batch,), -1) if labels is None else labels
-    y = check_labels(given, batch, model.config.num_classes)
+    y = check_labels(given, batch, model.config.num_classes).to(x.device)
     was_training = model.training
     model.eval()
     try:
@@ -135,7 +135,7 @@ def protect(
         x_adv = x.clone()
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
-            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
             x_adv = (x + eps * noise).clamp(-1.0, 1.0)
         for _ in range(iterations):
             x_adv.requires_grad_(True)

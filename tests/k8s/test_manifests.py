@@ -344,7 +344,14 @@ def test_gpu_overlay_is_postgres_autoscaled_with_triton_on_a_gpu() -> None:
     pod = triton["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--model-repository=/models" in server["args"]
+    assert server["args"] == ["triton"]  # `veil triton`, in the same image as the services
+    (accountant_container,) = accountant["spec"]["template"]["spec"]["containers"]
+    assert server["image"] == accountant_container["image"]
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["VEIL_TRITON_MODEL_REPOSITORY"] == GPU_REPOSITORY
+    assert env["VEIL_TRITON_HOST"] == "0.0.0.0" and env["VEIL_TRITON_GPU_METRICS"] == "true"
+    grace = float(env["VEIL_TRITON_SHUTDOWN_GRACE_S"])
+    assert grace < pod["terminationGracePeriodSeconds"]
     assert container_ports(triton) == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -403,3 +410,23 @@ def test_accountant_metric_names_exist_in_code() -> None:
     missing = [n for n in sorted(names) if not _defined_in(sources, n)]
     if missing:
         pytest.xfail(f"{missing} not in services/ yet (services/accountant/metrics.py pending)")
+
+
+GPU_REPOSITORY = "/opt/veil/models-gpu"
+DOCKERFILE = ROOT / "k8s" / "images" / "Dockerfile"
+
+
+def test_image_copies_what_exists_and_renders_the_gpu_repository() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    copies = [line.split()[1:-1] for line in lines if line.startswith("COPY ")]
+    assert copies, "the image copies nothing"
+    for sources in copies:
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    text = DOCKERFILE.read_text()
+    assert f"triton_repository triton_models {GPU_REPOSITORY} --kind gpu" in text
+    assert "veil models verify" in text and 'ENTRYPOINT ["veil"]' in text
+    user = next(line for line in lines if line.startswith("USER "))
+    triton = one(render("gpu"), "Deployment", "triton")
+    run_as = triton["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert user.split()[1].split(":")[0] == str(run_as)

@@ -7,8 +7,6 @@ store of random-init tiny models (fixed seeds): nothing here depends on trained 
 from __future__ import annotations
 
 import asyncio
-import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.common.inference import CLASSIFIER, DECODER, ENCODER, MODELS, PROTECT
 from services.common.triton import TritonServer, TritonStartError
+from services.common.triton_repository import render
 from services.common.triton_settings import REPO_ROOT
 from services.kernels.classifiers import ClassifierConfig, build_classifier
 from services.kernels.diffae import DiffAE, DiffAEConfig
@@ -56,18 +55,15 @@ def tiny_store(root: Path) -> Path:
 def copy_repository(
     root: Path, store: Path | str, *, models: tuple[str, ...] = tuple(MODELS), batching=True
 ) -> Path:
-    """A copy of ``triton_models/`` (``models`` only) whose ``store`` parameter is ``store``;
-    ``batching=False`` drops the ``dynamic_batching`` block."""
-    for name in models:
-        shutil.copytree(REPO_ROOT / "triton_models" / name, root / name)
-        config = root / name / "config.pbtxt"
-        text = re.sub(
-            r'(key: "store" value: \{ string_value: )"[^"]*"', rf'\1"{store}"', config.read_text()
-        )
-        if not batching:
-            text = re.sub(r"dynamic_batching \{[^}]*\}\n", "", text)
-        config.write_text(text)
-    return root
+    """``triton_models/`` (``models`` only) rendered into ``root/models`` with its ``store``
+    parameter set to ``store``; ``batching=False`` drops the ``dynamic_batching`` block."""
+    return render(
+        REPO_ROOT / "triton_models",
+        root / "models",
+        parameters={"store": str(store)},
+        batching=batching,
+        models=models,
+    )
 
 
 def shared_veil_triton(request: pytest.FixtureRequest) -> TritonServer:
