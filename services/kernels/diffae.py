@@ -58,6 +58,10 @@ class DiffAEConfig:
     beta_schedule: str = "linear"
     prediction_type: str = "v_prediction"
     """``v_prediction`` (the default, see the module docstring) or ``epsilon``."""
+    attributes: tuple[str, ...] = ()
+    """Binary attributes supervised on z by a linear head (see :meth:`DiffAE.loss`)."""
+    attribute_weight: float = 0.0
+    """Weight of that head's logistic loss; 0 = the unsupervised DiffAE objective."""
 
     def __post_init__(self) -> None:
         stages = len(self.unet_channels) - 1
@@ -65,6 +69,10 @@ class DiffAEConfig:
             raise KernelInputError(
                 f"resolution {self.resolution} must be >= 8 and divisible by 2**{stages}"
             )
+        if not self.attribute_weight >= 0.0:
+            raise KernelInputError(f"attribute_weight must be >= 0; got {self.attribute_weight}")
+        if self.attribute_weight > 0 and not self.attributes:
+            raise KernelInputError("attribute_weight > 0 needs the attributes it supervises")
         if self.prediction_type not in ("v_prediction", "epsilon"):
             raise KernelInputError(
                 f"prediction_type must be 'v_prediction' or 'epsilon'; got {self.prediction_type!r}"
@@ -150,6 +158,10 @@ class DiffAE(nn.Module):
         self.unet = cast(nn.Module, unet)
         self.cond = nn.Linear(config.z_dim, chans[0] * 4)
         """z → the UNet's time-embedding width; added to the time embedding."""
+        self.attribute_head = (
+            nn.Linear(config.z_dim, len(config.attributes)) if config.attributes else None
+        )
+        """z → one logit per supervised attribute (training only; never served)."""
 
     # -- schedulers (rebuilt on demand: they hold no learned state) -----------------------
 
@@ -195,9 +207,22 @@ class DiffAE(nn.Module):
         """Images (B, 3, R, R) in [-1, 1] → codes (B, z_dim)."""
         return self.encoder(check_images(x, self.config.resolution))
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        attributes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """MSE of the v (or ε) prediction at a uniform random timestep; the encoder is
-        trained end to end through the conditioning."""
+        trained end to end through the conditioning.
+
+        With ``attribute_weight`` > 0 and ``attributes`` (B, A) binary labels in the order
+        of ``config.attributes``, a linear head's logistic loss on z is added. The weighted
+        mechanism can protect only what lies along a linear direction of z; unsupervised,
+        small features (a smile, glasses: a few pixels at 32×32) stay out of it (held-out
+        linear probes of 0.54 and 0.73 after 2 000 v-prediction steps), though a pixel
+        classifier reads them at 0.98–1.0. The head pulls each attribute onto a direction.
+        """
         scheduler = self.train_scheduler()
         batch = x.shape[0]
         t = torch.randint(0, self.config.train_timesteps, (batch,), generator=generator)
@@ -209,7 +234,21 @@ class DiffAE(nn.Module):
             if self.config.prediction_type == "epsilon"
             else scheduler.get_velocity(x, noise, t)
         )
-        return F.mse_loss(self.predict(x_t, t, self.encoder(x)), target)
+        z = self.encoder(x)
+        loss = F.mse_loss(self.predict(x_t, t, z), target)
+        if self.attribute_head is not None and self.config.attribute_weight > 0:
+            if attributes is None:
+                raise KernelInputError(f"loss: attributes {self.config.attributes} are needed")
+            labels = attributes.to(device=z.device, dtype=z.dtype)
+            if labels.shape != (x.shape[0], len(self.config.attributes)):
+                raise KernelInputError(
+                    f"attributes: expected ({x.shape[0]}, {len(self.config.attributes)}); "
+                    f"got {tuple(labels.shape)}"
+                )
+            logits = self.attribute_head(z)
+            bce = F.binary_cross_entropy_with_logits(logits, labels)
+            loss = loss + self.config.attribute_weight * bce
+        return loss
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, x_T: torch.Tensor, steps: int = 20) -> torch.Tensor:

@@ -73,6 +73,13 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     diffae.add_argument("--layers-per-block", type=int, default=1)
     diffae.add_argument("--prediction", choices=("v_prediction", "epsilon"), default="v_prediction")
     diffae.add_argument(
+        "--attribute-weight",
+        type=float,
+        default=0.0,
+        help="weight of a linear attribute head's logistic loss on z, over every attribute of"
+        " the data (default 0: unsupervised)",
+    )
+    diffae.add_argument(
         "--init-from",
         help="warm start: a store entry or a checkpoint file of the same architecture",
     )
@@ -213,6 +220,10 @@ def run_train_diffae(args: argparse.Namespace) -> int:
     from services.kernels.training.diffae import train_diffae
 
     args.name = args.name or DEFAULT_DIFFAE
+    init = None
+    if args.init_from:
+        init, args.init_recipe = _init_state(args.init_from, args.out)
+    train, held = _data(args)
     config = DiffAEConfig(
         resolution=args.resolution,
         z_dim=args.z_dim,
@@ -220,11 +231,9 @@ def run_train_diffae(args: argparse.Namespace) -> int:
         unet_channels=tuple(args.unet_channels),
         layers_per_block=args.layers_per_block,
         prediction_type=args.prediction,
+        attributes=train.attribute_names if args.attribute_weight > 0 else (),
+        attribute_weight=args.attribute_weight,
     )
-    init = None
-    if args.init_from:
-        init, args.init_recipe = _init_state(args.init_from, args.out)
-    train, held = _data(args)
     result = train_diffae(
         train, config, _train_config(args), _checkpoint_dir(args), args.resume, held, init
     )

@@ -153,3 +153,29 @@ def test_v_loss_targets_the_velocity() -> None:
 def test_unknown_parameterisation_is_refused() -> None:
     with pytest.raises(KernelInputError, match="prediction_type"):
         DiffAEConfig(prediction_type="sample")
+
+
+def test_attribute_head_adds_its_logistic_loss() -> None:
+    config = DiffAEConfig(**{**TINY.to_dict(), "attributes": ("a", "b"), "attribute_weight": 0.5})
+    torch.manual_seed(0)
+    net = DiffAE(config)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    labels = torch.tensor([[0, 1], [1, 1], [0, 0], [1, 0]])
+    with torch.no_grad():
+        total = net.loss(x, torch.Generator().manual_seed(5), labels)
+        net.attribute_head = None  # the same draws without the head
+        plain = net.loss(x, torch.Generator().manual_seed(5))
+    torch.manual_seed(0)
+    head = DiffAE(config).attribute_head
+    assert head is not None
+    with torch.no_grad():
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            head(net.encoder(x)), labels.float()
+        )
+    assert float(total) == pytest.approx(float(plain) + 0.5 * float(bce), rel=1e-5)
+    with pytest.raises(KernelInputError, match="attributes"):
+        DiffAE(config).loss(x, torch.Generator().manual_seed(5))
+    with pytest.raises(KernelInputError, match=r"expected \(4, 2\)"):
+        DiffAE(config).loss(x, None, labels[:, :1])
+    with pytest.raises(KernelInputError, match="needs the attributes"):
+        DiffAEConfig(attribute_weight=0.1)

@@ -103,7 +103,8 @@ def test_veil_train_diffae_then_probes_end_to_end(
     manifest = json.loads((store / "diffae" / "manifest.json").read_text())
     assert manifest["kind"] == "diffae" and manifest["data"]["n"] == 61
     command = manifest["command"]
-    assert command.startswith("veil train diffae --batch-size 4") and "--steps 3" in command
+    assert command.startswith("veil train diffae --attribute-weight 0.0 --batch-size 4")
+    assert "--steps 3" in command
     assert "--command" not in command and "--resume" not in command
     assert _veil(["train", "probes", "--out", str(store), "--data", "synthfaces://?n=64&seed=1",
                   "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
@@ -166,3 +167,20 @@ def test_init_from_a_store_entry_records_the_whole_recipe(tmp_path: Path) -> Non
     recipe = store.manifest("stage-b").command.split(" && ")
     assert recipe[0] == store.manifest("stage-a").command
     assert "--init-from stage-a" in recipe[1] and "--name stage-b" in recipe[1]
+
+
+def test_warm_start_adds_an_attribute_head_to_an_unsupervised_model(tmp_path: Path) -> None:
+    common = ["--data", DATA, "--cache-dir", str(tmp_path / "cache"), *TINY_ARGS,
+              "--z-dim", "8", "--encoder-channels", "32", "--unet-channels", "32,32"]  # fmt: skip
+    first = ["train", "diffae", "--out", str(tmp_path / "a"), *common,
+             "--checkpoint-dir", str(tmp_path / "ckpt-a")]  # fmt: skip
+    assert _veil(first) == 0
+    checkpoint = sorted((tmp_path / "ckpt-a").glob("ckpt-*.pt"))[-1]
+    second = ["train", "diffae", "--out", str(tmp_path / "b"), *common, "--init-from",
+              str(checkpoint), "--attribute-weight", "0.1",
+              "--checkpoint-dir", str(tmp_path / "ckpt-b")]  # fmt: skip
+    assert _veil(second) == 0
+    manifest, weights = ModelStore(tmp_path / "b").load("diffae")
+    assert manifest.config["attributes"] == ["male", "old", "dark_skin", "glasses", "smiling"]
+    assert manifest.config["attribute_weight"] == 0.1
+    assert weights["attribute_head.weight"].shape == (5, 8)

@@ -3,28 +3,46 @@ its manifest records (and ``bench/kernels.py`` prints)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from services.kernels.checks import KernelInputError
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.metrics import psnr, ssim
 from services.kernels.training.data import ImageTable
 from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, seed_everything
+
+log = logging.getLogger(__name__)
 
 EVAL_SAMPLES = 256
 RECON_SAMPLES = 64
 RECON_STEPS = 20
 
 
+def attribute_labels(
+    model: DiffAE, table: ImageTable, indices: torch.Tensor
+) -> torch.Tensor | None:
+    """The labels of the attributes ``model`` supervises, in its order (None if none)."""
+    names = model.config.attributes
+    if not names:
+        return None
+    missing = [n for n in names if n not in table.attribute_names]
+    if missing:
+        raise KernelInputError(f"the data has no attribute(s) {missing}: {table.attribute_names}")
+    columns = [table.attribute_names.index(n) for n in names]
+    return table.attributes[indices][:, columns]
+
+
 def heldout_loss(model: DiffAE, held: ImageTable, seed: int = 0) -> float:
-    """Training loss (v or ε) on held-out images with fixed noise (comparable across runs)."""
+    """Training loss on held-out images with fixed noise (comparable across runs)."""
     gen = torch.Generator().manual_seed(seed)
-    images = held.batch(torch.arange(min(len(held), EVAL_SAMPLES)))
+    indices = torch.arange(min(len(held), EVAL_SAMPLES))
     with torch.no_grad():
-        return float(model.loss(images, gen))
+        return float(model.loss(held.batch(indices), gen, attribute_labels(model, held, indices)))
 
 
 def reconstruction(
@@ -66,7 +84,7 @@ def train_diffae(
 
     def step_loss(net: nn.Module, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         assert isinstance(net, DiffAE)
-        return net.loss(train.batch(indices), gen)
+        return net.loss(train.batch(indices), gen, attribute_labels(net, train, indices))
 
     def evaluate(ema: nn.Module) -> dict[str, float]:
         assert isinstance(ema, DiffAE)
@@ -78,5 +96,7 @@ def train_diffae(
     run_config = {"model": model_config.to_dict(), "data": train.uri, "n": len(train)}
     trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config)
     if init is not None:
-        trainer.warm_start(init)
+        fresh = trainer.warm_start(init)
+        if fresh:
+            log.info("warm start: new parameters start fresh: %s", ", ".join(fresh))
     return trainer.run(resume=resume, evaluate=evaluate)

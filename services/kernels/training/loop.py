@@ -136,11 +136,24 @@ class Trainer:
         """Wall time of the steps taken before the last resume (from the checkpoint)."""
         self._began = time.perf_counter()
 
-    def warm_start(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Start from ``state`` (weights of the same architecture, e.g. an earlier model):
-        the weights and their EMA are set; the optimizer and the step count start fresh."""
-        self.model.load_state_dict(state)
+    def warm_start(self, state: Mapping[str, torch.Tensor]) -> list[str]:
+        """Start from ``state`` (weights of an earlier model of this architecture): the
+        weights and their EMA are set; the optimizer and the step count start fresh.
+
+        Modules the earlier model did not have (e.g. a new training head) keep their fresh
+        initialisation; their parameter names are returned. Weights the model has no place
+        for, or of another shape, are refused.
+        """
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise FailedPrecondition(f"warm start: the weights do not fit: {exc}") from None
+        if unexpected:
+            raise FailedPrecondition(
+                f"warm start: the weights have parameters this model lacks: {unexpected[:5]}"
+            )
         self.ema = EMA(self.model, self.config.ema_decay)
+        return list(missing)
 
     def resume(self) -> int:
         """Load the latest checkpoint, if any; returns the step it was taken at."""
