@@ -89,7 +89,8 @@ def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Clas
 def _tensor(arrays: Arrays, name: str) -> torch.Tensor:
     if name not in arrays:
         raise KernelInputError(f"{name}: missing input")
-    return torch.from_numpy(np.ascontiguousarray(arrays[name]))
+    # np.require copies only when needed: arrays from tritonclient are read-only.
+    return torch.from_numpy(np.require(arrays[name], requirements=["C", "W"]))
 
 
 def _column(arrays: Arrays, name: str, rows: int) -> torch.Tensor:
