@@ -1,6 +1,6 @@
 """Accountant throughput vs ledger size: spends/s and check latency, SQLite and PostgreSQL.
 
-    .venv/bin/python bench/accountant.py --sizes 1000,100000,1000000 --n 200
+    .venv/bin/python -m bench.accountant --sizes 1000,100000,1000000 --n 200
 
 PostgreSQL rows appear when VEIL_TEST_POSTGRES_DSN is set (each size uses a fresh schema).
 Past events are seeded in bulk, not spent one by one: N identical Gaussian(σ=1000) events
@@ -26,8 +26,8 @@ from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert, 
 from services.accountant.accounting import Composition, atoms_of
 from services.accountant.events import Budget, Charge, Gaussian, Scope
 from services.accountant.ledger import Ledger
+from services.accountant.rows import atoms_to_json, dumps
 from services.accountant.schema import budgets, event_budgets, events
-from services.accountant.store import atoms_to_json, dumps
 
 T, D, S = "bench", "ds", "subj"
 SCOPES = (Scope(T), Scope(T, D), Scope(T, D, S))

@@ -1,6 +1,6 @@
 """synthfaces throughput, label frequencies and attribute correlations, as tables.
 
-    .venv/bin/python bench/datasets.py [--n 50000] [--batches 256,1024] [--grid out.png]
+    .venv/bin/python -m bench.datasets [--n 50000] [--batches 256,1024] [--grid out.png]
 
 Throughput is measured on a few batches and extrapolated to ``--n`` images (pass
 ``--full`` to render all of them). Labels need no rendering, so the frequency and
@@ -10,13 +10,10 @@ correlation tables always cover all ``--n`` samples.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.kernels.data.synthfaces import ALL_ATTRIBUTES, SynthFaces
 

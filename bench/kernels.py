@@ -1,6 +1,6 @@
 """Model kernels: reconstruction, probe and classifier accuracy, decode time, edit grid.
 
-    .venv/bin/python bench/kernels.py [--store DIR] [--data URI] [--n 64] [--steps 10,20,50]
+    .venv/bin/python -m bench.kernels [--store DIR] [--data URI] [--n 64] [--steps 10,20,50]
                                       [--threads 2] [--grid out.png]
 
 Reconstruction decodes encode(x) in ``--recon-steps`` DDIM steps from a fresh x_T (what
@@ -14,23 +14,19 @@ synthfaces seed no model was trained on.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.kernels.data import to_uint8
 from services.kernels.diffae import DiffAE
 from services.kernels.models import load_classifier, load_diffae, load_probes
 from services.kernels.probes import ProbeSet
 from services.kernels.store import ModelStore
-from services.kernels.train_cli import encode_table
 from services.kernels.training.classifier import accuracy, labels_for
 from services.kernels.training.data import ImageTable, load_table
-from services.kernels.training.diffae import reconstruction
+from services.kernels.training.diffae import encode_table, reconstruction
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -1,6 +1,6 @@
 """Serving: the classifier and the decoder in-process vs on Triton, with and without batching.
 
-    .venv/bin/python bench/serving.py [--duration 3] [--concurrency 1,4,16] [--steps 5]
+    .venv/bin/python -m bench.serving [--duration 3] [--concurrency 1,4,16] [--steps 5]
                                       [--delay-us 2000] [--threads 1]
 
 For each model and concurrency (closed loop: N callers, one image per call, each sends its
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,21 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.common.inference import (
-    CLASSIFIER,
-    DECODER,
-    InferenceBackend,
-    InferenceSettings,
-    create_backend,
-)
-from services.common.triton import TritonServer
-from services.common.triton_repository import render
-from services.common.triton_settings import REPO_ROOT, TritonSettings
+from services.inference.backend import InferenceBackend, InferenceSettings
+from services.inference.factory import create_backend
 from services.kernels.classifiers import ClassifierConfig, build_classifier
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.store import ModelStore
+from services.serving.contract import CLASSIFIER, DECODER
+from services.triton.repository import render
+from services.triton.server import TritonServer
+from services.triton.settings import REPO_ROOT, TritonSettings
 
 METRICS = (
     "nv_inference_request_success",

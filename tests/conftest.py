@@ -1,29 +1,19 @@
-"""Fixture chain shared by every test: settings → app → real server on a free loopback
-port (in a background event loop) → a blocking gRPC channel with a bearer token.
-
-Nothing here mocks gRPC: servers bind real sockets and clients speak HTTP/2 to them.
+"""Fixtures shared by every test: real servers on free loopback ports (helpers in
+``tests/support``), blocking channels to them, the session's one Triton server with the four
+Veil models, and the ``gpu`` marker's skip.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 import torch
 
-from services.common.server import ServiceApp, VeilServer
-from services.common.settings import ServiceSettings, TokenGrant
-
-TOKEN = "test-token-acme"
-OTHER_TOKEN = "test-token-globex"
-TOKENS = {
-    TOKEN: TokenGrant(tenant="acme", scopes=["*"]),
-    OTHER_TOKEN: TokenGrant(tenant="globex", scopes=["accountant:get_budget"]),
-}
+from services.runtime.server import ServiceApp
+from tests.support.server import ServerThread
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,55 +22,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("gpu") is not None:
                 item.add_marker(skip)
-
-
-def test_settings(**overrides: object) -> ServiceSettings:
-    """Settings for a server on free loopback ports with the test tokens."""
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "metrics_port": 0,
-        "tokens": TOKENS,
-        "shutdown_grace_s": 5.0,
-    }
-    values.update(overrides)
-    return ServiceSettings(**values)  # type: ignore[arg-type]
-
-
-test_settings.__test__ = False  # type: ignore[attr-defined]
-
-
-class ServerThread:
-    """Runs a :class:`VeilServer` on its own event loop in a daemon thread."""
-
-    def __init__(self, app: ServiceApp) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = VeilServer(app)
-        self.port = self.call(self.server.start())
-
-    def call(self, coro, timeout: float = 30):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self, grace: float | None = None) -> None:
-        self.call(self.server.stop(grace))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
-@contextmanager
-def serve(app: ServiceApp) -> Iterator[ServerThread]:
-    """Start ``app`` on a real server; stop it (gracefully) afterwards."""
-    running = ServerThread(app)
-    try:
-        yield running
-    finally:
-        running.stop(grace=1.0)
 
 
 @pytest.fixture
@@ -97,11 +38,6 @@ def serve_app() -> Iterator[Callable[[ServiceApp], ServerThread]]:
         running.stop(grace=1.0)
 
 
-def bearer(token: str = TOKEN) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying ``token``."""
-    return (("authorization", f"Bearer {token}"),)
-
-
 @pytest.fixture
 def channel_to() -> Iterator[Callable[[ServerThread], grpc.Channel]]:
     """Factory: a blocking channel to a running server, closed after the test."""
@@ -114,3 +50,26 @@ def channel_to() -> Iterator[Callable[[ServerThread], grpc.Channel]]:
     yield open_channel
     for ch in channels:
         ch.close()
+
+
+@pytest.fixture(scope="session")
+def veil_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The four Veil models of ``triton_models/`` on one real tritonserver for the whole
+    session, over a store of random-init tiny models: its start-up (four stubs importing
+    torch) is most of the Triton tests' time, so every test that needs it shares it."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (the bundled tritonserver)")
+    from services.triton.server import TritonServer
+    from tests.support.triton import copy_repository, free_port_settings, tiny_store
+
+    store = tiny_store(tmp_path_factory.mktemp("store"))
+    repository = copy_repository(tmp_path_factory.mktemp("repo"), store)
+    server = TritonServer(free_port_settings(repository))
+    server.store_root = store  # type: ignore[attr-defined]
+    with server:
+        yield server
+
+
+@pytest.fixture
+def veil_store(veil_triton: object) -> Path:
+    """The model store behind :func:`veil_triton`."""
+    return Path(veil_triton.store_root)  # type: ignore[attr-defined]

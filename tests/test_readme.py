@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.registry import SERVICES
-from tests.conftest import serve, test_settings
-from tests.test_cli import free_port
+from services.cli.registry import SERVICES
+from tests.support.server import free_port, serve, test_settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 from services._proto.veil.v1 import accountant_pb2_grpc
 from services.accountant.ledger import Ledger
 from services.accountant.metrics import AccountantMetrics
 from services.accountant.servicer import AccountantServicer
 from services.accountant.settings import AccountantSettings
-from services.common.diagnostics import diagnostics_mount
-from services.common.server import Mount, ServiceApp
-from services.common.settings import ServiceSettings
+from services.runtime.diagnostics import diagnostics_mount
+from services.runtime.server import Mount, ServiceApp
+from services.runtime.settings import ServiceSettings
 
 
 class Settings(ServiceSettings, AccountantSettings):
@@ -41,9 +39,6 @@ def build_app(settings: Settings) -> ServiceApp:
     ]
 
     async def start() -> None:
-        url = make_url(settings.database_url)
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(ledger.create_schema)
 
     async def ready() -> bool:

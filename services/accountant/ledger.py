@@ -29,16 +29,7 @@ from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Re
 from services.accountant.metrics import AccountantMetrics
 from services.accountant.policy import Policy
 from services.accountant.queries import LedgerQueries
-from services.accountant.schema import (
-    budgets,
-    event_budgets,
-    events,
-    make_engine,
-    metadata,
-    reservations,
-)
-from services.accountant.settings import AccountantSettings
-from services.accountant.store import (
+from services.accountant.rows import (
     BudgetRow,
     atoms_to_json,
     dumps,
@@ -47,6 +38,15 @@ from services.accountant.store import (
     scope_key,
     scope_key_details,
 )
+from services.accountant.schema import (
+    budgets,
+    event_budgets,
+    events,
+    metadata,
+    reservations,
+)
+from services.accountant.settings import AccountantSettings
+from services.common.db import create_schema, make_engine, transaction
 from services.common.errors import (
     AlreadyExists,
     BudgetExhausted,
@@ -94,7 +94,7 @@ class Ledger(LedgerQueries):
 
     def create_schema(self) -> None:
         """Create the tables if missing (idempotent)."""
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)
 
     def ping(self) -> bool:
         """True if the database answers (the server's readiness check)."""
@@ -106,10 +106,8 @@ class Ledger(LedgerQueries):
 
     @contextmanager
     def _tx(self, *, readonly: bool = False) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
-            conn.execution_options(veil_readonly=readonly)
-            with conn.begin():
-                yield conn
+        with transaction(self._engine, readonly=readonly) as conn:
+            yield conn
 
     # -- budgets -------------------------------------------------------------------------
     def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus:

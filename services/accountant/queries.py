@@ -20,13 +20,13 @@ from sqlalchemy import Connection, func, select
 
 from services.accountant.accounting import Atom, Composition, atoms_of, charge_epsilon
 from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Scope
-from services.accountant.schema import budgets, event_budgets, events
-from services.accountant.store import (
+from services.accountant.rows import (
     BudgetRow,
     live_reservation_atoms,
     load_budgets,
     row_to_budget,
 )
+from services.accountant.schema import budgets, event_budgets, events
 from services.common.errors import InvalidArgument, PermissionDenied
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Tables of the ledger and engine setup for SQLite and PostgreSQL (SQLAlchemy Core).
+"""Tables of the ledger (SQLAlchemy Core); engines come from :mod:`services.common.db`.
 
 ``budgets`` holds each budget's limits plus its running composition (``rdp``: the RDP
 curve over :data:`~services.accountant.accounting.ORDERS`; ``atoms``: the multiset as a
@@ -11,12 +11,9 @@ charged; ``reservations`` are leases on budget that count while ``status = 'live
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
     Column,
-    Engine,
     Float,
     ForeignKey,
     Index,
@@ -26,8 +23,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
 )
 
 metadata = MetaData()
@@ -83,34 +78,3 @@ reservations = Table(
     Column("spend_id", String(64)),
     Index("ix_reservations_live", "tenant_id", "status", "expires_at"),
 )
-
-
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Engine with the per-backend setup spends rely on.
-
-    SQLite: WAL (readers never block the writer), ``synchronous=FULL`` (an acknowledged
-    spend survives a power cut), a busy timeout, and pysqlite's own transaction handling
-    disabled so that every transaction opens with ``BEGIN IMMEDIATE``: writers serialise
-    on the database lock *before* reading the budgets they check (no lost updates).
-    PostgreSQL: plain pool; row locks are taken with ``SELECT … FOR UPDATE``.
-    """
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, **kwargs)
-    engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        readonly = conn.get_execution_options().get("veil_readonly", False)
-        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
-
-    return engine

@@ -19,7 +19,7 @@ from services.accountant import converters as cv
 from services.accountant.accounting import charge_epsilon
 from services.accountant.events import BudgetStatus, Charge, Scope
 from services.accountant.ledger import Ledger
-from services.common.auth import require_tenant
+from services.runtime.auth import require_tenant
 
 AUDIT_CHUNK_BYTES = 256 * 1024
 

@@ -1,1 +1,4 @@
-"""Shared runtime of every Veil service: settings, auth, errors, health, metrics, images."""
+"""The leaf every layer may use: error kinds, the image codec and its limits, the db helper.
+
+Imports nothing of ours, no grpc and no pydantic-settings (tests/test_architecture.py).
+"""

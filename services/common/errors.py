@@ -1,8 +1,8 @@
 """One error hierarchy for every Veil service.
 
-Core code raises these; it never imports grpc. Each class names its gRPC status code
-(as the ``grpc.StatusCode`` member name) and the error interceptor in
-``services.common.interceptors`` maps it onto the wire. ``details`` is a flat
+Core code raises these; it never imports grpc. Each kind's gRPC status code lives in the
+runtime (``services.runtime.errors.STATUS``), which the error interceptor applies: every
+layer may raise these, only the transport knows what they mean on the wire. ``details`` is a flat
 ``str -> str`` map sent to the client as a ``google.rpc.ErrorInfo`` (for example the
 remaining budget on a refused spend); it must never carry secrets or another tenant's data.
 Anything that is not a ``VeilError`` becomes INTERNAL with a generic message.
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 class VeilError(Exception):
     """Root of every error a Veil service reports to its callers."""
 
-    status: str = "INTERNAL"
     reason: str = "INTERNAL"
+    """``google.rpc.ErrorInfo`` reason: stable, machine-readable."""
 
     def __init__(self, message: str, *, details: Mapping[str, object] | None = None) -> None:
         super().__init__(message)
@@ -28,7 +28,6 @@ class VeilError(Exception):
 class InvalidArgument(VeilError):
     """The request is malformed or a parameter is out of range."""
 
-    status = "INVALID_ARGUMENT"
     reason = "INVALID_ARGUMENT"
 
 
@@ -41,82 +40,70 @@ class InvalidImage(InvalidArgument):
 class Unauthenticated(VeilError):
     """No bearer token, or one that no tenant owns."""
 
-    status = "UNAUTHENTICATED"
     reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(VeilError):
     """The caller's tenant or scopes do not allow this request."""
 
-    status = "PERMISSION_DENIED"
     reason = "PERMISSION_DENIED"
 
 
 class NotFound(VeilError):
     """The named object does not exist (or is not visible to this tenant)."""
 
-    status = "NOT_FOUND"
     reason = "NOT_FOUND"
 
 
 class AlreadyExists(VeilError):
     """An object with this name or key exists with different content."""
 
-    status = "ALREADY_EXISTS"
     reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(VeilError):
     """The system is not in a state that allows this request (e.g. a lease expired)."""
 
-    status = "FAILED_PRECONDITION"
     reason = "FAILED_PRECONDITION"
 
 
 class BudgetExhausted(VeilError):
     """The charge would take a privacy budget past its limit; nothing was spent."""
 
-    status = "RESOURCE_EXHAUSTED"
     reason = "BUDGET_EXHAUSTED"
 
 
 class ResourceExhausted(VeilError):
     """A capacity limit (queue, sessions, rate) is reached; retry later."""
 
-    status = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
 
 
 class ModelNotReady(VeilError):
     """A model or backend this request needs is not ready; retry later."""
 
-    status = "UNAVAILABLE"
     reason = "MODEL_NOT_READY"
 
 
 class Unavailable(VeilError):
     """A dependency (database, Triton, another service) cannot be reached."""
 
-    status = "UNAVAILABLE"
     reason = "UNAVAILABLE"
 
 
 class DeadlineExceeded(VeilError):
     """The work could not finish within the caller's deadline."""
 
-    status = "DEADLINE_EXCEEDED"
     reason = "DEADLINE_EXCEEDED"
 
 
 class Aborted(VeilError):
     """A concurrent change conflicted with this one; the caller may retry."""
 
-    status = "ABORTED"
     reason = "ABORTED"
 
 
 class Cancelled(VeilError):
     """The work was cancelled at the caller's request."""
 
-    status = "CANCELLED"
     reason = "CANCELLED"

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
 
 from services.common.errors import InvalidImage
-from services.common.settings import ImageLimits
 
 _CHANNELS = {
     "1": 1,
@@ -33,6 +33,23 @@ _CHANNELS = {
     "I": 1,
     "F": 1,
 }
+
+
+class ImageLimits(BaseModel):
+    """Limits every decoded image must meet; anything else is INVALID_ARGUMENT."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    """Largest encoded image accepted, in bytes."""
+    max_pixels: int = 4096 * 4096
+    """Largest width × height, checked from the header before any pixel is decoded."""
+    max_side: int = 8192
+    """Largest width or height in pixels."""
+    min_side: int = 8
+    """Smallest width or height in pixels."""
+    formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP"])
+    """Accepted container formats, as Pillow names them."""
+    channels: list[int] = Field(default_factory=lambda: [1, 3, 4])
+    """Accepted channel counts of the source (grey, RGB, RGBA); output is always RGB."""
 
 
 @dataclass(frozen=True)

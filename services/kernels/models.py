@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
 from services.kernels.defaults import DEFAULT_DIFFAE, DEFAULT_PROBES
-from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.probes import ProbeSet
 from services.kernels.store import ModelIntegrityError, ModelStore
+
+if TYPE_CHECKING:
+    from services.kernels.diffae import DiffAE
 
 
 def _fill(model: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -25,6 +29,9 @@ def _fill(model: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None
 
 
 def load_diffae(name: str = DEFAULT_DIFFAE, store: ModelStore | None = None) -> DiffAE:
+    """The diffusion autoencoder behind ``name`` (imports diffusers: only when asked for)."""
+    from services.kernels.diffae import DiffAE, DiffAEConfig
+
     manifest, tensors = (store or ModelStore()).load(name, kind="diffae")
     model = DiffAE(DiffAEConfig.from_dict(manifest.config))
     _fill(model, name, tensors)

@@ -17,21 +17,7 @@ from sqlalchemy import create_engine, text
 
 from services.accountant.ledger import Ledger
 from services.accountant.policy import Policy
-
-ACCOUNTANTS = ["rdp", "pld", "prv"]
-
-
-class FakeClock:
-    """Injected time: tests move it instead of sleeping."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.accountant import FakeClock
 
 
 def postgres_dsn() -> str:

@@ -26,7 +26,7 @@ from services.common.errors import (
     NotFound,
     PermissionDenied,
 )
-from tests.accountant.conftest import ACCOUNTANTS, FakeClock
+from tests.support.accountant import ACCOUNTANTS, FakeClock
 
 T, D, S = "acme", "faces", "alice"
 TENANT, DATASET, SUBJECT = Scope(T), Scope(T, D), Scope(T, D, S)

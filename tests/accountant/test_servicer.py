@@ -16,8 +16,8 @@ from grpc_status import rpc_status
 from services._proto.veil.v1 import accountant_pb2 as pb
 from services._proto.veil.v1 import accountant_pb2_grpc
 from services.accountant.ledger import Ledger
-from services.registry import SERVICES
-from tests.conftest import OTHER_TOKEN, bearer, test_settings
+from services.cli.registry import SERVICES
+from tests.support.server import OTHER_TOKEN, bearer, test_settings
 
 AUTH = bearer()
 

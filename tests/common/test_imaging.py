@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 
 from services.common.errors import InvalidImage
-from services.common.imaging import decode_image, encode_image
-from services.common.settings import ImageLimits
+from services.common.imaging import ImageLimits, decode_image, encode_image
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

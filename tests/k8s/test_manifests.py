@@ -1,6 +1,6 @@
 """The kustomize overlays render, validate offline and keep the invariants a platform team
 relies on: gRPC health probes, shutdown timings, resources and security context, port names
-that line up across objects and with ``services.registry``, and metric names that exist.
+that line up across objects and with ``services.cli.registry``, and metric names that exist.
 
 Rendering needs ``kubectl`` and the rule check ``promtool``; each is skipped when missing,
 except under ``CI=true`` where a missing tool fails the test.
@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.registry import SERVICES
+from services.cli.registry import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -396,11 +396,11 @@ def _defined_in(paths: list[Path], name: str) -> bool:
 
 
 def test_rpc_metric_names_exist_in_code() -> None:
-    metrics_py = [ROOT / "services" / "common" / "metrics.py"]
+    metrics_py = [ROOT / "services" / "runtime" / "metrics.py"]
     names = {n for n in used_metric_names() if not n.startswith("veil_accountant_")}
     assert "grpc_server_handled_total" in names
     missing = [n for n in sorted(names) if not _defined_in(metrics_py, n)]
-    assert not missing, f"not defined in services/common/metrics.py: {missing}"
+    assert not missing, f"not defined in services/runtime/metrics.py: {missing}"
 
 
 def test_accountant_metric_names_exist_in_code() -> None:
@@ -424,7 +424,7 @@ def test_image_copies_what_exists_and_renders_the_gpu_repository() -> None:
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     text = DOCKERFILE.read_text()
-    assert f"triton_repository triton_models {GPU_REPOSITORY} --kind gpu" in text
+    assert f"services.triton.repository triton_models {GPU_REPOSITORY} --kind gpu" in text
     assert "veil models verify" in text and 'ENTRYPOINT ["veil"]' in text
     user = next(line for line in lines if line.startswith("USER "))
     triton = one(render("gpu"), "Deployment", "triton")

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.cli.train import add_train_parser
 from services.kernels.models import load_classifier, load_diffae, load_probes
 from services.kernels.store import ModelStore
-from services.kernels.train_cli import add_train_parser, encode_table
 from services.kernels.training.classifier import accuracy, labels_for
 from services.kernels.training.data import load_table
-from services.kernels.training.diffae import reconstruction
+from services.kernels.training.diffae import encode_table, reconstruction
 
 STORE = ModelStore()
 MANIFESTS = STORE.list()

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from services.cli.models import add_models_parser
+from services.cli.train import add_train_parser
 from services.kernels.diffae import DiffAEConfig
 from services.kernels.store import ModelStore
-from services.kernels.train_cli import add_models_parser, add_train_parser
 from services.kernels.training import EMA, TrainConfig, Trainer
 from services.kernels.training.data import load_table
 from services.kernels.training.diffae import train_diffae

@@ -9,14 +9,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from services.common.inference import (
-    MODELS,
-    InferenceSettings,
-    ProtectParams,
-    create_backend,
-)
-from services.common.triton import TritonServer
-from services.common.triton_settings import TritonSettings
+from services.inference.backend import InferenceSettings
+from services.inference.factory import create_backend
+from services.serving.contract import MODELS, ProtectParams
+from services.triton.server import TritonServer
+from services.triton.settings import TritonSettings
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.inference import MODELS, InferenceSettings, create_backend
-from services.common.inference_local import build_kernel, instance_device
-from services.common.triton import TritonServer
-from services.common.triton_repository import render
-from services.common.triton_settings import REPO_ROOT
+from services.inference.backend import InferenceSettings
+from services.inference.factory import create_backend
 from services.kernels.store import ModelStore
-from tests.triton.conftest import free_port_settings
-from tests.triton.test_models import CLASSIFIER_ENTRY, tiny_store
+from services.serving.contract import MODELS
+from services.serving.loading import build_kernel, instance_device
+from services.triton.repository import render
+from services.triton.server import TritonServer
+from services.triton.settings import REPO_ROOT
+from tests.support.triton import CLASSIFIER_ENTRY, free_port_settings, tiny_store
 
 
 def test_instance_kind_picks_the_device() -> None:

@@ -1,4 +1,4 @@
-"""Every ``triton_models/*/config.pbtxt`` parses and says what ``services.common.inference``
+"""Every ``triton_models/*/config.pbtxt`` parses and says what ``services.inference.backend``
 sends: names, dtypes, dims, batch limits; python backend, instance groups, dynamic batching."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.common.inference import CLASSIFIER, MODELS, TensorSpec
-from services.common.triton_settings import REPO_ROOT
+from services.serving.contract import CLASSIFIER, MODELS, TensorSpec
+from services.triton.settings import REPO_ROOT
 
 REPOSITORY = REPO_ROOT / "triton_models"
 
@@ -62,7 +62,7 @@ def test_classifier_keeps_two_versions() -> None:
 
 
 def test_model_files_follow_add_sub() -> None:
-    shared = Path(__file__).resolve().parents[2] / "services" / "common" / "triton_model.py"
+    shared = Path(__file__).resolve().parents[2] / "services" / "serving" / "triton_model.py"
     text = shared.read_text()
     for part in ("class TritonPythonModel", "def initialize", "def execute", "def finalize"):
         assert part in text, f"{shared}: {part}"
@@ -71,4 +71,4 @@ def test_model_files_follow_add_sub() -> None:
     assert len(models) == 4
     for model in models:
         source = model.read_text()
-        assert "from services.common.triton_model import TritonPythonModel" in source, model
+        assert "from services.serving.triton_model import TritonPythonModel" in source, model

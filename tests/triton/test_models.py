@@ -16,87 +16,12 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from services.common.inference import CLASSIFIER, DECODER, ENCODER, MODELS, PROTECT
-from services.common.triton import TritonServer, TritonStartError
-from services.common.triton_repository import render
-from services.common.triton_settings import REPO_ROOT
-from services.kernels.classifiers import ClassifierConfig, build_classifier
-from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.store import ModelStore
-from tests.triton.conftest import free_port_settings
+from services.serving.contract import CLASSIFIER, DECODER, ENCODER, MODELS, PROTECT
+from services.triton.server import TritonServer, TritonStartError
+from tests.support.triton import DIFFAE_ENTRY, light_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
-
-TINY_DIFFAE = DiffAEConfig(
-    resolution=16,
-    z_dim=8,
-    encoder_channels=(8,),
-    unet_channels=(8, 8),
-    norm_groups=4,
-    train_timesteps=50,
-    attention=False,
-)
-TINY_CLASSIFIER = ClassifierConfig(num_classes=3, resolution=16, width=8)
-DIFFAE_ENTRY, CLASSIFIER_ENTRY = "diffae", "task-resnet"
-
-
-def tiny_store(root: Path) -> Path:
-    """A model store with a random-init tiny DiffAE and task classifier (seed 0)."""
-    store = ModelStore(root)
-    torch.manual_seed(0)
-    diffae = DiffAE(TINY_DIFFAE)
-    store.save(DIFFAE_ENTRY, "diffae", diffae.state_dict(), TINY_DIFFAE.to_dict(), seed=0)
-    classifier = build_classifier(TINY_CLASSIFIER)
-    config = TINY_CLASSIFIER.to_dict()
-    store.save(CLASSIFIER_ENTRY, "classifier", classifier.state_dict(), config, seed=0)
-    return root
-
-
-def copy_repository(
-    root: Path, store: Path | str, *, models: tuple[str, ...] = tuple(MODELS), batching=True
-) -> Path:
-    """``triton_models/`` (``models`` only) rendered into ``root/models`` with its ``store``
-    parameter set to ``store``; ``batching=False`` drops the ``dynamic_batching`` block."""
-    return render(
-        REPO_ROOT / "triton_models",
-        root / "models",
-        parameters={"store": str(store)},
-        batching=batching,
-        models=models,
-    )
-
-
-def shared_veil_triton(request: pytest.FixtureRequest) -> TritonServer:
-    """The four Veil models on one real tritonserver for the whole session (started on first
-    use, stopped when the session ends): its start-up (four stubs importing torch) is most of
-    these tests' time, so this module and the inference contract suite share it."""
-    config = request.config
-    server = getattr(config, "_veil_triton", None)
-    if server is None:
-        factory = request.getfixturevalue("tmp_path_factory")
-        store = tiny_store(factory.mktemp("store"))
-        repository = copy_repository(factory.mktemp("repo"), store)
-        server = TritonServer(free_port_settings(repository))
-        config.add_cleanup(server.stop)
-        server.start()
-        config._veil_triton, config._veil_store = server, store  # type: ignore[attr-defined]
-    return server
-
-
-def light_triton(root: Path, store: Path | str) -> TritonServer:
-    """``veil_classifier`` alone (no diffusers import in its stub: starts in seconds)."""
-    repository = copy_repository(root / "repo", store, models=(CLASSIFIER,))
-    return TritonServer(free_port_settings(repository, startup_timeout_s=60.0))
-
-
-@pytest.fixture
-def veil_triton(request: pytest.FixtureRequest) -> TritonServer:
-    return shared_veil_triton(request)
-
-
-@pytest.fixture
-def store_root(veil_triton: TritonServer, request: pytest.FixtureRequest) -> Path:
-    return Path(request.config._veil_store)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -123,12 +48,12 @@ def test_every_model_is_ready(client) -> None:
     assert config.version_policy.latest.num_versions == 2
 
 
-def test_encoder_matches_the_kernel(client, store_root: Path) -> None:
+def test_encoder_matches_the_kernel(client, veil_store: Path) -> None:
     x = images(3)
     result = client.infer(ENCODER, [infer_input("IMAGE", x, "FP32")], client_timeout=30)
     from services.kernels.models import load_diffae
 
-    expected = load_diffae(DIFFAE_ENTRY, ModelStore(store_root)).encode(torch.from_numpy(x))
+    expected = load_diffae(DIFFAE_ENTRY, ModelStore(veil_store)).encode(torch.from_numpy(x))
     np.testing.assert_allclose(result.as_numpy("Z"), expected.numpy(), atol=1e-5)
 
 

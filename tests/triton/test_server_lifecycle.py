@@ -15,9 +15,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from services.common.triton import TritonServer, TritonStartError, free_port
-from services.common.triton_settings import REPO_ROOT
-from tests.triton.conftest import (
+from services.triton.server import TritonServer, TritonStartError, free_port
+from services.triton.settings import REPO_ROOT
+from tests.support.triton import (
     BROKEN_ERROR,
     add_sub_repository,
     broken_repository,

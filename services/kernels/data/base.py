@@ -26,8 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from services.common.errors import InvalidArgument, InvalidImage, NotFound
-from services.common.imaging import decode_image
-from services.common.settings import ImageLimits
+from services.common.imaging import ImageLimits, decode_image
 
 NO_TASK = -1
 """Task label of a sample without one: a DataLoader cannot batch ``None``."""

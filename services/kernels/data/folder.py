@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.settings import ImageLimits
+from services.common.imaging import ImageLimits
 from services.kernels.data.base import FaceDataset, load_image_file, resolve_inside
 
 MAX_LABEL = 255

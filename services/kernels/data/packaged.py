@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import FailedPrecondition
-from services.common.imaging import decode_image, encode_image
-from services.common.settings import ImageLimits
+from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.kernels.data.base import FaceDataset, fit_square
 
 LFW_FACES = 100

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from services.common.errors import InvalidArgument
-from services.common.settings import ImageLimits
+from services.common.imaging import ImageLimits
 from services.kernels.data import celeba, folder, packaged, synthfaces
 from services.kernels.data.base import FaceDataset
 

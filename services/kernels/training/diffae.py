@@ -100,3 +100,14 @@ def train_diffae(
         if fresh:
             log.info("warm start: new parameters start fresh: %s", ", ".join(fresh))
     return trainer.run(resume=resume, evaluate=evaluate)
+
+
+def encode_table(model: DiffAE, table: ImageTable, batch: int = 256) -> torch.Tensor:
+    """Codes of every image of ``table`` (N, z_dim)."""
+    codes = []
+    with torch.no_grad():
+        for start in range(0, len(table), batch):
+            codes.append(
+                model.encode(table.batch(torch.arange(start, min(start + batch, len(table)))))
+            )
+    return torch.cat(codes)

@@ -10,6 +10,6 @@ weights fail ``initialize`` with the reason. Bad requests get an INVALID_ARG err
 own response; the other requests of the batch are served.
 """
 
-from services.common.triton_model import TritonPythonModel
+from services.serving.triton_model import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,0 +1,1 @@
+"""The ``veil`` command: one module per command group (serve, up, triton, train, models, demo)."""

@@ -1,0 +1,38 @@
+"""``veil serve SERVICE``: run one service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from services.cli.registry import SERVICES
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    serve = subparsers.add_parser("serve", help="run one service until SIGTERM/SIGINT")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("--host", help="bind address (default from settings)")
+    serve.add_argument("--port", type=int, help="gRPC port (0 = free port)")
+    serve.add_argument("--metrics-port", type=int, help="/metrics port (0 = free port)")
+    serve.set_defaults(handler=run_serve)
+    return serve
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    entry = SERVICES[args.service]
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("metrics_port", args.metrics_port))
+        if v is not None
+    }
+    settings = entry.settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from services.runtime.server import VeilServer
+
+    server = VeilServer(entry.build(settings))
+    asyncio.run(server.run())
+    return 0

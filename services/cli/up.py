@@ -1,0 +1,99 @@
+"""``veil up``: the local stack, Triton first when a service needs it, one process per service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from services.cli.registry import SERVICES, uses_inference
+
+
+def add_up_parser(subparsers: Any) -> argparse.ArgumentParser:
+    up = subparsers.add_parser("up", help="run the local stack, one process per service")
+    up.add_argument("--services", default=",".join(SERVICES), help="comma-separated list")
+    up.add_argument(
+        "--backend",
+        choices=("triton", "local"),
+        default="triton",
+        help="where services that call the kernels run them: a tritonserver that `up` starts"
+        " first (default; VEIL_TRITON_* settings) or in their own process",
+    )
+    up.set_defaults(handler=lambda args: run_up(args.services.split(","), args.backend))
+    return up
+
+
+def service_environment(
+    base: dict[str, str], backend: str, triton_url: str | None
+) -> dict[str, str]:
+    """The environment of ``veil up``'s service processes: with Triton started, the
+    services' inference settings point at it (``VEIL_INFERENCE_*``)."""
+    env = dict(base)
+    if triton_url is not None:
+        env["VEIL_INFERENCE_BACKEND"] = "triton"
+        env["VEIL_INFERENCE_TRITON_URL"] = triton_url
+    elif backend == "local":
+        env["VEIL_INFERENCE_BACKEND"] = "local"
+    return env
+
+
+def run_up(names: list[str], backend: str = "triton") -> int:
+    """Start Triton if a service needs it, then each service as a child process; on
+    SIGINT/SIGTERM or any child's (or Triton's) exit, stop all: services first, then Triton."""
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        print(f"veil up: unknown service(s) {unknown}; known: {sorted(SERVICES)}", file=sys.stderr)
+        return 2
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    triton = None
+    if backend == "triton" and uses_inference(names):
+        from services.triton.server import TritonServer, TritonStartError
+        from services.triton.settings import TritonSettings
+
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        triton = TritonServer(TritonSettings())
+        try:
+            triton.start()
+        except TritonStartError as exc:
+            print(f"veil up: tritonserver did not start: {exc}", file=sys.stderr)
+            return 1
+    url = triton.grpc_url if triton is not None else None
+    env = service_environment(dict(os.environ), backend, url)
+    children = {
+        name: subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env)
+        for name in names
+    }
+    failed = None
+    while not stop and failed is None:
+        failed = next((n for n, p in children.items() if p.poll() is not None), None)
+        if failed is None and triton is not None and not triton.running():
+            failed = "tritonserver"
+        time.sleep(0.2)
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + float(os.environ.get("VEIL_UP_STOP_TIMEOUT_S", "30"))
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if triton is not None:
+        triton.stop()
+    if failed is not None:
+        code = children[failed].returncode if failed in children else "an error"
+        print(f"veil up: {failed} exited with {code}", file=sys.stderr)
+        return 1
+    return 0

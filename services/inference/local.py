@@ -1,0 +1,77 @@
+"""The in-process inference backend: the served kernels on a worker thread of this process
+(the embedded default; the same :mod:`services.serving.batch` code path as Triton's models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from services.common.errors import ModelNotReady, VeilError
+from services.inference.backend import InferenceBackend, InferenceSettings
+from services.serving.batch import BatchKernel, execute_batched
+from services.serving.contract import CLASSIFIER, DECODER, ENCODER, PROTECT, Arrays
+from services.serving.loading import build_kernel, resolve_store, version_entry
+
+
+class LocalBackend(InferenceBackend):
+    """The kernels in this process, on a worker thread: the embedded default."""
+
+    def __init__(self, settings: InferenceSettings | None = None) -> None:
+        self.settings = settings or InferenceSettings()
+        self.store = resolve_store(self.settings.store)
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=self.settings.workers, thread_name_prefix="veil-kernels"
+        )
+        self._kernels: dict[tuple[str, int], BatchKernel] = {}
+        self._lock = threading.Lock()
+
+    def _entry(self, model: str) -> str:
+        if model in (ENCODER, DECODER):
+            return self.settings.diffae
+        name = CLASSIFIER if model == PROTECT else model
+        if name not in self.settings.classifiers:
+            raise ModelNotReady(f"model {model!r} is not configured for the local backend")
+        return self.settings.classifiers[name]
+
+    def _kernel(self, model: str, version: int) -> BatchKernel:
+        with self._lock:
+            key = (model, version)
+            if key not in self._kernels:
+                entry = version_entry(self._entry(model), version)
+                self._kernels[key] = build_kernel(
+                    model, self.store, entry, self.settings.feature_layer
+                )
+            return self._kernels[key]
+
+    def _run(self, model: str, version: int, arrays: Arrays) -> Arrays:
+        result = execute_batched(self._kernel(model, version), [arrays])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _call(
+        self, model: str, arrays: Arrays, version: int = 0, timeout: float | None = None
+    ) -> Arrays:
+        """In-process: ``timeout`` is not applied (no network can stall the call)."""
+        if self._executor is None:
+            raise ModelNotReady("the local inference backend is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, model, version, arrays)
+
+    async def ready(self) -> bool:
+        if self._executor is None:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            for model in self.settings.models:
+                await loop.run_in_executor(self._executor, self._kernel, model, 0)
+        except VeilError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

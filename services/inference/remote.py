@@ -1,0 +1,139 @@
+"""The kernels on a Triton server, through ``tritonclient.grpc.aio``.
+
+Each call has a deadline (``client_timeout``); UNAVAILABLE, and only UNAVAILABLE, is retried
+with exponential backoff inside that deadline; batches larger than a model's
+``max_batch_size`` are split and sent concurrently (Triton's dynamic batcher may merge
+them again). Triton's errors become ``services.common.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelNotReady,
+    Unavailable,
+    VeilError,
+)
+from services.inference.backend import InferenceBackend, InferenceSettings
+from services.serving.contract import CLASSIFIER, MODELS, Arrays, ModelSpec
+
+
+def map_error(exc: InferenceServerException, model: str) -> VeilError:
+    """A Triton client error as the Veil error a service reports."""
+    status = (exc.status() or "").removeprefix("StatusCode.")
+    message = exc.message() or str(exc)
+    if status == "INVALID_ARGUMENT":
+        return InvalidArgument(f"{model}: {message}")
+    if status == "DEADLINE_EXCEEDED":
+        return DeadlineExceeded(f"{model}: no answer from Triton within the deadline")
+    if status == "UNAVAILABLE" and ("model" in message.lower() and "unavailable" not in message):
+        return ModelNotReady(f"{model} is not ready on Triton: {message}")
+    if status in ("UNAVAILABLE", "CANCELLED") or "unknown model" in message.lower():
+        return Unavailable(f"Triton is unavailable for {model}: {message}")
+    if status == "NOT_FOUND":
+        return ModelNotReady(f"{model} is not loaded on Triton: {message}")
+    return VeilError(f"{model}: Triton error {status or 'UNKNOWN'}: {message}")
+
+
+def model_spec(model: str) -> ModelSpec:
+    """The contract of ``model``; any other name is a classifier (e.g. an attacker)."""
+    return MODELS.get(model, MODELS[CLASSIFIER])
+
+
+class TritonBackend(InferenceBackend):
+    """The kernels on Triton (``triton_models/``): gRPC, deadlines, retries, readiness."""
+
+    def __init__(self, settings: InferenceSettings | None = None) -> None:
+        self.settings = settings or InferenceSettings(backend="triton")
+        self._client: grpcclient.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.settings.triton_url)
+        return self._client
+
+    async def _infer_once(self, model: str, arrays: Arrays, version: int, timeout: float) -> Arrays:
+        spec = model_spec(model)
+        inputs = []
+        for tensor in spec.inputs:
+            value = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.numpy_dtype)
+            infer_input = grpcclient.InferInput(tensor.name, list(value.shape), tensor.datatype)
+            infer_input.set_data_from_numpy(value)
+            inputs.append(infer_input)
+        outputs = [grpcclient.InferRequestedOutput(t.name) for t in spec.outputs]
+        result = await self.client.infer(
+            model,
+            inputs,
+            model_version=str(version) if version else "",
+            outputs=outputs,
+            client_timeout=timeout,
+        )
+        return {t.name: result.as_numpy(t.name) for t in spec.outputs}
+
+    async def _infer(self, model: str, arrays: Arrays, version: int, timeout: float) -> Arrays:
+        """One request, retried on UNAVAILABLE with backoff until ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        backoff = self.settings.backoff_s
+        for attempt in range(self.settings.retries + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"{model}: no answer from Triton within {timeout:.3g}s")
+            try:
+                return await asyncio.wait_for(
+                    self._infer_once(model, arrays, version, left), left + 1.0
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"{model}: no answer from Triton within {timeout:.3g}s"
+                ) from None
+            except InferenceServerException as exc:
+                error = map_error(exc, model)
+                retriable = exc.status() == "StatusCode.UNAVAILABLE"
+                if not retriable or attempt == self.settings.retries:
+                    raise error from None
+                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff *= 2
+        raise AssertionError("unreachable")
+
+    async def _call(
+        self, model: str, arrays: Arrays, version: int = 0, timeout: float | None = None
+    ) -> Arrays:
+        """Split a batch at the model's ``max_batch_size``; chunks run concurrently."""
+        limit = model_spec(model).max_batch_size
+        rows = len(next(iter(arrays.values())))
+        timeout = self.settings.timeout_s if timeout is None else timeout
+        chunks = [
+            {name: value[start : start + limit] for name, value in arrays.items()}
+            for start in range(0, max(rows, 1), limit)
+        ]
+        parts = await asyncio.gather(*(self._infer(model, c, version, timeout) for c in chunks))
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    async def ready(self) -> bool:
+        """Triton is ready and so is every model the services call (never raises)."""
+        timeout = self.settings.ready_timeout_s
+        try:
+            if not await self.client.is_server_ready(client_timeout=timeout):
+                return False
+            for model in self.settings.models:
+                if not await self.client.is_model_ready(model, client_timeout=timeout):
+                    return False
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

@@ -1,0 +1,81 @@
+"""Typed settings shared by every service (pydantic-settings).
+
+Each service subclasses :class:`ServiceSettings` with its own environment prefix
+(``VEIL_<SERVICE>_``), so ``VEIL_ACCOUNTANT_PORT=50052`` sets the accountant's port and
+nothing else. Nested values (tokens, image limits) are JSON in one variable, e.g.
+``VEIL_ACCOUNTANT_TOKENS='{"s3cret": {"tenant": "acme", "scopes": ["accountant:*"]}}'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.imaging import ImageLimits
+
+
+class TokenGrant(BaseModel):
+    """What one bearer token grants: a tenant and the scopes it may use."""
+
+    tenant: str
+    """The tenant every request made with this token acts for."""
+    scopes: list[str] = Field(default_factory=lambda: ["*"])
+    """Scopes such as ``accountant:spend``; ``service:*`` or ``*`` grant all of a service / all."""
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every Veil gRPC service has; subclasses add their own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to (``0.0.0.0`` in a container)."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (tests)."""
+    metrics_port: int | None = 9464
+    """Prometheus ``/metrics`` port; 0 picks a free one, unset disables the endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to."""
+    tokens: dict[str, TokenGrant] = Field(default_factory=dict)
+    """Bearer token → grant. Empty means every RPC but health/reflection is refused."""
+    tokens_file: Path | None = None
+    """Optional JSON file with more tokens (same shape as ``tokens``), e.g. a mounted Secret."""
+    tls_cert_file: Path | None = None
+    """Server certificate (PEM). With ``tls_key_file`` turns TLS on."""
+    tls_key_file: Path | None = None
+    """Server private key (PEM)."""
+    tls_client_ca_file: Path | None = None
+    """CA that signs client certificates; when set, clients must present one (mTLS)."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """gRPC send/receive message limit, in bytes (set on both sides)."""
+    max_concurrent_rpcs: int | None = None
+    """Cap on RPCs in flight; beyond it new RPCs get RESOURCE_EXHAUSTED. None = no cap."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, in-flight RPCs get this long to finish; keep it below the pod's
+    terminationGracePeriodSeconds minus ``drain_delay_s``."""
+    drain_delay_s: float = 0.0
+    """Seconds between reporting NOT_SERVING and refusing new RPCs, so load balancers
+    notice first (a few seconds in Kubernetes, 0 locally)."""
+    image_limits: ImageLimits = Field(default_factory=ImageLimits)
+    """Limits on images received by this service."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    @field_validator("port", "metrics_port")
+    @classmethod
+    def _port_range(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 65535:
+            raise ValueError("port must be in 0..65535")
+        return value
+
+    def all_tokens(self) -> dict[str, TokenGrant]:
+        """Tokens from the environment merged with ``tokens_file`` (the file wins)."""
+        tokens = dict(self.tokens)
+        if self.tokens_file is not None:
+            from pydantic import TypeAdapter
+
+            extra = TypeAdapter(dict[str, TokenGrant]).validate_json(self.tokens_file.read_bytes())
+            tokens.update(extra)
+        return tokens

@@ -1,0 +1,190 @@
+"""The kernels as served: one batching code path for the in-process backend and Triton.
+
+A :class:`BatchKernel` turns named numpy inputs (the tensors of
+:mod:`services.serving.contract`) into named numpy outputs. ``parse`` checks one request and
+says which requests may share a forward pass (its key: e.g. the DDIM step count); ``run``
+does one forward pass over the concatenated rows. :func:`execute_batched` is what a Triton
+``execute`` and the local backend both call, so a bad request fails alone and a batch of
+requests runs as one tensor.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from services.common.errors import ModelNotReady, VeilError
+from services.kernels import fmd
+from services.kernels.checks import KernelInputError, check_codes, check_images, check_noise
+from services.kernels.classifiers import Classifier
+from services.serving.contract import Arrays
+
+if TYPE_CHECKING:
+    from services.kernels.diffae import DiffAE
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _tensor(arrays: Arrays, name: str) -> torch.Tensor:
+    if name not in arrays:
+        raise KernelInputError(f"{name}: missing input")
+    # np.require copies only when needed: arrays from tritonclient are read-only.
+    return torch.from_numpy(np.require(arrays[name], requirements=["C", "W"]))
+
+
+def _column(arrays: Arrays, name: str, rows: int) -> torch.Tensor:
+    """A per-row scalar input of shape (rows, 1) → (rows,)."""
+    value = _tensor(arrays, name)
+    if tuple(value.shape) != (rows, 1):
+        raise KernelInputError(f"{name}: expected shape ({rows}, 1); got {tuple(value.shape)}")
+    return value[:, 0]
+
+
+def _uniform(arrays: Arrays, name: str, rows: int) -> float | int:
+    """A per-request setting sent once per row: every row must carry the same value."""
+    column = _column(arrays, name, rows)
+    if rows and bool((column != column[0]).any()):
+        raise KernelInputError(f"{name}: every row of one request must carry the same value")
+    return column[0].item() if rows else 0
+
+
+class BatchKernel(abc.ABC):
+    """One served kernel: check a request (``parse``), run a batch of them (``run``).
+
+    Requests are parsed on the CPU; ``run`` moves its batch to :attr:`device` (where the
+    model lives: ``cuda:N`` in a GPU instance of a Triton model) and returns numpy.
+    """
+
+    device = torch.device("cpu")
+
+    def to_device(self, tensors: Tensors) -> Tensors:
+        return {name: t.to(self.device) for name, t in tensors.items()}
+
+    @abc.abstractmethod
+    def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
+        """Checked tensors of one request, and the key of the requests it can batch with."""
+
+    @abc.abstractmethod
+    def run(self, key: Hashable, tensors: Tensors) -> Arrays:
+        """Outputs (batch first) for the concatenated rows of requests sharing ``key``."""
+
+
+class EncoderKernel(BatchKernel):
+    def __init__(self, model: DiffAE) -> None:
+        self.model = model
+
+    def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
+        return None, {"IMAGE": check_images(_tensor(arrays, "IMAGE"), self.model.config.resolution)}
+
+    @torch.no_grad()
+    def run(self, key: Hashable, tensors: Tensors) -> Arrays:
+        return {"Z": self.model.encode(self.to_device(tensors)["IMAGE"]).cpu().numpy()}
+
+
+class DecoderKernel(BatchKernel):
+    def __init__(self, model: DiffAE) -> None:
+        self.model = model
+
+    def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
+        config = self.model.config
+        z = check_codes(_tensor(arrays, "Z"), config.z_dim)
+        x_T = check_noise(_tensor(arrays, "X_T"), config.resolution, z.shape[0])
+        steps = int(_uniform(arrays, "STEPS", z.shape[0]))
+        if not 1 <= steps <= config.train_timesteps:
+            raise KernelInputError(f"STEPS: expected [1, {config.train_timesteps}]; got {steps}")
+        return steps, {"Z": z, "X_T": x_T}
+
+    def run(self, key: Hashable, tensors: Tensors) -> Arrays:
+        assert isinstance(key, int)
+        t = self.to_device(tensors)
+        return {"IMAGE": self.model.decode(t["Z"], t["X_T"], key).cpu().numpy()}
+
+
+class ClassifierKernel(BatchKernel):
+    def __init__(self, model: Classifier, feature_layer: str = "penultimate") -> None:
+        if feature_layer not in model.feature_layers:
+            raise ModelNotReady(
+                f"feature_layer {feature_layer!r} is not one of {model.feature_layers}"
+            )
+        self.model, self.layer = model, feature_layer
+
+    def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
+        return None, {"IMAGE": check_images(_tensor(arrays, "IMAGE"), self.model.config.resolution)}
+
+    @torch.no_grad()
+    def run(self, key: Hashable, tensors: Tensors) -> Arrays:
+        images = self.to_device(tensors)["IMAGE"]
+        features = self.model.features(images, self.layer)
+        logits = self.model.head(features) if self.layer == "penultimate" else None
+        if logits is None:
+            logits = self.model(images)
+        return {"LOGITS": logits.cpu().numpy(), "FEATURES": features.flatten(1).cpu().numpy()}
+
+
+class ProtectKernel(BatchKernel):
+    def __init__(self, model: Classifier, feature_layer: str = "penultimate") -> None:
+        ClassifierKernel(model, feature_layer)  # same checks
+        self.model, self.layer = model, feature_layer
+
+    def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
+        images = check_images(_tensor(arrays, "IMAGE"), self.model.config.resolution)
+        rows = images.shape[0]
+        labels = fmd.check_labels(
+            _column(arrays, "LABEL", rows), rows, self.model.config.num_classes
+        )
+        key = (
+            float(_uniform(arrays, "EPSILON", rows)),
+            float(_uniform(arrays, "STEP_SIZE", rows)),
+            int(_uniform(arrays, "ITERATIONS", rows)),
+            float(_uniform(arrays, "CE_WEIGHT", rows)),
+        )
+        return key, {"IMAGE": images, "LABEL": labels}
+
+    def run(self, key: Hashable, tensors: Tensors) -> Arrays:
+        assert isinstance(key, tuple)
+        epsilon, step_size, iterations, ce_weight = key
+        t = self.to_device(tensors)
+        protected, stats = fmd.protect(
+            self.model,
+            t["IMAGE"],
+            t["LABEL"],
+            epsilon=epsilon,
+            step_size=step_size,
+            iterations=iterations,
+            ce_weight=ce_weight,
+            feature_layer=self.layer,
+        )
+        distortion = stats.feature_distortion.reshape(-1, 1).cpu()
+        return {"PROTECTED": protected.cpu().numpy(), "FEATURE_DISTORTION": distortion.numpy()}
+
+
+def execute_batched(kernel: BatchKernel, requests: list[Arrays]) -> list[Arrays | Exception]:
+    """Outputs (or the error) of each request, in order; compatible requests run together."""
+    results: list[Arrays | Exception | None] = [None] * len(requests)
+    groups: dict[Hashable, list[tuple[int, Tensors]]] = {}
+    for i, arrays in enumerate(requests):
+        try:
+            key, tensors = kernel.parse(arrays)
+        except VeilError as exc:
+            results[i] = exc
+            continue
+        groups.setdefault(key, []).append((i, tensors))
+    for key, members in groups.items():
+        names = members[0][1].keys()
+        batch = {name: torch.cat([t[name] for _, t in members]) for name in names}
+        try:
+            outputs = kernel.run(key, batch)
+        except Exception as exc:
+            for i, _ in members:
+                results[i] = exc
+            continue
+        start = 0
+        for i, tensors in members:
+            rows = next(iter(tensors.values())).shape[0]
+            results[i] = {name: out[start : start + rows] for name, out in outputs.items()}
+            start += rows
+    return [r if r is not None else RuntimeError("no result") for r in results]

@@ -1,0 +1,96 @@
+"""Weights for the served kernels: the model store, model versions, devices, kernels.
+
+Loading a classifier never imports diffusers (:mod:`services.kernels.models` imports the
+diffusion autoencoder lazily), which saves a classifier's Triton stub seconds of start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from services.common.errors import ModelNotReady, NotFound
+from services.kernels.classifiers import Classifier
+from services.kernels.models import load_classifier, load_diffae
+from services.kernels.store import ModelIntegrityError, ModelStore
+from services.serving.batch import (
+    BatchKernel,
+    ClassifierKernel,
+    DecoderKernel,
+    EncoderKernel,
+    ProtectKernel,
+)
+from services.serving.contract import DECODER, ENCODER, PROTECT
+
+if TYPE_CHECKING:
+    from services.kernels.diffae import DiffAE
+
+
+def resolve_store(root: str | Path | None) -> ModelStore:
+    """``root``, else ``$VEIL_MODEL_STORE``, else the packaged ``services/kernels/weights``."""
+    chosen = str(root or "") or os.environ.get("VEIL_MODEL_STORE", "")
+    return ModelStore(chosen or None)
+
+
+def version_entry(entry: str, version: int) -> str:
+    """Store entry of model version ``version``: 1 (or 0, latest) → ``entry``, N → ``entry-vN``.
+
+    The unlearning service writes ``<entry>-v2`` to the store and adds a ``2/`` directory
+    to the Triton model (triton_models/README.md).
+    """
+    return entry if version <= 1 else f"{entry}-v{version}"
+
+
+def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Classifier:
+    """The model behind ``entry``; missing or broken weights are ModelNotReady, explained."""
+    try:
+        if kind == "diffae":
+            return load_diffae(entry, store)
+        return load_classifier(entry, store)
+    except (NotFound, ModelIntegrityError) as exc:
+        raise ModelNotReady(
+            f"{kind} {entry!r} cannot be loaded from the model store {store.root}: "
+            f"{exc.message} (train it with `veil train`, or point the store parameter or "
+            "VEIL_MODEL_STORE at a store that has it)"
+        ) from None
+
+
+def instance_device(args: dict[str, str]) -> str:
+    """The device of a Triton model instance from its ``initialize`` args: ``cuda:<id>``
+    for ``KIND_GPU`` instances, ``cpu`` otherwise."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args.get('model_instance_device_id') or 0)}"
+    return "cpu"
+
+
+def build_kernel(
+    model_name: str,
+    store: ModelStore,
+    entry: str,
+    feature_layer: str = "penultimate",
+    device: str | torch.device = "cpu",
+) -> BatchKernel:
+    """The kernel a Triton model (or the local backend) serves under ``model_name``, with
+    its model on ``device``."""
+    kernel: BatchKernel
+    if model_name in (ENCODER, DECODER):
+        from services.kernels.diffae import DiffAE
+
+        diffae = load_kernel_model("diffae", entry, store)
+        assert isinstance(diffae, DiffAE)
+        diffae.to(device)
+        kernel = EncoderKernel(diffae) if model_name == ENCODER else DecoderKernel(diffae)
+    else:
+        classifier = load_kernel_model("classifier", entry, store)
+        assert isinstance(classifier, Classifier)
+        classifier.to(device)
+        kernel = (
+            ProtectKernel(classifier, feature_layer)
+            if model_name == PROTECT
+            else ClassifierKernel(classifier, feature_layer)
+        )
+    kernel.device = torch.device(device)
+    return kernel

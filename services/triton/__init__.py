@@ -1,0 +1,1 @@
+"""Starting tritonserver and rendering its model repository."""

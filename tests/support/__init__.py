@@ -1,0 +1,1 @@
+"""Helpers for the tests (not fixtures): real servers, Triton material, accountant clocks."""
