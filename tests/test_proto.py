@@ -32,6 +32,7 @@ SERVICES = {
             "Release",
             "ListEvents",
             "ExportAudit",
+            "ChargeBatch",
         },
     ),
     "sanitizer": (

@@ -1,14 +1,17 @@
-"""Composition math: RDP curves, PLD and PRV figures for a multiset of mechanisms.
+"""Composition math: basic, RDP and tight (PLD/PRV) figures for a multiset of mechanisms.
 
-Pure functions, no storage. A budget's composed state is a :class:`Composition`: a running
-RDP curve over the fixed :data:`ORDERS` and a multiset *atom → total count*, where an atom
-is one elementary mechanism (a single Gaussian step, one Laplace release, …). RDP adds
-over composition (Mironov 2017, Prop. 1), so the curve is updated in O(|ORDERS|) per spend;
-PLD/PRV compose the multiset with FFTs, whose cost depends on the number of distinct atoms,
-not on the number of past events.
+Pure functions, no storage, no torch. A budget's composed state is a :class:`Composition`:
+a running RDP curve over the fixed :data:`ORDERS` and a multiset *atom → total count*, where
+an atom is one elementary mechanism (a single Gaussian step, one Laplace release, …). RDP
+adds over composition (Mironov 2017, Prop. 1), so the curve is updated in O(|ORDERS|) per
+spend; the tight figures compose the multiset (:mod:`services.accountant.tight`), at a cost
+that depends on the distinct atoms, not on the number of past events, and is capped.
 
-Enforcement compares an *upper bound* with the limit: RDP, PLD's pessimistic estimate
-and PRV's ``eps_upper`` all are; the CLT/GDP estimates are never used.
+Every figure is an *upper bound* on the true ε at δ: basic composition (pure-ε atoms only),
+RDP with Balle et al. 2020's conversion, and the tight PLD/PRV ones. Their minimum is one
+too, so :func:`best_epsilon` reports and enforces the least of them: a figure that one
+method gets badly wrong (RDP's bounded orders for 10⁸ tiny-ε events, a PLD whose grid had to
+be coarsened) is never what a budget is charged. CLT/GDP estimates are never used.
 """
 
 from __future__ import annotations
@@ -19,42 +22,62 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
-from dp_accounting.pld import common as dp_common
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution as PLD
-from opacus.accountants.analysis import rdp as opacus_rdp
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    compute_safe_domain_size,
-    discretize,
-)
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
-from services.accountant.events import (
-    Charge,
-    Gaussian,
-    Laplace,
-    Mechanism,
-    SubsampledGaussian,
+from services.accountant.events import Charge, Gaussian, Laplace, Mechanism, SubsampledGaussian
+from services.accountant.tight import (
+    MAX_SELF_COMPOSITIONS,
+    PLD_MAX_LOSS,
+    Atom,
+    check_atom,
+    check_delta,
+    gaussian_epsilon,
+    pld_epsilon,
+    split_gaussians,
 )
 from services.common.errors import InvalidArgument
 
-#: RDP orders, opacus' defaults (so the RDP golden values match opacus exactly).
-ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
-_ALPHAS = np.array(ORDERS)
-_PLD_INTERVAL = 1e-4  # PLDAccountant's default value_discretization_interval
+__all__ = [
+    "ACCOUNTANTS",
+    "ORDERS",
+    "Accountant",
+    "Atom",
+    "Composition",
+    "Figures",
+    "atom_rdp",
+    "atoms_of",
+    "basic_epsilon",
+    "best_epsilon",
+    "charge_epsilon",
+    "eps_from_rdp",
+    "eps_from_rdp_classic",
+    "get_accountant",
+    "laplace_rdp",
+    "pld_epsilon",
+    "prv_epsilon",
+    "pure_rdp",
+]
 
-#: An atom: (kind, *params) of one elementary mechanism; hashable and JSON-friendly.
-Atom = tuple[str | float, ...]
+#: RDP orders (opacus' and prv_accountant's defaults); stored curves are indexed by them.
+ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+PRV_MAX_POINTS = 800_000
+"""Cap on the PRV mesh over all atoms (prv_accountant holds long doubles: ~170 B a point);
+the golden DP-SGD case (q=0.01, σ=1, 10⁴ steps) needs 776 726 at ε error 0.01."""
+PRV_MAX_EPS_ERROR = 0.1
+"""Largest ε error the PRV may be widened to, to fit its mesh, before PLD is used instead."""
+PRV_MAX_ATOMS = 4
+_ALPHAS = np.array(ORDERS)
+_MAX_FLOAT = float(np.finfo(float).max)
+_MIN_FLOAT = float(np.finfo(float).smallest_subnormal)
 
 
 def atoms_of(charge: Charge) -> Counter[Atom]:
-    """Elementary mechanisms of a charge with their multiplicities."""
+    """Elementary mechanisms of a charge with their multiplicities (exact Python ints)."""
     m: Mechanism = charge.mechanism
     if isinstance(m, SubsampledGaussian):
         return Counter(
@@ -63,7 +86,10 @@ def atoms_of(charge: Charge) -> Counter[Atom]:
     if isinstance(m, Gaussian):
         return Counter({("gaussian", m.noise_multiplier): charge.count})
     if isinstance(m, Laplace):
-        return Counter({("laplace", m.scale / m.sensitivity): charge.count})
+        # scale/sensitivity may leave the float range: clamp (a larger b only where the true
+        # ε = 1/b is below the smallest float, a smaller one only where ε is infinite anyway).
+        b = min(max(m.scale / m.sensitivity, _MIN_FLOAT), _MAX_FLOAT)
+        return Counter({("laplace", b): charge.count})
     return Counter({("pure_epsilon", m.epsilon): charge.count})
 
 
@@ -75,48 +101,188 @@ def laplace_rdp(b: float, alphas: np.ndarray) -> np.ndarray:
     computed in log space so that large α/b does not overflow.
     """
     a = alphas
-    t1 = np.log(a / (2 * a - 1)) + (a - 1) / b
-    t2 = np.log((a - 1) / (2 * a - 1)) - a / b
-    return np.logaddexp(t1, t2) / (a - 1)
+    with np.errstate(over="ignore"):
+        t1 = np.log(a / (2 * a - 1)) + (a - 1) / b
+        t2 = np.log((a - 1) / (2 * a - 1)) - a / b
+        return np.logaddexp(t1, t2) / (a - 1)
 
 
 def pure_rdp(eps: float, alphas: np.ndarray) -> np.ndarray:
     """ε-DP ⇒ (α, min(ε, αε²/2))-RDP (Mironov 2017 Prop. 3; Bun & Steinke 2016 Prop. 3.3)."""
-    return np.minimum(eps, alphas * eps * eps / 2)
+    with np.errstate(over="ignore"):
+        return np.minimum(eps, alphas * eps * eps / 2)
+
+
+@functools.lru_cache(maxsize=1024)
+def gaussian_rdp(sigma: float, q: float = 1.0) -> np.ndarray:
+    """RDP curve over :data:`ORDERS` of one Gaussian step Poisson-subsampled at rate q.
+
+    α/(2σ²) for q = 1 (Mironov 2017, Prop. 7); for q < 1 dp_accounting's series (Mironov,
+    Talwar & Zhang 2019), whose Python floats raise for extreme σ: those orders become +∞,
+    and the min with the plain Gaussian's curve (subsampling never hurts: Rényi divergence
+    is jointly quasi-convex) keeps a finite bound where there is one. Read-only, cached.
+    """
+    with np.errstate(over="ignore"):
+        curve = _ALPHAS / sigma / sigma / 2
+    if q < 1:
+        event = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma))
+        try:
+            with np.errstate(all="ignore"):
+                sub = rdp_lib.RdpAccountant(list(ORDERS)).compose(event).rdp
+        except (ArithmeticError, ValueError):
+            sub = np.full(len(ORDERS), np.inf)
+        curve = np.minimum(np.where(np.isnan(sub), np.inf, sub), curve)
+    curve.setflags(write=False)
+    return curve
+
+
+@functools.lru_cache(maxsize=1024)
+def _unit_rdp(atom: Atom) -> np.ndarray:
+    """RDP curve of one atom over :data:`ORDERS` (read-only, cached per distinct atom)."""
+    kind, p = atom[0], float(atom[1])
+    if kind == "laplace":
+        curve = laplace_rdp(p, _ALPHAS)
+    elif kind == "pure_epsilon":
+        curve = pure_rdp(p, _ALPHAS)
+    else:
+        return gaussian_rdp(p, float(atom[2]) if kind == "subsampled_gaussian" else 1.0)
+    curve = np.where(np.isnan(curve), np.inf, curve)
+    curve.setflags(write=False)
+    return curve
+
+
+def _times(curve: np.ndarray, n: int) -> np.ndarray:
+    """n·curve with n an exact int of any size: rounded up, 0·∞ = 0 (no NaN)."""
+    nf = float(n) if n.bit_length() < 1024 else math.inf
+    if nf < n:
+        nf = math.nextafter(nf, math.inf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(curve == 0, 0.0, curve * nf)
 
 
 def atom_rdp(atom: Atom, count: int) -> np.ndarray:
     """RDP curve over :data:`ORDERS` of ``count`` compositions of one atom."""
-    kind = atom[0]
-    if kind == "gaussian":
-        q, sigma = 1.0, float(atom[1])
-    elif kind == "subsampled_gaussian":
-        q, sigma = float(atom[2]), float(atom[1])
-    elif kind == "laplace":
-        return laplace_rdp(float(atom[1]), _ALPHAS) * count
-    elif kind == "pure_epsilon":
-        return pure_rdp(float(atom[1]), _ALPHAS) * count
-    else:
-        raise ValueError(f"unknown atom {atom!r}")
-    curve = opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=count, orders=list(ORDERS))
-    return np.asarray(curve, dtype=float)
+    return _times(_unit_rdp(atom), check_atom(atom, count))
 
 
 def eps_from_rdp(curve: np.ndarray, delta: float) -> float:
-    """Tighter conversion (Balle et al. 2020, Thm. 21) via opacus' ``get_privacy_spent``."""
+    """RDP → (ε, δ) by Balle et al. 2020, Thm. 21 (= Canonne, Kamath & Steinke 2020,
+    Prop. 12), via dp_accounting's ``compute_epsilon``, minimised over :data:`ORDERS`."""
+    delta = check_delta(delta)
     if not np.any(curve):
         return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        eps, _ = opacus_rdp.get_privacy_spent(orders=list(ORDERS), rdp=curve, delta=delta)
+    curve = np.where(np.isnan(curve), np.inf, curve)
+    eps, _ = rdp_lib.compute_epsilon(ORDERS, curve, delta)
     return max(0.0, float(eps))
 
 
 def eps_from_rdp_classic(curve: np.ndarray, delta: float) -> float:
     """The seed's Lemma 1 (Mironov 2017 Prop. 3): min_α ε(α) + log(1/δ)/(α−1)."""
+    delta = check_delta(delta)
     if not np.any(curve):
         return 0.0
     return float(np.min(curve + math.log(1 / delta) / (_ALPHAS - 1)))
+
+
+def basic_epsilon(atoms: Iterable[tuple[Atom, int]], delta: float) -> float:
+    """Basic composition (Dwork & Roth 2014, Thm. 3.16): Σ n·ε over pure atoms.
+
+    Laplace with scale b per unit sensitivity is (1/b)-DP. The sum holds at every δ ≥ 0
+    and is computed exactly (rationals), then rounded up to a float; a multiset holding a
+    Gaussian has no pure bound: +∞.
+    """
+    check_delta(delta)
+    total = Fraction(0)
+    for atom, n in atoms:
+        if not check_atom(atom, n):
+            continue
+        if atom[0] == "pure_epsilon":
+            total += n * Fraction(float(atom[1]))
+        elif atom[0] == "laplace":
+            total += n / Fraction(float(atom[1]))
+        else:
+            return math.inf
+    try:
+        up = float(total)
+    except OverflowError:
+        return math.inf
+    return math.nextafter(up, math.inf) if Fraction(up) < total else up
+
+
+def prv_epsilon(
+    atoms: Iterable[tuple[Atom, int]],
+    delta: float,
+    eps_error: float = 0.01,
+    max_points: int = PRV_MAX_POINTS,
+) -> float | None:
+    """PRV accountant's ``eps_upper`` (Gopi et al. 2021) via ``prv_accountant``.
+
+    For (subsampled) Gaussians, with δ_error = δ/1000 and the mesh of its Thm. 5.5; when the
+    mesh would exceed ``max_points``, ``eps_error`` is widened to fit (the bound stays valid)
+    up to :data:`PRV_MAX_EPS_ERROR`. Plain Gaussians alone are answered exactly; a Laplace or
+    pure-ε atom, or a mesh that does not fit, gets :func:`pld_epsilon` (a tight bound too).
+    """
+    delta = check_delta(delta)
+    items = list(atoms)
+    precision, rest = split_gaussians(items)
+    if not rest:
+        return gaussian_epsilon(precision, delta)
+    eps = None
+    if all(a[0] == "subsampled_gaussian" for a, _ in rest):
+        if precision > 0:
+            rest.append((("gaussian", 1 / math.sqrt(precision)), 1))
+        if len(rest) <= PRV_MAX_ATOMS and max(n for _, n in rest) <= MAX_SELF_COMPOSITIONS:
+            eps = _prv(rest, delta, eps_error, max_points)
+    return eps if eps is not None else pld_epsilon(items, delta)
+
+
+def _fit_eps_error(eps_error: float, l_rdp: float, spread: float, cap: int) -> float | None:
+    """The least ε error ≥ ``eps_error`` whose mesh, 2·(max(L, e) + 3)·spread/e points,
+    fits ``cap``; ``None`` past :data:`PRV_MAX_EPS_ERROR`."""
+    room = 0.98 * cap  # create_aligned may add a point or two at each end
+    e = max(eps_error, 2 * (max(l_rdp, 0.0) + 3) * spread / room)
+    if e > l_rdp:  # then the half-width is e + 3 itself
+        e = max(e, 6 * spread / (room - 2 * spread)) if room > 2 * spread else math.inf
+    return e if e <= PRV_MAX_EPS_ERROR else None
+
+
+def _prv(rest: list[tuple[Atom, int]], delta: float, eps_error: float, cap: int) -> float | None:
+    """prv_accountant on at most ``cap`` mesh points in all (one discretised PRV per atom),
+    its domain sized from RDP here (Gopi et al. 2021, Remark 5.6): the library's own RDP
+    series does not terminate for extreme σ. Losses below 1e-6 (nothing for a mesh to
+    resolve) or above PLD_MAX_LOSS are left to the PLD."""
+    counts = [n for _, n in rest]
+    delta_error = delta / 1000
+    spread = math.sqrt(sum(counts) / 2 * math.log(12 / delta_error))  # mesh = eps_error/spread
+    curves = [gaussian_rdp(float(a[1]), float(a[2]) if len(a) > 2 else 1.0) for a, _ in rest]
+    total = sum(_times(c, n) for n, c in zip(counts, curves, strict=True))
+    l_rdp = max(
+        rdp_lib.compute_epsilon(ORDERS, total, delta_error / 4)[0],
+        *(rdp_lib.compute_epsilon(ORDERS, c, delta_error / 8 / sum(counts))[0] for c in curves),
+    )
+    if not 1e-6 < l_rdp <= PLD_MAX_LOSS:
+        return None
+    error = _fit_eps_error(eps_error, l_rdp, spread, cap // len(rest))
+    if error is None:
+        return None
+    from prv_accountant import GaussianMechanism, PoissonSubsampledGaussianMechanism
+    from prv_accountant.accountant import PRVAccountant
+
+    prvs = [
+        GaussianMechanism(float(a[1]))
+        if a[0] == "gaussian"
+        else PoissonSubsampledGaussianMechanism(float(a[2]), float(a[1]))
+        for a, _ in rest
+    ]
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            half = max(l_rdp, error) + 3
+            acc = PRVAccountant(prvs, error, delta_error, counts, eps_max=half)
+            upper = acc.compute_epsilon(delta, counts)[2]
+    except (ArithmeticError, ValueError, RuntimeError):
+        return None  # the library's own refusals (mesh too fine for δ, mean mismatch, …)
+    return max(0.0, float(upper)) if math.isfinite(upper) else None
 
 
 @dataclass
@@ -140,80 +306,49 @@ class Composition:
         return tuple(sorted(self.atoms.items(), key=repr))
 
 
+@dataclass(frozen=True)
+class Figures:
+    """Every upper bound on ε at ``delta`` for one composition, and the least of them.
+
+    ``basic`` is +∞ unless every atom is pure (ε-DP); ``tight`` is the PLD or PRV figure,
+    ``None`` where it was not asked for or did not fit its budget. ``enforced`` names the
+    least (``"basic"``, ``"rdp"``, ``"pld"`` or ``"prv"``) and ``epsilon`` is its value: the
+    figure reported and compared with a limit.
+    """
+
+    delta: float
+    basic: float
+    rdp: float
+    tight: float | None
+    enforced: str
+    epsilon: float
+
+
+def best_epsilon(composition: Composition, delta: float, tight: str | None = "pld") -> Figures:
+    """All figures of ``composition`` at ``delta``; the tight one from ``tight`` (``"pld"``,
+    ``"prv"``, or ``None`` to skip it: RDP and basic cost microseconds, tight ones up to
+    about a second, and are memoised on the multiset's content)."""
+    delta = check_delta(delta)
+    if tight not in (None, "pld", "prv"):
+        raise InvalidArgument(f"unknown tight accountant {tight!r}", details={"field": "tight"})
+    basic = basic_epsilon(composition.atoms.items(), delta)
+    rdp = eps_from_rdp(composition.rdp, delta)
+    tight_eps = None if tight is None else _tight_cached(tight, composition.key(), delta)
+    options = [(tight, tight_eps)] if tight is not None and tight_eps is not None else []
+    name, value = min([*options, ("rdp", rdp), ("basic", basic)], key=lambda o: o[1])
+    return Figures(delta, basic, rdp, tight_eps, str(name), float(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tight_cached(name: str, key: tuple[tuple[Atom, int], ...], delta: float) -> float | None:
+    """A budget's multiset only changes with its version, so content-keyed memoisation is
+    the per-version cache: unchanged budgets and repeated checks cost nothing."""
+    return pld_epsilon(key, delta) if name == "pld" else prv_epsilon(key, delta)
+
+
 def charge_epsilon(charge: Charge, delta: float) -> float:
-    """The ε of one charge on its own at ``delta`` (RDP, opacus' conversion): its cost."""
-    return eps_from_rdp(Composition().add(atoms_of(charge)).rdp, delta)
-
-
-def _atom_pld(atom: Atom, count: int) -> PLD:
-    """Pessimistic PLD of ``count`` compositions of one atom (as PLDAccountant builds it)."""
-    kind, p = atom[0], float(atom[1])
-    if kind == "gaussian":
-        # k Gaussians with multiplier σ compose exactly to one with σ/√k.
-        return pld_lib.from_gaussian_mechanism(
-            p / math.sqrt(count), value_discretization_interval=_PLD_INTERVAL
-        )
-    if kind == "subsampled_gaussian":
-        one = pld_lib.from_gaussian_mechanism(
-            p, value_discretization_interval=_PLD_INTERVAL, sampling_prob=float(atom[2])
-        )
-    elif kind == "laplace":
-        one = pld_lib.from_laplace_mechanism(p, value_discretization_interval=_PLD_INTERVAL)
-    else:
-        # Pessimistic PLD of any ε-DP mechanism (Koskela et al.; dp_accounting docs §3.5):
-        # the dominating pair of pure ε-DP is binary randomized response.
-        params = dp_common.DifferentialPrivacyParameters(p, 0.0)
-        one = pld_lib.from_privacy_parameters(params, value_discretization_interval=_PLD_INTERVAL)
-    return one.self_compose(count)
-
-
-def pld_epsilon(atoms: Iterable[tuple[Atom, int]], delta: float) -> float:
-    """PLD accountant (Koskela et al. 2020; Google dp_accounting), pessimistic estimate.
-
-    Built from dp_accounting's PLD constructors with PLDAccountant's defaults (so the
-    figures equal PLDAccountant's), because PLDAccountant has no pure-ε event under
-    add/remove neighbouring.
-    """
-    total: PLD | None = None
-    for atom, n in atoms:
-        if n:
-            part = _atom_pld(atom, n)
-            total = part if total is None else total.compose(part)
-    return 0.0 if total is None else max(0.0, float(total.get_epsilon_for_delta(delta)))
-
-
-def prv_epsilon(atoms: Iterable[tuple[Atom, int]], delta: float, eps_error: float = 0.01) -> float:
-    """PRV accountant (Gopi et al. 2021) upper bound, via opacus' PRV analysis.
-
-    opacus only has the (subsampled) Gaussian PRV. A multiset holding any Laplace or
-    pure-ε atom falls back to :func:`pld_epsilon` (also a tight upper bound), so the
-    ``prv`` figure is always a valid bound; Gaussian is the subsampled PRV with q = 1.
-    """
-    items = [(a, n) for a, n in atoms if n]
-    if not items:
-        return 0.0
-    if any(a[0] not in ("gaussian", "subsampled_gaussian") for a, _ in items):
-        return pld_epsilon(items, delta)
-    delta_error = delta / 1000
-    prvs = [
-        PoissonSubsampledGaussianPRV(1.0 if a[0] == "gaussian" else float(a[2]), float(a[1]))
-        for a, _ in items
-    ]
-    counts = [n for _, n in items]
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")
-        size = compute_safe_domain_size(
-            prvs=prvs, max_self_compositions=counts, eps_error=eps_error, delta_error=delta_error
-        )
-        mesh = eps_error / math.sqrt(sum(counts) * math.log(12 / delta_error) / 2)
-        domain = Domain.create_aligned(-size, size, mesh)
-        dprvs = [
-            discretize(TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max), domain)
-            for p in prvs
-        ]
-        composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
-        _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
-    return max(0.0, float(upper))
+    """The ε of one charge on its own at ``delta``: its cost, the least of RDP and basic."""
+    return best_epsilon(Composition().add(atoms_of(charge)), delta, tight=None).epsilon
 
 
 class Accountant(Protocol):
@@ -227,7 +362,7 @@ class Accountant(Protocol):
 
 @dataclass(frozen=True)
 class RdpAccountant:
-    """RDP with opacus' conversion (Balle et al. 2020), O(|ORDERS|) from the running curve."""
+    """RDP with Balle et al. 2020's conversion, O(|ORDERS|) from the running curve."""
 
     name: str = "rdp"
 
@@ -237,19 +372,13 @@ class RdpAccountant:
 
 @dataclass(frozen=True)
 class TightAccountant:
-    """PLD or PRV over the atom multiset; memoised on the multiset's content."""
+    """PLD or PRV over the atom multiset, reported as the least valid bound: the tight
+    figure where it was computed, never above RDP or basic composition."""
 
     name: str
 
     def epsilon(self, composition: Composition, delta: float) -> float:
-        return _tight_cached(self.name, composition.key(), delta)
-
-
-@functools.lru_cache(maxsize=4096)
-def _tight_cached(name: str, key: tuple[tuple[Atom, int], ...], delta: float) -> float:
-    """A budget's multiset only changes with its version, so content-keyed memoisation is
-    the per-version cache: unchanged budgets and repeated checks cost nothing."""
-    return pld_epsilon(key, delta) if name == "pld" else prv_epsilon(key, delta)
+        return best_epsilon(composition, delta, tight=self.name).epsilon
 
 
 ACCOUNTANTS: dict[str, Accountant] = {

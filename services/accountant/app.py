@@ -32,7 +32,7 @@ def build_app(settings: Settings) -> ServiceApp:
     app.mounts += [
         Mount(
             "veil.v1.Accountant",
-            AccountantServicer(ledger),
+            AccountantServicer(ledger, app.workers),
             accountant_pb2_grpc.add_AccountantServicer_to_server,
         ),
         diagnostics_mount("accountant", settings.image_limits),
@@ -40,6 +40,9 @@ def build_app(settings: Settings) -> ServiceApp:
 
     async def start() -> None:
         await asyncio.to_thread(ledger.create_schema)
+        # In the background: serving does not wait for the workers' imports.
+        warm_up = asyncio.get_running_loop().run_in_executor(None, ledger.start_tight_pool)
+        warm_up.add_done_callback(lambda f: f.exception())  # a failure resurfaces on use
 
     async def ready() -> bool:
         return await asyncio.to_thread(ledger.ping)

@@ -1,19 +1,22 @@
 """Protobuf ↔ ledger domain, both directions, in one place.
 
 Conventions of ``veil.v1`` applied here: an empty ``tenant_id`` means the caller's tenant
-(resolved by the servicer before conversion), ``count = 0`` means 1, a zero
-``page_size`` means 50 and larger values are clamped to 1000, and an unset optional
-message is "not given".
+(resolved by the servicer before conversion), an empty ``dataset_id`` charges the tenant
+budget alone, an empty ``idempotency_key`` makes a spend non-idempotent (the server assigns
+a unique key), ``count = 0`` means 1, a zero ``page_size`` means 50 and larger values are
+clamped to 1000, and an unset optional message is "not given".
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services._proto.veil.v1 import accountant_pb2 as pb
 from services._proto.veil.v1 import common_pb2
+from services.accountant.accounting import Figures
 from services.accountant.events import (
     Budget,
     BudgetStatus,
@@ -25,10 +28,12 @@ from services.accountant.events import (
     Receipt,
     Reservation,
     Scope,
+    SubjectDefault,
     SubsampledGaussian,
 )
+from services.accountant.policy import COMPUTED, INFEASIBLE, NOT_COMPUTED
 from services.accountant.queries import EventRecord
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, VeilError
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 
@@ -48,7 +53,10 @@ def scope_to_pb(scope: Scope) -> pb.BudgetScope:
 
 
 def budget_from_pb(msg: pb.Budget, tenant: str) -> Budget:
-    return Budget(scope_from_pb(msg.scope, tenant), msg.epsilon, msg.delta)
+    default = None
+    if msg.HasField("subject_default"):
+        default = SubjectDefault(msg.subject_default.epsilon, msg.subject_default.delta)
+    return Budget(scope_from_pb(msg.scope, tenant), msg.epsilon, msg.delta, default)
 
 
 def mechanism_from_pb(event: pb.PrivacyEvent) -> Mechanism:
@@ -59,7 +67,12 @@ def mechanism_from_pb(event: pb.PrivacyEvent) -> Mechanism:
         m = event.subsampled_gaussian
         return SubsampledGaussian(m.noise_multiplier, m.sampling_rate, int(m.steps or 1))
     if kind == "laplace":
-        return Laplace(event.laplace.scale, event.laplace.sensitivity or 1.0)
+        if event.laplace.sensitivity <= 0:  # the contract: > 0 (0 is never read as 1)
+            raise InvalidArgument(
+                "event.laplace.sensitivity must be > 0",
+                details={"field": "charge.event.laplace.sensitivity"},
+            )
+        return Laplace(event.laplace.scale, event.laplace.sensitivity)
     if kind == "pure_epsilon":
         return PureEpsilon(event.pure_epsilon.epsilon)
     raise InvalidArgument(
@@ -82,17 +95,16 @@ def mechanism_to_pb(mechanism: Mechanism, count: int) -> pb.PrivacyEvent:
     return event
 
 
-def charge_from_pb(msg: pb.Charge, tenant: str, *, key_required: bool = True) -> Charge:
-    """A domain charge; ``key_required=False`` (dry runs) fills a placeholder key."""
+def charge_from_pb(msg: pb.Charge, tenant: str, *, dry_run: bool = False) -> Charge:
+    """A domain charge. Without an idempotency key a spend is not idempotent: it gets a
+    unique server key (``auto:<uuid>``); a dry run (``Check``) gets a placeholder."""
     if not msg.HasField("event"):
-        raise InvalidArgument("charge.event is required")
+        raise InvalidArgument("charge.event is required", details={"field": "charge.event"})
     if msg.event.count < 0:
-        raise InvalidArgument("event.count must be >= 0 (0 means 1)")
-    key = msg.idempotency_key
-    if not key:
-        if key_required:
-            raise InvalidArgument("charge.idempotency_key is required")
-        key = "dry-run"
+        raise InvalidArgument(
+            "event.count must be >= 0 (0 means 1)", details={"field": "charge.event.count"}
+        )
+    key = msg.idempotency_key or ("dry-run" if dry_run else f"auto:{uuid.uuid4().hex}")
     return Charge(
         mechanism=mechanism_from_pb(msg.event),
         tenant_id=tenant,
@@ -102,6 +114,33 @@ def charge_from_pb(msg: pb.Charge, tenant: str, *, key_required: bool = True) ->
         count=int(msg.event.count or 1),
         service=msg.service,
         request_id=msg.request_id,
+        labels=tuple(sorted(msg.labels.items())),
+    )
+
+
+def batch_item_from_pb(msg: pb.Charge, tenant: str, index: int) -> Charge | VeilError:
+    """One item of a ChargeBatch, or the error that refuses it alone (the batch names each
+    item's key, so an item's own must be empty; its tenant must be the batch's)."""
+    field = f"charges[{index}]"
+    try:
+        if msg.idempotency_key:
+            raise InvalidArgument(
+                "a batch item's idempotency_key must be empty (the batch key names it)",
+                details={"field": f"{field}.idempotency_key"},
+            )
+        if msg.tenant_id and msg.tenant_id != tenant:
+            raise InvalidArgument(
+                "a batch item's tenant_id must be empty or the batch's",
+                details={"field": f"{field}.tenant_id"},
+            )
+        return charge_from_pb(msg, tenant, dry_run=True)
+    except VeilError as exc:
+        return exc
+
+
+def charge_error_to_pb(error: VeilError, code: int) -> pb.ChargeError:
+    return pb.ChargeError(
+        code=code, reason=error.reason, message=error.message, details=error.details
     )
 
 
@@ -114,12 +153,22 @@ def charge_to_pb(charge: Charge) -> pb.Charge:
         service=charge.service,
         request_id=charge.request_id,
         idempotency_key=charge.idempotency_key,
+        labels=dict(charge.labels),
     )
 
 
+TIGHT_STATES = {
+    COMPUTED: pb.TIGHT_STATE_COMPUTED,
+    NOT_COMPUTED: pb.TIGHT_STATE_NOT_COMPUTED,
+    INFEASIBLE: pb.TIGHT_STATE_INFEASIBLE,
+}
+
+
 def status_to_pb(status: BudgetStatus, tight_name: str) -> pb.BudgetStatus:
-    """``epsilon_spent_tight`` is NaN where the ledger did not compute it (it is costly)."""
-    tight = status.epsilon_tight if status.epsilon_tight is not None else math.nan
+    """Every figure, which one is enforced, and whether the tight one was computed; where it
+    was not, ``epsilon_spent_tight`` holds the enforced figure (a valid bound), never NaN."""
+    tight = status.epsilon_tight if status.epsilon_tight is not None else status.epsilon_enforced
+    basic = status.epsilon_basic if math.isfinite(status.epsilon_basic) else 0.0
     return pb.BudgetStatus(
         scope=scope_to_pb(status.scope),
         epsilon_limit=status.limit_epsilon,
@@ -130,12 +179,23 @@ def status_to_pb(status: BudgetStatus, tight_name: str) -> pb.BudgetStatus:
         epsilon_remaining=status.remaining_epsilon,
         event_count=status.event_count,
         epsilon_reserved=status.epsilon_reserved,
+        subject_default=_default_to_pb(status.subject_default),
+        epsilon_spent=status.epsilon_enforced,
+        epsilon_spent_by=status.enforced_by,
+        tight_state=TIGHT_STATES[status.tight_state],
+        epsilon_spent_basic=basic,
     )
 
 
-def cost_to_pb(epsilon: float, delta: float) -> common_pb2.PrivacyCost:
-    """The charge's own ε at δ, by RDP with opacus' conversion."""
-    return common_pb2.PrivacyCost(epsilon=epsilon, delta=delta, accountant="rdp")
+def _default_to_pb(default: SubjectDefault | None) -> pb.SubjectDefault | None:
+    if default is None:
+        return None
+    return pb.SubjectDefault(epsilon=default.epsilon, delta=default.delta)
+
+
+def cost_to_pb(cost: Figures) -> common_pb2.PrivacyCost:
+    """A charge's own ε at δ: the least of its cheap bounds, named."""
+    return common_pb2.PrivacyCost(epsilon=cost.epsilon, delta=cost.delta, accountant=cost.enforced)
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -169,7 +229,7 @@ def event_to_pb(record: EventRecord, delta: float) -> pb.LedgerEvent:
     return pb.LedgerEvent(
         spend_id=record.spend_id,
         charge=charge_to_pb(record.charge),
-        cost=cost_to_pb(record.cost_epsilon, delta),
+        cost=cost_to_pb(record.cost),
         committed_at=timestamp(record.committed_at),
     )
 
@@ -181,12 +241,14 @@ def page_size(page: common_pb2.PageRequest) -> int:
 
 
 def lease_seconds(msg: pb.ReserveRequest) -> float | None:
+    """The asked lease; None (unset or 0) = the server default. The ledger clamps it to its
+    maximum, as the contract says."""
     if not msg.HasField("lease"):
         return None
     seconds = msg.lease.ToNanoseconds() / 1e9
-    if seconds <= 0:
-        raise InvalidArgument("lease must be positive")
-    return seconds
+    if seconds < 0:
+        raise InvalidArgument("lease must be >= 0", details={"field": "lease"})
+    return seconds or None
 
 
 def optional_time(msg: pb.ListEventsRequest | pb.ExportAuditRequest, field: str) -> float | None:

@@ -65,19 +65,44 @@ class Scope:
         return cls(data["tenant_id"], data.get("dataset_id"), data.get("subject_id"))
 
 
-@dataclass(frozen=True)
-class Budget:
-    """An (ε, δ) limit on one scope. δ is the target at which every ε is reported."""
+def _limits(field: str, epsilon: float, delta: float) -> None:
+    _finite_positive(f"{field}epsilon", epsilon)
+    _finite_positive(f"{field}delta", delta)
+    if not 0 < delta < 1:
+        raise InvalidArgument("delta must be in (0, 1)", details={"field": f"{field}delta"})
 
-    scope: Scope
+
+@dataclass(frozen=True)
+class SubjectDefault:
+    """The limits a dataset gives each subject budget created on the subject's first charge."""
+
     epsilon: float
     delta: float
 
     def __post_init__(self) -> None:
-        _finite_positive("epsilon", self.epsilon)
-        _finite_positive("delta", self.delta)
-        if not 0 < self.delta < 1:
-            raise InvalidArgument("delta must be in (0, 1)", details={"field": "delta"})
+        _limits("budget.subject_default.", self.epsilon, self.delta)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An (ε, δ) limit on one scope. δ is the target at which every ε is reported.
+
+    A dataset budget may carry a :class:`SubjectDefault`: a charge naming a subject that has
+    no budget yet creates one with those limits, in the charge's own transaction.
+    """
+
+    scope: Scope
+    epsilon: float
+    delta: float
+    subject_default: SubjectDefault | None = None
+
+    def __post_init__(self) -> None:
+        _limits("", self.epsilon, self.delta)
+        if self.subject_default is not None and self.scope.kind != "dataset":
+            raise InvalidArgument(
+                "only a dataset budget has a subject_default",
+                details={"field": "budget.subject_default"},
+            )
 
 
 @dataclass(frozen=True)
@@ -164,8 +189,10 @@ class Charge:
     """One charged release: ``count`` self-compositions of ``mechanism``.
 
     It touches the tenant budget, the dataset budget and one budget per subject; all of
-    them must exist. ``idempotency_key`` is unique per tenant: a retry with the same key
-    and the same charge replays the original receipt.
+    them must exist (an empty ``dataset_id`` charges the tenant budget alone, and then no
+    subject may be named). ``idempotency_key`` is unique per tenant: a retry with the same
+    key and the same charge replays the original receipt. ``labels`` are audit metadata,
+    like ``service`` and ``request_id``: kept with the event, not part of what is charged.
     """
 
     mechanism: Mechanism
@@ -176,13 +203,20 @@ class Charge:
     count: int = 1
     service: str = ""
     request_id: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Sorted (key, value) pairs."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.mechanism, Gaussian | SubsampledGaussian | Laplace | PureEpsilon):
             raise InvalidArgument("mechanism must be one of " + ", ".join(MECHANISMS))
         _positive_int("count", self.count)
         _non_empty("tenant_id", self.tenant_id)
-        _non_empty("dataset_id", self.dataset_id)
+        if not isinstance(self.dataset_id, str):
+            raise InvalidArgument("dataset_id must be a string", details={"field": "dataset_id"})
+        if not self.dataset_id and self.subject_ids:
+            raise InvalidArgument(
+                "subject_ids need a dataset_id", details={"field": "charge.subject_ids"}
+            )
         _non_empty("idempotency_key", self.idempotency_key)
         if not isinstance(self.subject_ids, tuple):
             raise InvalidArgument("subject_ids must be a tuple")
@@ -195,11 +229,13 @@ class Charge:
     def scopes(self) -> tuple[Scope, ...]:
         """Every budget this charge touches: tenant, dataset, then each subject."""
         tenant, dataset = self.tenant_id, self.dataset_id
+        if not dataset:
+            return (Scope(tenant),)
         subjects = tuple(Scope(tenant, dataset, s) for s in sorted(self.subject_ids))
         return (Scope(tenant), Scope(tenant, dataset), *subjects)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "mechanism": mechanism_to_json(self.mechanism),
             "count": self.count,
             "tenant_id": self.tenant_id,
@@ -209,6 +245,9 @@ class Charge:
             "request_id": self.request_id,
             "idempotency_key": self.idempotency_key,
         }
+        if self.labels:  # absent when empty: events stored before labels keep their form
+            data["labels"] = dict(self.labels)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Charge:
@@ -221,13 +260,14 @@ class Charge:
             service=data.get("service", ""),
             request_id=data.get("request_id", ""),
             idempotency_key=data["idempotency_key"],
+            labels=tuple(sorted(data.get("labels", {}).items())),
         )
 
     def same_charge(self, other: Charge) -> bool:
         """Equal up to the order of subjects and the request metadata (a retry may differ)."""
         mine, theirs = self.to_json(), other.to_json()
-        for key in ("service", "request_id"):
-            mine.pop(key), theirs.pop(key)
+        for key in ("service", "request_id", "labels"):
+            mine.pop(key, None), theirs.pop(key, None)
         return mine == theirs
 
 
@@ -235,10 +275,11 @@ class Charge:
 class BudgetStatus:
     """One budget's figures, committed or projected (after a candidate charge).
 
-    ``epsilon_rdp`` uses opacus' RDP→DP conversion (Balle et al. 2020), and
+    ``epsilon_rdp`` uses Balle et al. 2020's RDP→DP conversion, and
     ``epsilon_rdp_classic`` the seed's Lemma 1 / Mironov 2017 Prop. 3 conversion;
-    ``epsilon_tight`` is the PLD/PRV upper bound, ``None`` where the decision did not need
-    it (it is costly); ``epsilon_enforced`` is what the limit is compared with.
+    ``epsilon_tight`` is the PLD/PRV upper bound, ``None`` where it was not computed (see
+    ``tight_state``); ``epsilon_enforced`` is what the limit is compared with: the least of
+    the bounds computed (``enforced_by`` names it).
     """
 
     scope: Scope
@@ -254,6 +295,14 @@ class BudgetStatus:
     """Events charged to the budget (projected statuses include the candidate charge)."""
     epsilon_reserved: float = 0.0
     """How much live reservations add to ``epsilon_enforced`` (queries only; else 0)."""
+    subject_default: SubjectDefault | None = None
+    """Dataset budgets: the limits of subject budgets created on first charge."""
+    epsilon_basic: float = float("inf")
+    """Basic composition (sum of pure ε); +∞ when an event is not pure ε-DP."""
+    enforced_by: str = "rdp"
+    """Which bound ``epsilon_enforced`` is: ``basic``, ``rdp``, ``pld`` or ``prv``."""
+    tight_state: str = "not_computed"
+    """``computed``, ``not_computed`` (the cheap bounds decided) or ``infeasible``."""
 
     @property
     def remaining_epsilon(self) -> float:

@@ -13,30 +13,46 @@ PermissionDenied, and another tenant's reservation is NotFound (its existence is
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from services.accountant import batch
 from services.accountant.accounting import Atom, Composition, atoms_of, charge_epsilon
-from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Reservation
+from services.accountant.events import (
+    Budget,
+    BudgetStatus,
+    Charge,
+    Receipt,
+    Reservation,
+    Scope,
+)
+from services.accountant.limits import Limits, check_charge, check_scope, check_text
 from services.accountant.metrics import AccountantMetrics
-from services.accountant.policy import Policy
+from services.accountant.policy import Policy, TightNeeded
 from services.accountant.queries import LedgerQueries
 from services.accountant.rows import (
     BudgetRow,
     atoms_to_json,
+    create_subjects,
+    drop_budgets,
     dumps,
+    find_budgets,
     live_reservation_atoms,
     load_budgets,
+    not_found,
+    put_subject_default,
     scope_key,
     scope_key_details,
+    subject_default,
 )
 from services.accountant.schema import (
     budgets,
@@ -46,6 +62,7 @@ from services.accountant.schema import (
     reservations,
 )
 from services.accountant.settings import AccountantSettings
+from services.accountant.tightpool import TightPool
 from services.common.db import create_schema, make_engine, transaction
 from services.common.errors import (
     AlreadyExists,
@@ -54,7 +71,14 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
+    VeilError,
 )
+
+T = TypeVar("T")
+WARM_ATTEMPTS = 3
+"""Write attempts that may not compute a tight figure under their lock (each failed one
+warms the memo outside it) before one that may."""
 
 
 class Ledger(LedgerQueries):
@@ -70,8 +94,13 @@ class Ledger(LedgerQueries):
         clock: Callable[[], float] = time.time,
         metrics: AccountantMetrics | None = None,
         engine: Engine | None = None,
+        limits: Limits | None = None,
+        tight_pool: TightPool | None = None,
     ) -> None:
         self._engine = engine or make_engine(url)
+        self.limits = limits or Limits()
+        self._tight_pool = tight_pool
+        """Owned: closed with the ledger (its policy computes tight figures there)."""
         self.policy = policy or Policy()
         self.default_lease_s, self.max_lease_s = default_lease_s, max_lease_s
         self._clock, self._metrics = clock, metrics
@@ -80,29 +109,47 @@ class Ledger(LedgerQueries):
     def from_settings(
         cls, settings: AccountantSettings, *, metrics: AccountantMetrics | None = None
     ) -> Ledger:
-        policy = Policy(tight=settings.tight_accountant, enforce_with=settings.enforce_with)
+        pool = TightPool(settings.tight_workers, settings.tight_timeout_s)
+        policy = Policy(
+            tight=settings.tight_accountant,
+            enforce_with=settings.enforce_with,
+            tight_fn=pool.figure,
+        )
         return cls(
             settings.database_url,
             policy=policy,
             metrics=metrics,
             default_lease_s=settings.default_lease_s,
             max_lease_s=settings.max_lease_s,
+            limits=settings.limits,
+            tight_pool=pool,
         )
 
     def _now(self) -> float:
         return self._clock()
+
+    def start_tight_pool(self) -> None:
+        """Start the tight figures' worker processes (a no-op without a pool)."""
+        if self._tight_pool is not None:
+            self._tight_pool.start()
 
     def create_schema(self) -> None:
         """Create the tables if missing (idempotent)."""
         create_schema(self._engine, metadata)
 
     def ping(self) -> bool:
-        """True if the database answers (the server's readiness check)."""
-        with self._tx(readonly=True) as conn:  # a plain BEGIN: no write lock for a ping
-            return bool(conn.execute(text("SELECT 1")).scalar_one() == 1)
+        """True if the database answers (the server's readiness check); never raises for
+        an unreachable database."""
+        try:
+            with self._tx(readonly=True) as conn:  # a plain BEGIN: no write lock for a ping
+                return bool(conn.execute(text("SELECT 1")).scalar_one() == 1)
+        except Unavailable:
+            return False
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._tight_pool is not None:
+            self._tight_pool.close()
 
     @contextmanager
     def _tx(self, *, readonly: bool = False) -> Iterator[Connection]:
@@ -111,29 +158,34 @@ class Ledger(LedgerQueries):
 
     # -- budgets -------------------------------------------------------------------------
     def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus:
-        """Create a budget, or change the limits of an existing one (its spends stay)."""
+        """Create a budget, or change the limits of an existing one (its spends stay). A
+        dataset budget's ``subject_default`` is replaced too (None removes it)."""
         _authorize(caller_tenant, budget.scope.tenant_id)
+        check_scope(budget.scope, self.limits, "budget.scope")
         t, d, s = scope_key(budget.scope)
+        now = self._clock()
         with self._tx() as conn:
             rows = (
                 load_budgets(conn, [budget.scope], lock=True) if self._exists(conn, t, d, s) else []
             )
             if rows:
+                budget_id = rows[0].id
                 conn.execute(
                     update(budgets)
-                    .where(budgets.c.id == rows[0].id)
+                    .where(budgets.c.id == budget_id)
                     .values(
                         epsilon=budget.epsilon,
                         delta=budget.delta,
                         version=rows[0].version + 1,
-                        updated_at=self._clock(),
+                        updated_at=now,
                     )
                 )
                 comp, version, count = rows[0].comp, rows[0].version + 1, rows[0].event_count
             else:
                 comp, version, count = Composition(), 0, 0
-                conn.execute(
-                    insert(budgets).values(
+                budget_id = conn.execute(
+                    insert(budgets)
+                    .values(
                         tenant_id=t,
                         dataset_id=d,
                         subject_id=s,
@@ -143,10 +195,32 @@ class Ledger(LedgerQueries):
                         event_count=0,
                         rdp=dumps(comp.rdp.tolist()),
                         atoms=atoms_to_json(comp.atoms),
-                        updated_at=self._clock(),
+                        updated_at=now,
                     )
-                )
-        return replace(self.policy.status(budget, comp, version), event_count=count)
+                    .returning(budgets.c.id)
+                ).scalar_one()
+            if budget.scope.kind == "dataset":
+                put_subject_default(conn, budget_id, budget.subject_default)
+        status = self.policy.status(budget, comp, version)
+        return replace(status, event_count=count, subject_default=budget.subject_default)
+
+    @staticmethod
+    def _with_new_subjects(conn: Connection, charge: Charge) -> list[BudgetRow]:
+        """The charge's budgets for a dry run: a subject without a budget counts as the
+        fresh budget its dataset's subject default would create (nothing is written)."""
+        rows, missing = find_budgets(conn, charge.scopes, lock=False)
+        if not missing:
+            return rows
+        default = None
+        if all(m.kind == "subject" for m in missing):
+            default = subject_default(conn, charge.tenant_id, charge.dataset_id)
+        if default is None:
+            raise not_found(missing[0])
+        fresh = [
+            BudgetRow(-(i + 1), Budget(m, default.epsilon, default.delta), 0, Composition())
+            for i, m in enumerate(missing)
+        ]
+        return rows + fresh
 
     @staticmethod
     def _exists(conn: Connection, t: str, d: str, s: str) -> bool:
@@ -164,12 +238,13 @@ class Ledger(LedgerQueries):
         Live reservations count. ``tight=True`` also computes the tight figure everywhere.
         """
         _authorize(caller_tenant, charge.tenant_id)
+        check_charge(charge, self.limits)
         with self._tx(readonly=True) as conn:
-            rows = load_budgets(conn, charge.scopes, lock=False)
+            rows = self._with_new_subjects(conn, charge)
             held = live_reservation_atoms(
                 conn, charge.tenant_id, [r.id for r in rows], self._clock()
             )
-            return self._project(rows, held, atoms_of(charge), want_tight=tight)
+        return self._project(rows, held, atoms_of(charge), want_tight=tight)
 
     def spend(self, caller_tenant: str, charge: Charge) -> Receipt:
         """Commit a charge atomically on all its budgets, or raise and write nothing.
@@ -178,10 +253,12 @@ class Ledger(LedgerQueries):
         same key, other charge → AlreadyExists; a budget too small → BudgetExhausted.
         """
         _authorize(caller_tenant, charge.tenant_id)
+        check_charge(charge, self.limits)
         started = time.perf_counter()
         try:
-            with self._tx() as conn:
-                receipt = self._spend_in(conn, charge, enforce=True, exclude=None)
+            receipt = self._outside_lock_first(
+                lambda allow: self._spend_once(charge, allow), caller_tenant, charge
+            )
         except IntegrityError as exc:
             receipt = self._replay_after_race(charge, exc)
         except BudgetExhausted:
@@ -190,22 +267,146 @@ class Ledger(LedgerQueries):
         self._record(receipt, started, "spend")
         return receipt
 
+    def _spend_once(self, charge: Charge, allow_tight: bool) -> Receipt:
+        with self._tx() as conn:
+            return self._spend_in(conn, charge, enforce=True, exclude=None, allow_tight=allow_tight)
+
+    def _outside_lock_first(
+        self, attempt: Callable[[bool], T], caller_tenant: str, charge: Charge
+    ) -> T:
+        """Run a write ``attempt`` that may not compute tight figures under its lock; if it
+        needs one, compute it in a read-only transaction (memoised by content) and retry,
+        now allowed (the figure is a cache hit unless the budget changed in between)."""
+        for _ in range(WARM_ATTEMPTS):
+            try:
+                return attempt(False)
+            except TightNeeded:
+                with suppress(VeilError):
+                    self._warm(charge)
+        return attempt(True)  # the budgets kept changing: compute under the lock
+
+    def _warm(self, charge: Charge) -> None:
+        """The decision a spend of ``charge`` is about to make, in a read-only transaction:
+        its tight figures are then memoised (BudgetExhausted, if any, is the spend's to say)."""
+        with self._tx(readonly=True) as conn:
+            rows = self._with_new_subjects(conn, charge)
+            ids = [r.id for r in rows]
+            held = live_reservation_atoms(conn, charge.tenant_id, ids, self._clock())
+        self._verdict(rows, held, atoms_of(charge), allow_tight=True)
+
+    def charge_batch(
+        self, caller_tenant: str, batch_key: str, items: Sequence[Charge | VeilError]
+    ) -> list[Receipt | VeilError]:
+        """Charge every item in one transaction; each is accepted or refused on its own.
+
+        Item ``i`` is stored under the idempotency key ``<batch_key>#<i>`` (its own key
+        must be empty), so a retry replays the items accepted before and decides the
+        refused ones again. An item given as an error (it did not convert) stays refused.
+        """
+        check_text("idempotency_key", batch_key, self.limits.max_key_bytes - 8, required=True)
+        if len(items) > self.limits.max_batch:
+            raise InvalidArgument(
+                f"a batch holds at most {self.limits.max_batch} charges",
+                details={"field": "charges", "limit": self.limits.max_batch},
+            )
+        started = time.perf_counter()
+        results: list[Receipt | VeilError | None] = [None] * len(items)
+        charges: dict[int, Charge] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, VeilError):
+                results[i] = item
+                continue
+            try:
+                _authorize(caller_tenant, item.tenant_id)
+                check_charge(item, self.limits, f"charges[{i}]")
+            except VeilError as exc:
+                results[i] = exc
+                continue
+            charges[i] = replace(item, idempotency_key=batch.item_key(batch_key, i))
+        now = self._clock()
+        with self._tx() as conn:
+            created = [
+                budget_id
+                for charge in charges.values()
+                for budget_id in create_subjects(conn, charge, now)  # before any lock
+            ]
+            scopes = {s for c in charges.values() for s in c.scopes}
+            found, _ = find_budgets(conn, scopes, lock=True)
+            by_scope = {r.budget.scope: batch.Running(r, r.comp, r.event_count) for r in found}
+            held = live_reservation_atoms(conn, caller_tenant, [r.id for r in found], now)
+            done = batch.existing_events(
+                conn, caller_tenant, (c.idempotency_key for c in charges.values())
+            )
+            pending: list[batch.Pending] = []
+            for i, charge in charges.items():
+                results[i] = self._batch_item(charge, by_scope, held, done, pending, now)
+            batch.write(conn, pending, by_scope.values(), now)
+            used = {budget_id for p in pending for budget_id in p.budget_ids}
+            drop_budgets(conn, (b for b in created if b not in used))
+        for result in results:
+            if isinstance(result, Receipt) and not result.replayed:
+                self._record(result, started, "batch")
+            elif isinstance(result, BudgetExhausted):
+                self._refused("budget_exhausted")
+        return [r if r is not None else InvalidArgument("no result") for r in results]
+
+    def _batch_item(
+        self,
+        charge: Charge,
+        by_scope: dict[Scope, batch.Running],
+        held: dict[int, Counter[Atom]],
+        done: dict[str, Any],
+        pending: list[batch.Pending],
+        now: float,
+    ) -> Receipt | VeilError:
+        """Decide one item of a batch against the running state (and queue its write)."""
+        try:
+            if (existing := done.get(charge.idempotency_key)) is not None:
+                return self._replay_or_conflict(existing, charge)
+            missing = [s for s in charge.scopes if s not in by_scope]
+            if missing:
+                raise not_found(missing[0])
+            running = [by_scope[s] for s in charge.scopes]
+            running.sort(key=lambda r: r.row.id)
+            atoms = atoms_of(charge)
+            now_rows = [replace(r.row, comp=r.comp, event_count=r.event_count) for r in running]
+            statuses = self._verdict(now_rows, held, atoms, allow_tight=True)
+            cost = charge_epsilon(charge, min(r.row.budget.delta for r in running))
+            item = batch.Pending(charge, [r.row.id for r in running], cost)
+            batch.accept(running, atoms)
+            pending.append(item)
+            return Receipt(item.spend_id, charge, now, tuple(statuses))
+        except VeilError as exc:
+            return exc
+
     def reserve(
         self, caller_tenant: str, charge: Charge, lease_s: float | None = None
     ) -> Reservation:
         """Hold budget for ``charge`` until the lease ends; it counts against every budget."""
         _authorize(caller_tenant, charge.tenant_id)
+        check_charge(charge, self.limits)
         lease = self.default_lease_s if lease_s is None else lease_s
-        if not 0 < lease <= self.max_lease_s:
-            raise InvalidArgument(f"lease_s must be in (0, {self.max_lease_s}]")
+        if not (math.isfinite(lease) and lease > 0):
+            raise InvalidArgument("lease must be > 0 seconds", details={"field": "lease"})
+        lease = min(lease, self.max_lease_s)  # the contract: clamped to the server maximum
+        reservation = self._outside_lock_first(
+            lambda allow: self._reserve_once(charge, lease, allow), caller_tenant, charge
+        )
+        self._gauge_outstanding()
+        return reservation
+
+    def _reserve_once(self, charge: Charge, lease: float, allow_tight: bool) -> Reservation:
         now = self._clock()
         with self._tx() as conn:
+            create_subjects(conn, charge, now)  # before any lock: see create_subjects
             self._sweep(conn, charge.tenant_id, now)
             rows = load_budgets(conn, charge.scopes, lock=True)
             if self._event_by_key(conn, charge) is not None:
                 raise AlreadyExists("a spend with this idempotency key is already committed")
             try:
-                statuses = self._decide(conn, rows, charge, now, exclude=None)
+                statuses = self._decide(
+                    conn, rows, charge, now, exclude=None, allow_tight=allow_tight
+                )
             except BudgetExhausted:
                 self._refused("budget_exhausted")
                 raise
@@ -220,7 +421,6 @@ class Ledger(LedgerQueries):
                     expires_at=now + lease,
                 )
             )
-        self._gauge_outstanding()
         return Reservation(rid, charge, now + lease, statuses)
 
     def commit(self, caller_tenant: str, reservation_id: str) -> Receipt:
@@ -245,19 +445,22 @@ class Ledger(LedgerQueries):
         self._gauge_outstanding()
         return receipt
 
-    def release(self, caller_tenant: str, reservation_id: str) -> None:
-        """Give a reservation's budget back. Idempotent; a committed one is FailedPrecondition."""
+    def release(self, caller_tenant: str, reservation_id: str) -> bool:
+        """Give a reservation's budget back; False when it was already released or had
+        expired (a no-op). A committed one is FailedPrecondition."""
         with self._tx() as conn:
             row = self._reservation(conn, caller_tenant, reservation_id)
             if row.status == "committed":
                 raise FailedPrecondition("reservation already committed")
+            live = row.status == "live" and row.expires_at > self._clock()
             if row.status == "live":
                 conn.execute(
                     update(reservations)
                     .where(reservations.c.id == reservation_id)
-                    .values(status="released")
+                    .values(status="released" if live else "expired")
                 )
         self._gauge_outstanding()
+        return live
 
     # -- internals -----------------------------------------------------------------------
     def _spend_in(
@@ -269,13 +472,18 @@ class Ledger(LedgerQueries):
         exclude: str | None,
         spend_id: str | None = None,
         committed_at: float | None = None,
+        allow_tight: bool = True,
     ) -> Receipt:
+        now = self._clock() if committed_at is None else committed_at
+        if enforce:
+            create_subjects(conn, charge, now)  # before any lock: see create_subjects
         rows = load_budgets(conn, charge.scopes, lock=True)
         if (existing := self._event_by_key(conn, charge)) is not None:
             return self._replay_or_conflict(existing, charge)
-        now = self._clock() if committed_at is None else committed_at
         if enforce:
-            statuses = self._decide(conn, rows, charge, now, exclude=exclude)
+            statuses = self._decide(
+                conn, rows, charge, now, exclude=exclude, allow_tight=allow_tight
+            )
         else:
             statuses = self._project(rows, {}, atoms_of(charge), want_tight=False)
         atoms = atoms_of(charge)
@@ -318,23 +526,42 @@ class Ledger(LedgerQueries):
         charge: Charge,
         now: float,
         exclude: str | None,
+        allow_tight: bool = True,
     ) -> tuple[BudgetStatus, ...]:
         """Projected statuses, or BudgetExhausted naming the first budget that overflows."""
         held = live_reservation_atoms(conn, charge.tenant_id, [r.id for r in rows], now, exclude)
-        statuses = self._project(rows, held, atoms_of(charge), want_tight=False)
-        for row, status in zip(rows, statuses, strict=True):
+        return self._verdict(rows, held, atoms_of(charge), allow_tight)
+
+    def _verdict(
+        self,
+        rows: list[BudgetRow],
+        held: dict[int, Counter[Atom]],
+        atoms: Counter[Atom],
+        allow_tight: bool,
+    ) -> tuple[BudgetStatus, ...]:
+        """Projected statuses (in ``rows``' order), or BudgetExhausted for the first budget
+        found to overflow. Subject budgets are looked at first, then the dataset's, then the
+        tenant's: a refusal stops at the first overflow, so it costs at most one tight
+        figure, and the one it needs is of the budget other spends change least (a memoised
+        figure of a subject budget stays valid while the tenant's keeps moving)."""
+        order = {"subject": 0, "dataset": 1, "tenant": 2}
+        statuses: dict[int, BudgetStatus] = {}
+        for row in sorted(rows, key=lambda r: order[r.budget.scope.kind]):
+            extra = Counter(held.get(row.id, Counter()))
+            extra.update(atoms)
+            status = self.policy.status(
+                row.budget, row.comp.add(extra), row.version, allow_tight=allow_tight
+            )
             if status.exceeds:
-                current = self.policy.status(row.budget, row.comp.add(held[row.id]), row.version)
-                details = {
-                    **scope_key_details(row.budget.scope),
-                    "remaining_epsilon": f"{current.remaining_epsilon:.6g}",
-                    "limit_epsilon": row.budget.epsilon,
-                    "projected_epsilon": f"{status.epsilon_enforced:.6g}",
-                }
-                raise BudgetExhausted(
-                    f"charge exceeds the {status.scope.kind} budget", details=details
+                current = self.policy.status(
+                    row.budget,
+                    row.comp.add(held.get(row.id, Counter())),
+                    row.version,
+                    allow_tight=allow_tight,
                 )
-        return statuses
+                raise _exhausted(row, status, current)
+            statuses[row.id] = replace(status, event_count=row.event_count + 1)
+        return tuple(statuses[row.id] for row in rows)
 
     def _project(
         self,
@@ -384,6 +611,7 @@ class Ledger(LedgerQueries):
         return self._replay_or_conflict(row, charge)
 
     def _reservation(self, conn: Connection, caller_tenant: str, rid: str) -> Any:
+        check_text("reservation_id", rid, self.limits.max_id_bytes, required=True)
         q = select(reservations).where(reservations.c.id == rid).with_for_update()
         row = conn.execute(q).first()
         if row is None or row.tenant_id != caller_tenant:
@@ -439,6 +667,17 @@ class Ledger(LedgerQueries):
     def _refused(self, reason: str) -> None:
         if self._metrics:
             self._metrics.refused(reason)
+
+
+def _exhausted(row: BudgetRow, projected: BudgetStatus, current: BudgetStatus) -> BudgetExhausted:
+    """The refusal of a charge that would take ``row`` past its limit, with what remains."""
+    details = {
+        **scope_key_details(row.budget.scope),
+        "remaining_epsilon": f"{current.remaining_epsilon:.6g}",
+        "limit_epsilon": row.budget.epsilon,
+        "projected_epsilon": f"{projected.epsilon_enforced:.6g}",
+    }
+    return BudgetExhausted(f"charge exceeds the {projected.scope.kind} budget", details=details)
 
 
 def _authorize(caller_tenant: str, tenant_id: str) -> None:

@@ -1,33 +1,53 @@
-"""Turning a budget's composition into figures and a verdict (no storage, no I/O)."""
+"""Turning a budget's composition into figures and a verdict: a pure function of (budget,
+composition, policy) — no storage, no I/O.
+
+Every figure is an upper bound on the true ε at the budget's δ: basic composition (pure
+events only), RDP (Mironov 2017; Balle et al. 2020's conversion) and the tight accountant
+(PLD or PRV, bounded in cost; ``None`` where it could not finish). The figure reported and
+enforced is the least of those computed (``enforce_with="min"``, the default), or one named
+accountant's. The cheap bounds come first: the tight figure is only computed when they
+alone would refuse (or when a reader asks for it), so an affordable charge never pays for it
+and a refusal is never decided by the expensive figure alone.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from services.accountant.accounting import (
+    Atom,
     Composition,
-    eps_from_rdp,
+    Figures,
+    atoms_of,
+    best_epsilon,
     eps_from_rdp_classic,
-    get_accountant,
 )
-from services.accountant.events import Budget, BudgetStatus
+from services.accountant.events import Budget, BudgetStatus, Charge
 from services.common.errors import InvalidArgument
 
 ENFORCE_CHOICES = ("min", "rdp", "pld", "prv")
 
+COMPUTED, NOT_COMPUTED, INFEASIBLE = "computed", "not_computed", "infeasible"
+"""Tight states: computed for this state; skipped (the cheap bounds decided); or it could
+not finish within its bounded grid, so the other bounds stand."""
+
+
+class TightNeeded(Exception):
+    """The decision needs the tight figure, and the caller said not now (it holds a write
+    lock): it computes the figure outside the lock, where it is memoised, and retries."""
+
 
 @dataclass(frozen=True)
 class Policy:
-    """Which accountant is reported as tight and which figure is enforced.
-
-    ``enforce_with="min"`` enforces min(RDP, tight): each is an upper bound on the true ε,
-    so the minimum is one too. The tight figure is only computed when RDP alone exceeds
-    the limit (or when asked), because PLD/PRV cost milliseconds to seconds while RDP
-    costs microseconds; the reported ``epsilon_enforced`` is then the RDP figure.
-    """
+    """Which accountant is reported as tight and which figure is enforced."""
 
     tight: str = "pld"
     enforce_with: str = "min"
+    tight_fn: Callable[[str, tuple[tuple[Atom, int], ...], float], float | None] | None = field(
+        default=None, compare=False
+    )
+    """Where tight figures are computed (``TightPool.figure``: another process); None = here."""
 
     def __post_init__(self) -> None:
         if self.tight not in ("pld", "prv"):
@@ -36,32 +56,69 @@ class Policy:
             raise InvalidArgument(f"enforce_with must be one of {ENFORCE_CHOICES}")
 
     def status(
-        self, budget: Budget, comp: Composition, version: int, *, want_tight: bool = False
+        self,
+        budget: Budget,
+        comp: Composition,
+        version: int,
+        *,
+        want_tight: bool = False,
+        allow_tight: bool = True,
     ) -> BudgetStatus:
-        """Figures of ``comp`` against ``budget`` (``exceeds`` if the enforced ε > limit)."""
+        """Figures of ``comp`` against ``budget`` (``exceeds`` if the enforced ε > limit).
+
+        ``allow_tight=False``: raise :class:`TightNeeded` instead of computing the tight
+        figure when the decision needs it.
+        """
         delta, limit = budget.delta, budget.epsilon
-        rdp = eps_from_rdp(comp.rdp, delta)
-        tight: float | None = None
+        cheap = best_epsilon(comp, delta, tight=None)
+        name = self.enforce_with if self.enforce_with in ("pld", "prv") else self.tight
+        need = want_tight or self.enforce_with in ("pld", "prv")
+        if self.enforce_with == "min" and _over(cheap.epsilon, limit):
+            need = True
+        figures, state = cheap, NOT_COMPUTED
+        if need and comp.atoms and not allow_tight:
+            raise TightNeeded
+        if need and comp.atoms:
+            figures = self._with_tight(comp, cheap, name)
+            state = COMPUTED if figures.tight is not None else INFEASIBLE
+        elif need:
+            state = COMPUTED  # nothing composed: every figure is 0
         if self.enforce_with == "rdp":
-            enforced = rdp
-        elif self.enforce_with in ("pld", "prv"):
-            enforced = get_accountant(self.enforce_with).epsilon(comp, delta)
-            tight = enforced if self.enforce_with == self.tight else None
-        elif rdp <= limit and not want_tight:
-            enforced = rdp
+            enforced, enforced_by = figures.rdp, "rdp"
         else:
-            tight = get_accountant(self.tight).epsilon(comp, delta)
-            enforced = min(rdp, tight)
-        if want_tight and tight is None:
-            tight = get_accountant(self.tight).epsilon(comp, delta)
+            enforced, enforced_by = figures.epsilon, figures.enforced
+        tight = figures.tight if state == COMPUTED and comp.atoms else None
+        if state == COMPUTED and not comp.atoms:
+            tight = 0.0
         return BudgetStatus(
             scope=budget.scope,
             limit_epsilon=limit,
             delta=delta,
-            epsilon_rdp=rdp,
+            epsilon_rdp=figures.rdp,
             epsilon_rdp_classic=eps_from_rdp_classic(comp.rdp, delta),
             epsilon_tight=tight,
             epsilon_enforced=enforced,
             version=version,
-            exceeds=enforced > limit * (1 + 1e-12),
+            exceeds=_over(enforced, limit),
+            epsilon_basic=figures.basic,
+            enforced_by=enforced_by,
+            tight_state=state,
         )
+
+    def _with_tight(self, comp: Composition, cheap: Figures, name: str) -> Figures:
+        if self.tight_fn is None:
+            return best_epsilon(comp, cheap.delta, tight=name)
+        tight = self.tight_fn(name, comp.key(), cheap.delta)
+        if tight is None or tight >= cheap.epsilon:
+            return replace(cheap, tight=tight)
+        return replace(cheap, tight=tight, enforced=name, epsilon=tight)
+
+
+def _over(epsilon: float, limit: float) -> bool:
+    return epsilon > limit * (1 + 1e-12)
+
+
+def charge_cost(charge: Charge, delta: float) -> Figures:
+    """One charge's own ε at ``delta``: the least of its cheap bounds (basic, RDP); the
+    receipt names which (``Figures.enforced``)."""
+    return best_epsilon(Composition().add(atoms_of(charge)), delta, tight=None)

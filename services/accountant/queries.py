@@ -18,19 +18,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import Connection, func, select
 
-from services.accountant.accounting import Atom, Composition, atoms_of, charge_epsilon
-from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Scope
+from services.accountant.accounting import Atom, Composition, Figures, atoms_of
+from services.accountant.events import (
+    Budget,
+    BudgetStatus,
+    Charge,
+    Receipt,
+    Scope,
+    SubjectDefault,
+)
+from services.accountant.limits import Limits, check_scope, check_text
+from services.accountant.policy import Policy, charge_cost
 from services.accountant.rows import (
     BudgetRow,
     live_reservation_atoms,
     load_budgets,
     row_to_budget,
+    subject_defaults_of,
 )
-from services.accountant.schema import budgets, event_budgets, events
+from services.accountant.schema import budgets, event_budgets, events, subject_defaults
 from services.common.errors import InvalidArgument, PermissionDenied
-
-if TYPE_CHECKING:
-    from services.accountant.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,8 @@ class EventRecord:
     spend_id: str
     charge: Charge
     committed_at: float
-    cost_epsilon: float
+    cost: Figures
+    """The charge's own ε at the δ of the budget the history is about."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class LedgerQueries:
     """Queries over the ledger's tables; every one is scoped to the caller's tenant."""
 
     policy: Policy
+    limits: Limits
 
     if TYPE_CHECKING:
 
@@ -99,11 +108,12 @@ class LedgerQueries:
     def remaining(self, caller_tenant: str, scope: Scope) -> BudgetStatus:
         """Committed figures of one budget, RDP and tight; ``epsilon_reserved`` says how
         much live reservations would add to the enforced figure."""
-        _own(caller_tenant, scope)
+        _own(caller_tenant, scope, self.limits)
         with self._tx(readonly=True) as conn:
             row = load_budgets(conn, [scope], lock=False)[0]
             held = live_reservation_atoms(conn, scope.tenant_id, [row.id], self._now())
-        return self._status(row, held[row.id])
+            defaults = subject_defaults_of(conn, [row.id])
+        return self._status(row, held[row.id], defaults.get(row.id))
 
     def list_budgets(
         self,
@@ -115,7 +125,8 @@ class LedgerQueries:
         page_token: str = "",
     ) -> BudgetPage:
         """The tenant's budgets (optionally one dataset's and its subjects'), by creation."""
-        _own(caller_tenant, Scope(tenant_id))
+        _own(caller_tenant, Scope(tenant_id), self.limits)
+        check_text("dataset_id", dataset_id or "", self.limits.max_id_bytes)
         _check_page_size(page_size)
         after = _decode_token(page_token, newest_first=False)
         q = select(budgets).where(budgets.c.tenant_id == tenant_id)
@@ -130,16 +141,22 @@ class LedgerQueries:
             ]
             page = rows[:page_size]
             held = live_reservation_atoms(conn, tenant_id, [r.id for r in page], self._now())
+            defaults = subject_defaults_of(conn, [r.id for r in page])
         token = _encode_token(page[-1].id, False) if len(rows) > page_size else ""
-        return BudgetPage(tuple(self._status(r, held[r.id]) for r in page), token)
+        statuses = (self._status(r, held[r.id], defaults.get(r.id)) for r in page)
+        return BudgetPage(tuple(statuses), token)
 
-    def _status(self, row: BudgetRow, held: Counter[Atom]) -> BudgetStatus:
+    def _status(
+        self, row: BudgetRow, held: Counter[Atom], default: SubjectDefault | None = None
+    ) -> BudgetStatus:
         status = self.policy.status(row.budget, row.comp, row.version, want_tight=True)
         reserved = 0.0
         if +held:
             with_held = self.policy.status(row.budget, row.comp.add(held), row.version)
             reserved = max(0.0, with_held.epsilon_enforced - status.epsilon_enforced)
-        return replace(status, event_count=row.event_count, epsilon_reserved=reserved)
+        return replace(
+            status, event_count=row.event_count, epsilon_reserved=reserved, subject_default=default
+        )
 
     def history(
         self,
@@ -148,17 +165,17 @@ class LedgerQueries:
         *,
         page_size: int = 50,
         page_token: str = "",
-        newest_first: bool = True,
+        newest_first: bool = False,
         since: float | None = None,
         until: float | None = None,
     ) -> HistoryPage:
-        """Events charged to ``scope``, newest first by default (commit order otherwise).
+        """Events charged to ``scope``: oldest first (the contract) unless ``newest_first``.
 
         The token is opaque (base64 JSON of the last event id and the direction); a token
         used with the other direction is InvalidArgument. ``since`` (inclusive) and
         ``until`` (exclusive) bound the commit time, in unix seconds.
         """
-        _own(caller_tenant, scope)
+        _own(caller_tenant, scope, self.limits)
         _check_page_size(page_size)
         after = _decode_token(page_token, newest_first)
         with self._tx(readonly=True) as conn:
@@ -186,7 +203,7 @@ class LedgerQueries:
 
     def verify(self, caller_tenant: str, scope: Scope) -> VerifyReport:
         """Recompute a budget's composition from its full event log and compare."""
-        _own(caller_tenant, scope)
+        _own(caller_tenant, scope, self.limits)
         with self._tx(readonly=True) as conn:
             row = load_budgets(conn, [scope], lock=False)[0]
             q = (
@@ -218,19 +235,26 @@ class LedgerQueries:
         SQL); budgets are always all listed.
         """
         with self._tx(readonly=True) as conn:
-            q = select(budgets).order_by(budgets.c.id)
+            q = select(budgets, subject_defaults.c.epsilon.label("default_epsilon"))
+            q = q.add_columns(subject_defaults.c.delta.label("default_delta"))
+            q = q.outerjoin(subject_defaults, subject_defaults.c.budget_id == budgets.c.id)
+            q = q.order_by(budgets.c.id)
             if tenant_id is not None:
                 q = q.where(budgets.c.tenant_id == tenant_id)
             for r in conn.execute(q):
                 b = row_to_budget(r).budget
-                yield json.dumps(
-                    {
-                        "type": "budget",
-                        "scope": b.scope.to_json(),
-                        "epsilon": b.epsilon,
-                        "delta": b.delta,
+                line: dict[str, Any] = {
+                    "type": "budget",
+                    "scope": b.scope.to_json(),
+                    "epsilon": b.epsilon,
+                    "delta": b.delta,
+                }
+                if r.default_epsilon is not None:
+                    line["subject_default"] = {
+                        "epsilon": r.default_epsilon,
+                        "delta": r.default_delta,
                     }
-                )
+                yield json.dumps(line)
             eq = select(events).order_by(events.c.id)
             if tenant_id is not None:
                 eq = eq.where(events.c.tenant_id == tenant_id)
@@ -256,7 +280,13 @@ class LedgerQueries:
         for line in lines:
             item = json.loads(line)
             if item["type"] == "budget":
-                b = Budget(Scope.from_json(item["scope"]), item["epsilon"], item["delta"])
+                default = item.get("subject_default")
+                b = Budget(
+                    Scope.from_json(item["scope"]),
+                    item["epsilon"],
+                    item["delta"],
+                    SubjectDefault(**default) if default else None,
+                )
                 self.put_budget(b.scope.tenant_id, b)
             elif item["type"] == "event":
                 charge = Charge.from_json(item["charge"])
@@ -278,16 +308,17 @@ def _check_page_size(page_size: int) -> None:
         raise InvalidArgument("page_size must be in [1, 1000]")
 
 
-def _own(caller_tenant: str, scope: Scope) -> None:
+def _own(caller_tenant: str, scope: Scope, limits: Limits) -> None:
     if caller_tenant != scope.tenant_id:
         raise PermissionDenied("scope belongs to another tenant")
+    check_scope(scope, limits)
 
 
 def _record(row: Any, delta: float) -> EventRecord:
     """An event with its cost quoted at ``delta`` (the stored cost used the smallest δ of
     the budgets it touched, which need not be this one)."""
     charge = Charge.from_json(json.loads(row.charge))
-    return EventRecord(row.spend_id, charge, row.committed_at, charge_epsilon(charge, delta))
+    return EventRecord(row.spend_id, charge, row.committed_at, charge_cost(charge, delta))
 
 
 def _encode_token(last_id: int, newest_first: bool) -> str:
@@ -298,11 +329,19 @@ def _encode_token(last_id: int, newest_first: bool) -> str:
 def _decode_token(token: str, newest_first: bool) -> int | None:
     if not token:
         return None
+    bad = InvalidArgument("malformed page_token", details={"field": "page.page_token"})
+    if len(token) > 256:
+        raise bad
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after, desc = int(data["after"]), bool(data["desc"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument("malformed page_token") from exc
+        after, desc = data["after"], data["desc"]
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+        raise bad from None
+    # Only what _encode_token writes: a row id (a signed 64-bit integer) and a bool.
+    if type(after) is not int or not 0 <= after < 2**63 or type(desc) is not bool:
+        raise bad
     if desc != newest_first:
-        raise InvalidArgument("page_token was issued for the other order")
+        raise InvalidArgument(
+            "page_token was issued for the other order", details={"field": "page.page_token"}
+        )
     return after

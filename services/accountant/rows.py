@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from services.accountant.accounting import Atom, Composition, atoms_of
-from services.accountant.events import Budget, Charge, Scope
-from services.accountant.schema import budgets, reservations
+from services.accountant.events import Budget, Charge, Scope, SubjectDefault
+from services.accountant.schema import budgets, reservations, subject_defaults
 from services.common.errors import NotFound
 
 
@@ -53,17 +54,27 @@ def row_to_budget(row: Any) -> BudgetRow:
     return BudgetRow(row.id, budget, row.version, comp, int(row.event_count))
 
 
-def load_budgets(conn: Connection, scopes: Iterable[Scope], *, lock: bool) -> list[BudgetRow]:
-    """Budgets of ``scopes`` ordered by id; ``lock`` takes ``FOR UPDATE`` row locks.
+def find_budgets(
+    conn: Connection, scopes: Iterable[Scope], *, lock: bool
+) -> tuple[list[BudgetRow], list[Scope]]:
+    """Budgets of ``scopes`` ordered by id, and the scopes that have none; ``lock`` takes
+    ``FOR UPDATE`` row locks.
 
     Locking in id order means two spends touching overlapping budgets always lock them in
-    the same order, so PostgreSQL never deadlocks on them. A missing budget is NotFound.
+    the same order, so PostgreSQL never deadlocks on them.
     """
+    scopes = list(scopes)
     keys = [scope_key(s) for s in scopes]
+    # One IN list per (tenant, dataset): the statement's shape does not depend on how many
+    # subjects a charge names (an OR per subject grew SQLite's expression tree past its
+    # limit near 1000 subjects, and SQLAlchemy's statement cache by one entry per count).
+    groups: dict[tuple[str, str], list[str]] = {}
+    for t, d, s in keys:
+        groups.setdefault((t, d), []).append(s)
     cond = or_(
         *(
-            and_(budgets.c.tenant_id == t, budgets.c.dataset_id == d, budgets.c.subject_id == s)
-            for t, d, s in keys
+            and_(budgets.c.tenant_id == t, budgets.c.dataset_id == d, budgets.c.subject_id.in_(ss))
+            for (t, d), ss in groups.items()
         )
     )
     query = select(budgets).where(cond).order_by(budgets.c.id)
@@ -71,12 +82,105 @@ def load_budgets(conn: Connection, scopes: Iterable[Scope], *, lock: bool) -> li
         query = query.with_for_update()
     rows = [row_to_budget(r) for r in conn.execute(query)]
     found = {scope_key(r.budget.scope) for r in rows}
-    for scope, key in zip(scopes, keys, strict=True):
-        if key not in found:
-            raise NotFound(
-                f"no {scope.kind} budget for this scope", details=scope_key_details(scope)
-            )
+    return rows, [scope for scope, key in zip(scopes, keys, strict=True) if key not in found]
+
+
+def load_budgets(conn: Connection, scopes: Iterable[Scope], *, lock: bool) -> list[BudgetRow]:
+    """Budgets of ``scopes`` ordered by id (see :func:`find_budgets`); a missing one is
+    NotFound."""
+    rows, missing = find_budgets(conn, scopes, lock=lock)
+    if missing:
+        raise not_found(missing[0])
     return rows
+
+
+def not_found(scope: Scope) -> NotFound:
+    return NotFound(f"no {scope.kind} budget for this scope", details=scope_key_details(scope))
+
+
+def subject_default(conn: Connection, tenant_id: str, dataset_id: str) -> SubjectDefault | None:
+    """The dataset budget's limits for new subject budgets, if it has any."""
+    q = (
+        select(subject_defaults.c.epsilon, subject_defaults.c.delta)
+        .join(budgets, budgets.c.id == subject_defaults.c.budget_id)
+        .where(
+            budgets.c.tenant_id == tenant_id,
+            budgets.c.dataset_id == dataset_id,
+            budgets.c.subject_id == "",
+        )
+    )
+    row = conn.execute(q).first()
+    return None if row is None else SubjectDefault(row.epsilon, row.delta)
+
+
+def subject_defaults_of(conn: Connection, budget_ids: Iterable[int]) -> dict[int, SubjectDefault]:
+    ids = list(budget_ids)
+    if not ids:
+        return {}
+    q = select(subject_defaults).where(subject_defaults.c.budget_id.in_(ids))
+    return {r.budget_id: SubjectDefault(r.epsilon, r.delta) for r in conn.execute(q)}
+
+
+def put_subject_default(conn: Connection, budget_id: int, default: SubjectDefault | None) -> None:
+    """Set (or, with None, remove) a dataset budget's subject default."""
+    conn.execute(delete(subject_defaults).where(subject_defaults.c.budget_id == budget_id))
+    if default is not None:
+        conn.execute(
+            subject_defaults.insert().values(
+                budget_id=budget_id, epsilon=default.epsilon, delta=default.delta
+            )
+        )
+
+
+def create_subjects(conn: Connection, charge: Charge, now: float) -> list[int]:
+    """Create the budgets of the charge's subjects that have none, from the dataset's
+    subject default, in the caller's transaction; returns the ids this call created.
+
+    ``INSERT … ON CONFLICT DO NOTHING`` in sorted order: two concurrent first charges of a
+    subject create one budget (the second waits for the first's row, then inserts nothing),
+    and no two inserters wait on each other in opposite orders. Without a default nothing
+    is created and the caller's lookup reports the subject NotFound.
+    """
+    if not charge.subject_ids:
+        return []
+    t, d = charge.tenant_id, charge.dataset_id
+    _, missing = find_budgets(conn, charge.scopes[2:], lock=False)
+    if not missing:
+        return []
+    default = subject_default(conn, t, d)
+    if default is None:
+        return []
+    empty = Composition()
+    values = [
+        {
+            "tenant_id": t,
+            "dataset_id": d,
+            "subject_id": scope.subject_id,
+            "epsilon": default.epsilon,
+            "delta": default.delta,
+            "version": 0,
+            "event_count": 0,
+            "rdp": dumps(empty.rdp.tolist()),
+            "atoms": atoms_to_json(empty.atoms),
+            "updated_at": now,
+        }
+        for scope in sorted(missing, key=lambda s: s.subject_id or "")
+    ]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(budgets).on_conflict_do_nothing(
+        index_elements=["tenant_id", "dataset_id", "subject_id"]
+    )
+    created = conn.execute(stmt.returning(budgets.c.id), values).scalars().all()
+    return list(created)
+
+
+def drop_budgets(conn: Connection, budget_ids: Iterable[int]) -> None:
+    """Delete budgets created in this transaction that ended up unused (a refused item of
+    a batch must leave nothing behind)."""
+    ids = list(budget_ids)
+    if ids:
+        conn.execute(delete(subject_defaults).where(subject_defaults.c.budget_id.in_(ids)))
+        conn.execute(delete(budgets).where(budgets.c.id.in_(ids)))
 
 
 def scope_key_details(scope: Scope) -> dict[str, str]:

@@ -66,6 +66,16 @@ event_budgets = Table(
     Index("ix_event_budgets_budget", "budget_id", "event_id"),
 )
 
+subject_defaults = Table(
+    "accountant_subject_defaults",
+    metadata,
+    Column("budget_id", ForeignKey(budgets.c.id), primary_key=True),
+    Column("epsilon", Float, nullable=False),
+    Column("delta", Float, nullable=False),
+)
+"""A dataset budget's limits for subject budgets created on first charge (a table of its
+own, so that a ledger created by an earlier version gains it with ``create_all``)."""
+
 reservations = Table(
     "accountant_reservations",
     metadata,

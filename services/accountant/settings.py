@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.accountant.limits import Limits
+from services.common.db import check_url, default_sqlite_url
 
 
 class AccountantSettings(BaseSettings):
@@ -13,8 +16,10 @@ class AccountantSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VEIL_ACCOUNTANT_", extra="ignore")
 
-    database_url: str = "sqlite:///var/accountant.sqlite"
-    """SQLAlchemy URL: ``sqlite:///path`` (embedded, WAL) or ``postgresql+psycopg://…``."""
+    database_url: str = Field(default_factory=lambda: default_sqlite_url("accountant"))
+    """SQLAlchemy URL: ``sqlite:////abs/path`` (embedded, WAL) or ``postgresql+psycopg://…``.
+    Default: ``accountant.sqlite`` in ``services.common.db.data_dir()`` (``$VEIL_DATA_DIR``,
+    else ``~/.local/share/veil``). A relative SQLite path is refused at start-up."""
 
     tight_accountant: Literal["pld", "prv"] = "pld"
     """Tight accountant reported beside RDP (and used by ``enforce_with`` = tight or min).
@@ -25,11 +30,27 @@ class AccountantSettings(BaseSettings):
     the true ε, so their minimum is one too; it only computes the tight figure when RDP
     alone would refuse."""
 
+    tight_workers: int = Field(default=1, ge=1)
+    """Processes that compute tight figures (started on first need): their CPU never holds
+    the server's interpreter lock."""
+
+    tight_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline of one tight figure; past it the other bounds (RDP, basic) stand."""
+
     default_lease_s: float = Field(default=30.0, gt=0)
     """Lease of a reservation when the caller gives none."""
 
     max_lease_s: float = Field(default=600.0, gt=0)
     """Longest lease a caller may ask for (a held reservation blocks other spends)."""
 
+    limits: Limits = Field(default_factory=Limits)
+    """Caps on ids, keys and charge sizes (JSON, e.g. ``{"max_subjects": 500}``); see
+    :class:`services.accountant.limits.Limits`."""
+
     low_cardinality_datasets: list[str] = Field(default_factory=list)
     """Dataset ids allowed as a metrics label value; every other dataset is ``other``."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_sqlite(cls, value: str) -> str:
+        return check_url(value)

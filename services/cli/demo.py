@@ -24,9 +24,14 @@ DEMO_TOKEN = "demo-token"
 
 
 def demo_image() -> bytes:
-    """A real portrait that ships with scikit-image (the ``data`` extra)."""
-    from skimage import data
+    """A real portrait that ships with scikit-image (the ``data`` extra); without that extra,
+    a procedural face of ``synthfaces`` (part of Veil itself)."""
+    try:
+        from skimage import data
+    except ImportError:
+        from services.kernels.data.synthfaces import SynthFaces
 
+        return encode_image(SynthFaces(n=1, seed=0, resolution=256).pixels(0), "PNG")
     return encode_image(data.astronaut(), "PNG")
 
 

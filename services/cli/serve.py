@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
 from services.cli.registry import SERVICES
+from services.runtime.logging import configure_logging
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,9 +28,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = entry.settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     from services.runtime.server import VeilServer
 
     server = VeilServer(entry.build(settings))

@@ -17,6 +17,7 @@ sanitizer's sessions and the unlearning jobs use the same helper.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,40 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from services.common.errors import Unavailable
 
 READONLY = "veil_readonly"
 """Execution option: this transaction only reads (SQLite opens ``BEGIN``, not IMMEDIATE)."""
+
+
+def data_dir() -> Path:
+    """Where embedded databases live by default: ``$VEIL_DATA_DIR``, else
+    ``$XDG_DATA_HOME/veil``, else ``~/.local/share/veil`` — absolute, never the working
+    directory (a server started elsewhere must not open a new, empty ledger)."""
+    if os.environ.get("VEIL_DATA_DIR"):
+        return Path(os.environ["VEIL_DATA_DIR"]).expanduser().resolve()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return (Path(xdg).expanduser() / "veil").resolve()
+
+
+def default_sqlite_url(name: str) -> str:
+    """``sqlite:///<data_dir>/<name>.sqlite``."""
+    return f"sqlite:///{data_dir() / name}.sqlite"
+
+
+def check_url(url: str) -> str:
+    """``url`` itself; a SQLite file path must be absolute (a relative one would follow the
+    working directory). Raises ValueError, which settings report at start-up."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_absolute():
+        raise ValueError(
+            f"the SQLite path {str(path)!r} is relative to the working directory; give an "
+            f"absolute one (sqlite:////abs/path.sqlite), or leave the URL unset for "
+            f"{default_sqlite_url('<service>')}"
+        )
+    return url
 
 
 def is_sqlite(url: str) -> bool:
@@ -41,10 +73,18 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(url: str, *, busy_timeout_s: float = 60.0, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with the per-backend setup described in the module docstring."""
+def make_engine(
+    url: str, *, busy_timeout_s: float = 60.0, connect_timeout_s: float = 5.0, **kwargs: Any
+) -> Engine:
+    """An engine for ``url`` with the per-backend setup described in the module docstring.
+
+    ``hide_parameters``: an error's text never carries the statement's parameters (subject
+    ids are personal data, and errors are logged).
+    """
+    kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        connect_args = {"connect_timeout": max(1, round(connect_timeout_s))}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     engine = create_engine(url, connect_args={"timeout": busy_timeout_s}, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -67,11 +107,23 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0, **kwargs: Any) -> Eng
 
 @contextmanager
 def transaction(engine: Engine, *, readonly: bool = False) -> Iterator[Connection]:
-    """One transaction on its own connection: committed on exit, rolled back on error."""
-    with engine.connect() as conn:
-        conn.execution_options(**{READONLY: readonly})
-        with conn.begin():
-            yield conn
+    """One transaction on its own connection: committed on exit, rolled back on error.
+
+    A database that cannot be reached, or that fails the operation itself (connection
+    refused or lost, SQLite's lock wait timing out, a disk error), is
+    :class:`~services.common.errors.Unavailable`: retryable, nothing was committed. The
+    driver's message stays in the logs of the chained exception only as its class name.
+    """
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{READONLY: readonly})
+            with conn.begin():
+                yield conn
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable(
+            f"the database is unavailable ({type(exc.orig).__name__}); retry",
+            details={"backend": engine.url.get_backend_name()},
+        ) from None
 
 
 def create_schema(engine: Engine, metadata: MetaData) -> None:
@@ -80,4 +132,10 @@ def create_schema(engine: Engine, metadata: MetaData) -> None:
     path = sqlite_file(str(engine.url))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable(
+            f"the database is unavailable ({type(exc.orig).__name__}); retry",
+            details={"backend": engine.url.get_backend_name()},
+        ) from None

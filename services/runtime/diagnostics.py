@@ -1,5 +1,8 @@
 """``veil.v1.Diagnostics``, mounted on every server: lets an operator check a token
-(``WhoAmI``) and the service's image limits (``InspectImage``) without side effects."""
+(``WhoAmI``) and the service's image limits (``InspectImage``) without side effects.
+
+``InspectImage`` decodes on the server's worker pool: a large PNG takes a CPU-bound fraction
+of a second, which on the event loop would stall every other RPC, health checks included."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from services._proto.veil.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from services.common.imaging import ImageLimits, decode_image
 from services.runtime.auth import current_principal, require_tenant
 from services.runtime.server import Mount
+from services.runtime.workers import run_in_worker
 
 
 class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
@@ -31,7 +35,7 @@ class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServicer):
     async def InspectImage(
         self, request: diagnostics_pb2.InspectImageRequest, context: grpc.aio.ServicerContext
     ) -> diagnostics_pb2.InspectImageResponse:
-        decoded = decode_image(request.image.data, self._limits)
+        decoded = await run_in_worker(decode_image, request.image.data, self._limits)
         return diagnostics_pb2.InspectImageResponse(
             format=decoded.format,
             width=decoded.width,

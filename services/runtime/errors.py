@@ -50,5 +50,12 @@ def rpc_status(
 
 
 def to_status(error: e.VeilError) -> status_pb2.Status:
-    """The wire form of a Veil error: its code, message and details."""
-    return rpc_status(status_code(error), error.message, error.reason, error.details)
+    """The wire form of a Veil error: its code, message and details; an InvalidArgument that
+    names its ``field`` also carries a ``google.rpc.BadRequest`` field violation."""
+    status = rpc_status(status_code(error), error.message, error.reason, error.details)
+    if isinstance(error, e.InvalidArgument) and "field" in error.details:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.details["field"], description=error.message
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status

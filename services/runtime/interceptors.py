@@ -1,10 +1,16 @@
-"""The three server interceptors every Veil service runs, outermost first:
+"""The server interceptors every Veil service runs, outermost first:
 
-1. :class:`MetricsInterceptor` — ``grpc_server_*`` counters and latency histogram;
-2. :class:`ErrorInterceptor` — the one place a :class:`VeilError` becomes a gRPC status
-   (with a ``google.rpc.ErrorInfo`` carrying its details); anything else becomes INTERNAL
-   with a generic message and a reference id that is logged with the trace;
-3. :class:`AuthInterceptor` — bearer token → principal (bound for the RPC), scope check.
+1. :class:`RequestInterceptor` — the RPC's request id (``x-request-id`` or a new one), its
+   worker pool (:func:`services.runtime.workers.run_in_worker`) and one access-log line
+   (logger ``veil.access``, INFO — DEBUG for health and reflection: method, status,
+   tenant, duration, request id — never a payload);
+2. :class:`MetricsInterceptor` — ``grpc_server_*`` counters and latency histogram;
+3. :class:`ErrorInterceptor` — the one place a :class:`VeilError` becomes a gRPC status
+   (with a ``google.rpc.ErrorInfo`` carrying its details); ``NotImplementedError`` (what a
+   generated servicer's unimplemented method raises) becomes UNIMPLEMENTED, quietly; anything
+   else becomes INTERNAL with a generic message and a reference id that is logged with the
+   trace;
+4. :class:`AuthInterceptor` — bearer token → principal (bound for the RPC), scope check.
 
 They wrap the method handler rather than the call so that they see the behaviour's own
 exceptions and context variables, for all four RPC shapes.
@@ -13,11 +19,14 @@ exceptions and context variables, for all four RPC shapes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
@@ -27,8 +36,11 @@ from services.common.errors import PermissionDenied, VeilError
 from services.runtime.auth import TokenAuthenticator, reset_principal, set_principal
 from services.runtime.errors import rpc_status, status_code, to_status
 from services.runtime.metrics import RpcMetrics
+from services.runtime.workers import WorkerPool, bind_workers, reset_workers
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("veil.access")
+"""One INFO line per RPC; its fields are also record attributes (``extra``) for JSON logs."""
 
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Methods anyone may call: health probes and reflection carry no tenant data."""
@@ -44,6 +56,18 @@ class Rpc(NamedTuple):
 
 
 Stream = Callable[[], AsyncIterator[Any]]
+
+
+@dataclass
+class CallRecord:
+    """What the access log says of one RPC besides its method, status and duration; the
+    auth interceptor fills in the tenant once the token is known."""
+
+    request_id: str
+    tenant: str | None = None
+
+
+_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("veil_call", default=None)
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
@@ -140,6 +164,10 @@ class ErrorInterceptor(WrappingInterceptor):
             raise exc
         if isinstance(exc, VeilError):
             code, status = status_code(exc), to_status(exc)
+        elif isinstance(exc, NotImplementedError):  # an expected answer, not a fault: no trace
+            log.debug("%s is not implemented", method)
+            code = grpc.StatusCode.UNIMPLEMENTED
+            status = rpc_status(code, f"{method} is not implemented", "UNIMPLEMENTED", {})
         else:
             ref = uuid.uuid4().hex[:12]
             log.exception("unhandled error in %s (reference %s)", method, ref)
@@ -163,6 +191,9 @@ class AuthInterceptor(WrappingInterceptor):
 
     def _bind(self, context: grpc.aio.ServicerContext, method: str):
         principal = self._auth.authenticate(context.invocation_metadata())
+        call = _call.get()
+        if call is not None:
+            call.tenant = principal.tenant
         scope = self._scope_of(method)
         if scope is not None and not principal.allows(scope):
             raise PermissionDenied(f"the token lacks scope {scope!r}")
@@ -220,3 +251,75 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+"""An ``x-request-id`` is kept when it matches; anything else (too long, odd characters) is
+replaced by a fresh id, so a caller cannot write arbitrary text into the logs."""
+
+
+def request_id_of(metadata: Any) -> str:
+    """The caller's ``x-request-id`` if it is a sane one, else a new random id."""
+    given = next((v for k, v in metadata or () if k.lower() == "x-request-id"), None)
+    if isinstance(given, str) and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class RequestInterceptor(WrappingInterceptor):
+    """Binds the RPC's request id and worker pool, and writes its access-log line."""
+
+    def __init__(self, workers: WorkerPool) -> None:
+        self._workers = workers
+
+    async def around(self, call: Unary, context: grpc.aio.ServicerContext, rpc: Rpc) -> Any:
+        record = CallRecord(request_id_of(context.invocation_metadata()))
+        call_token, workers_token = _call.set(record), bind_workers(self._workers)
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await call()
+        except BaseException as exc:
+            code = _code_of(exc, context)
+            raise
+        finally:
+            _call.reset(call_token)
+            reset_workers(workers_token)
+            _log_access(rpc, record, code, start)
+
+    async def around_stream(self, call: Stream, context, rpc):
+        record = CallRecord(request_id_of(context.invocation_metadata()))
+        _call.set(record)  # the RPC's task owns its context: nothing to reset
+        bind_workers(self._workers)
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            async for item in call():
+                yield item
+        except BaseException as exc:
+            code = _code_of(exc, context)
+            raise
+        finally:
+            _log_access(rpc, record, code, start)
+
+
+def _log_access(rpc: Rpc, call: CallRecord, code: grpc.StatusCode, start: float) -> None:
+    # Health probes and reflection (every few seconds from Kubernetes) log at DEBUG only.
+    level = logging.DEBUG if rpc.method.startswith(PUBLIC_PREFIXES) else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    ms = (time.perf_counter() - start) * 1000
+    access_log.log(
+        level,
+        "%s %s %.1fms tenant=%s request_id=%s",
+        rpc.method,
+        code.name,
+        ms,
+        call.tenant or "-",
+        call.request_id,
+        extra={
+            "method": rpc.method,
+            "status": code.name,
+            "tenant": call.tenant,
+            "duration_ms": round(ms, 3),
+            "request_id": call.request_id,
+        },
+    )

@@ -3,9 +3,17 @@ health (liveness vs readiness), reflection, the auth/error/metrics interceptors,
 limits, a ``/metrics`` endpoint and graceful shutdown.
 
 A service describes itself as a :class:`ServiceApp` (its servicers, its readiness check,
-its start/stop hooks); :class:`VeilServer` runs it. ``start()`` and ``stop()`` are
-idempotent. Shutdown: health goes NOT_SERVING, ``drain_delay_s`` passes (load balancers
-notice), new RPCs are refused and in-flight ones get ``shutdown_grace_s`` to finish.
+its start/stop hooks, its worker pool); :class:`VeilServer` runs it. ``start()`` and
+``stop()`` are idempotent. Shutdown: health goes NOT_SERVING, ``drain_delay_s`` passes (load
+balancers notice), new RPCs are refused and in-flight ones get ``shutdown_grace_s`` to finish.
+
+Start-up with a dependency down does not crash-loop: when a start hook raises
+:class:`~services.common.errors.Unavailable` (say, the database is not up yet), the server
+binds and serves anyway — liveness SERVING, readiness NOT_SERVING — and retries that hook and
+the ones after it in the background, waiting ``start_retry_initial_s`` and doubling up to
+``start_retry_max_s``, one WARNING per failure. Readiness polling begins once every hook has
+succeeded. RPCs that arrive meanwhile reach the servicers, which answer UNAVAILABLE if they
+need what is missing. Any other exception from a start hook fails the start.
 """
 
 from __future__ import annotations
@@ -19,22 +27,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from prometheus_client import CollectorRegistry
 
 from services import __version__
+from services.common.errors import Unavailable
 from services.runtime.auth import TokenAuthenticator
-from services.runtime.interceptors import AuthInterceptor, ErrorInterceptor, MetricsInterceptor
+from services.runtime.health import LIVENESS, NOT_SERVING, READINESS, SERVING, HealthServicer
+from services.runtime.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    RequestInterceptor,
+)
 from services.runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
+from services.runtime.reflection import add_reflection
 from services.runtime.settings import ServiceSettings
+from services.runtime.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-LIVENESS = "liveness"
-"""Health service name that is SERVING while the process runs (Kubernetes liveness probe)."""
-READINESS = "readiness"
-"""Health service name that is SERVING once models and dependencies are ready."""
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -60,8 +73,16 @@ class ServiceApp:
     method_scopes: dict[str, str | None] = field(default_factory=dict)
     """Full method name → required scope; methods not listed need ``<service>:<method>``."""
     on_start: list[Hook] = field(default_factory=list)
+    """Run in order before readiness; one that raises Unavailable is retried (module doc)."""
     on_stop: list[Hook] = field(default_factory=list)
     readiness_interval_s: float = 1.0
+    workers: WorkerPool = field(init=False)
+    """The pool for CPU-heavy work (``settings.worker_threads``, ``worker_queue``); running
+    while the server does. Servicers keep it from ``build_app`` or, inside an RPC, use
+    :func:`services.runtime.workers.run_in_worker`."""
+
+    def __post_init__(self) -> None:
+        self.workers = WorkerPool(self.settings.worker_threads, self.settings.worker_queue)
 
     def scope_of(self, method: str) -> str | None:
         if method in self.method_scopes:
@@ -82,27 +103,59 @@ class VeilServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._starting_task: asyncio.Task[None] | None = None
         self._readiness_task: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
+        self._start_failed = asyncio.Event()
+        self._hooks_done = False
         self._stopping = False
 
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def start_hooks_done(self) -> bool:
+        """True once every start hook has succeeded (readiness is then the app's own)."""
+        return self._hooks_done
+
     async def start(self) -> int:
         """Bind, start serving and return the gRPC port. Idempotent."""
         if self._server is not None:
             return int(self.port or 0)
+        self.app.workers.start()
+        try:
+            pending = await self._run_start_hooks(self.app.on_start, self._backoff(0))
+            server = self._build_server()
+            self.port = self._bind(server)
+        except BaseException:
+            self.app.workers.shutdown()
+            raise
+        await self._health.set(LIVENESS, SERVING)
+        await self._set_ready(False)
+        await server.start()
+        self._server, self._stopped = server, asyncio.Event()
+        if pending:
+            self._starting_task = asyncio.create_task(self._finish_start(pending))
+        else:
+            await self._start_readiness()
         s = self.settings
-        self._stopped = asyncio.Event()
-        for hook in self.app.on_start:
-            await hook()
+        if s.metrics_port is not None:
+            self._metrics_endpoint = serve_metrics(
+                self.app.registry, s.metrics_host, s.metrics_port
+            )
+            self.metrics_port = self._metrics_endpoint.port
+        log.info("%s serving on %s (metrics on %s)", self.app.name, self.address, self.metrics_port)
+        return self.port
+
+    def _build_server(self) -> grpc.aio.Server:
+        s = self.settings
         rpc_metrics = RpcMetrics(self.app.registry, self.app.name, __version__)
         server = grpc.aio.server(
             interceptors=[
+                RequestInterceptor(self.app.workers),
                 MetricsInterceptor(rpc_metrics),
                 ErrorInterceptor(),
                 AuthInterceptor(TokenAuthenticator(s.all_tokens()), self.app.scope_of),
@@ -114,32 +167,56 @@ class VeilServer:
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
-        names = [m.full_name for m in self.app.mounts]
         for mount in self.app.mounts:
             mount.add_to_server(mount.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
-        self.port = self._bind(server)
-        await server.start()
-        self._server = server
-        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        add_reflection(server, [*(m.full_name for m in self.app.mounts), HEALTH_SERVICE])
+        return server
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed retry ``attempt`` (0 = the first try, in start())."""
+        s = self.settings
+        return float(min(s.start_retry_initial_s * 2 ** min(attempt, 60), s.start_retry_max_s))
+
+    async def _run_start_hooks(self, hooks: list[Hook], wait: float) -> list[Hook]:
+        """Run ``hooks`` in order; the ones left, from the first that raised Unavailable
+        (logged, without a trace: it is an expected state, retried after ``wait``)."""
+        for i, hook in enumerate(hooks):
+            try:
+                await hook()
+            except Unavailable as exc:
+                log.warning(
+                    "%s: start hook %s: %s; retrying in %.1fs (not ready until it succeeds)",
+                    self.app.name,
+                    getattr(hook, "__qualname__", hook),
+                    exc.message,
+                    wait,
+                )
+                return hooks[i:]
+        return []
+
+    async def _finish_start(self, pending: list[Hook]) -> None:
+        """Retry the start hooks left with capped exponential backoff, then begin readiness.
+        Any error but Unavailable gives up: liveness NOT_SERVING, and :meth:`run` exits."""
+        attempt = 0
+        try:
+            while pending:
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                pending = await self._run_start_hooks(pending, self._backoff(attempt))
+        except Exception:
+            log.exception("%s: start hook failed; giving up", self.app.name)
+            await self._health.set(LIVENESS, NOT_SERVING)
+            self._start_failed.set()
+            return
+        log.info("%s: start hooks done after %d retries", self.app.name, attempt)
+        await self._start_readiness()
+
+    async def _start_readiness(self) -> None:
+        self._hooks_done = True
         await self._set_ready(self.app.ready is None)
         if self.app.ready is not None:
             self._readiness_task = asyncio.create_task(self._poll_readiness())
-        if s.metrics_port is not None:
-            self._metrics_endpoint = serve_metrics(
-                self.app.registry, s.metrics_host, s.metrics_port
-            )
-            self.metrics_port = self._metrics_endpoint.port
-        log.info("%s serving on %s (metrics on %s)", self.app.name, self.address, self.metrics_port)
-        return self.port
 
     def _bind(self, server: grpc.aio.Server) -> int:
         s = self.settings
@@ -159,11 +236,7 @@ class VeilServer:
         return port
 
     async def _set_ready(self, ready: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = SERVING if ready else NOT_SERVING
         for name in ("", READINESS, *(m.full_name for m in self.app.mounts)):
             await self._health.set(name, status)
 
@@ -189,8 +262,8 @@ class VeilServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("%s shutting down (grace %.1fs)", self.app.name, grace)
         await self._health.enter_graceful_shutdown()
-        if self._readiness_task is not None:
-            self._readiness_task.cancel()
+        for task in (self._starting_task, self._readiness_task):
+            await _cancel(task)
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
         await self._server.stop(grace)
@@ -201,16 +274,36 @@ class VeilServer:
                 await hook()
             except Exception:
                 log.exception("stop hook failed")
+        self.app.workers.shutdown()  # after the hooks, which may still use it
         assert self._stopped is not None
         self._stopped.set()
         log.info("%s stopped", self.app.name)
 
     async def run(self) -> None:
-        """Start, then serve until SIGTERM or SIGINT, then stop gracefully."""
+        """Start, then serve until SIGTERM or SIGINT, then stop gracefully. Raises
+        RuntimeError (after stopping) if a start hook retried in the background fails."""
         await self.start()
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
-        await stop_requested.wait()
+        waits = [asyncio.create_task(e.wait()) for e in (stop_requested, self._start_failed)]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            await _cancel(task)
         await self.stop()
+        if self._start_failed.is_set():
+            raise RuntimeError(f"{self.app.name}: a start hook failed (logged above)")
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has unwound."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves

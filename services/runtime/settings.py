@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.imaging import ImageLimits
+from services.runtime.logging import LogFormat
 
 
 class TokenGrant(BaseModel):
@@ -61,7 +62,20 @@ class ServiceSettings(BaseSettings):
     image_limits: ImageLimits = Field(default_factory=ImageLimits)
     """Limits on images received by this service."""
     log_level: str = "INFO"
-    """Python logging level."""
+    """Python logging level (``DEBUG``, ``INFO``, ``WARNING`` …)."""
+    log_format: LogFormat = "text"
+    """``text`` for people, ``json`` (one object per line) for a log collector."""
+    worker_threads: int = Field(default=4, ge=1)
+    """Threads of the worker pool that runs CPU-heavy work (image decoding) off the event
+    loop; about the CPUs the pod may use."""
+    worker_queue: int = Field(default=64, ge=0)
+    """Calls that may wait for a worker thread; beyond it new ones fail fast with
+    RESOURCE_EXHAUSTED instead of queueing past their deadline."""
+    start_retry_initial_s: float = Field(default=0.5, gt=0)
+    """When a start hook finds a dependency down (``Unavailable``), the first retry waits this
+    long; each further wait doubles, up to ``start_retry_max_s``."""
+    start_retry_max_s: float = Field(default=10.0, gt=0)
+    """Longest wait between retries of a start hook."""
 
     @field_validator("port", "metrics_port")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 from collections.abc import Callable
@@ -110,8 +111,8 @@ def test_reservations_count_commit_release_and_expire(ledger: Ledger, clock: Fak
     res = ledger.reserve(T, big, lease_s=10)
     with pytest.raises(BudgetExhausted):
         ledger.spend(T, charge(sigma=1.2))  # the live reservation counts
-    ledger.release(T, res.reservation_id)
-    ledger.release(T, res.reservation_id)  # idempotent
+    assert ledger.release(T, res.reservation_id) is True
+    assert ledger.release(T, res.reservation_id) is False  # idempotent: a no-op
     res2 = ledger.reserve(T, charge(sigma=1.2, key="r2"), lease_s=10)
     receipt = ledger.commit(T, res2.reservation_id)
     assert ledger.commit(T, res2.reservation_id).spend_id == receipt.spend_id
@@ -125,8 +126,12 @@ def test_reservations_count_commit_release_and_expire(ledger: Ledger, clock: Fak
         ledger.commit(T, res3.reservation_id)
     with pytest.raises(NotFound):
         ledger.commit("other", res3.reservation_id)
-    with pytest.raises(InvalidArgument):
-        ledger.reserve(T, charge(), lease_s=10_000)
+    # The contract: a lease above the server maximum is clamped to it, not refused.
+    clamped = ledger.reserve(T, charge(key="r4"), lease_s=10_000)
+    assert clamped.expires_at == pytest.approx(clock.now + ledger.max_lease_s)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgument):
+            ledger.reserve(T, charge(key="r5"), lease_s=bad)
 
 
 def test_expired_reservation_stops_counting(ledger: Ledger, clock: FakeClock) -> None:
@@ -208,8 +213,20 @@ def test_history_pages_both_orders(ledger: Ledger) -> None:
             if not token:
                 break
         assert seen == expected
-    token = ledger.history(T, SUBJECT, page_size=3).next_page_token
+    token = ledger.history(T, SUBJECT, page_size=3).next_page_token  # oldest first
     with pytest.raises(InvalidArgument):
-        ledger.history(T, SUBJECT, page_token=token, newest_first=False)
-    with pytest.raises(InvalidArgument):
-        ledger.history(T, SUBJECT, page_token="!!")
+        ledger.history(T, SUBJECT, page_token=token, newest_first=True)
+    forged = [
+        "!!",
+        base64.urlsafe_b64encode(b'{"after": 1e999, "desc": false}').decode(),
+        base64.urlsafe_b64encode(f'{{"after": {2**70}, "desc": false}}'.encode()).decode(),
+        base64.urlsafe_b64encode(b'{"after": -1, "desc": false}').decode(),
+        base64.urlsafe_b64encode(b'{"after": true, "desc": false}').decode(),
+        base64.urlsafe_b64encode(b"[" * 100_000).decode(),
+        "A" * 10_000,
+    ]
+    for bad in forged:
+        with pytest.raises(InvalidArgument):
+            ledger.history(T, SUBJECT, page_token=bad)
+        with pytest.raises(InvalidArgument):
+            ledger.list_budgets(T, T, page_token=bad)

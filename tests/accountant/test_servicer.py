@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.request
 
 import grpc
@@ -143,7 +144,6 @@ def _mechanism(**fields) -> pb.PrivacyEvent:
         (gaussian_charge("x", sigma=-1), grpc.StatusCode.INVALID_ARGUMENT),
         (gaussian_charge("x", sigma=math.inf), grpc.StatusCode.INVALID_ARGUMENT),
         (pb.Charge(dataset_id="faces", idempotency_key="x"), grpc.StatusCode.INVALID_ARGUMENT),
-        (gaussian_charge(""), grpc.StatusCode.INVALID_ARGUMENT),
         (gaussian_charge("x", subjects=("carol",)), grpc.StatusCode.NOT_FOUND),
         (gaussian_charge("x", subjects=("alice", "alice")), grpc.StatusCode.INVALID_ARGUMENT),
         (
@@ -173,7 +173,6 @@ def _mechanism(**fields) -> pb.PrivacyEvent:
         "negative",
         "inf",
         "no-mechanism",
-        "no-key",
         "unknown-subject",
         "duplicate-subject",
         "rate>1",
@@ -252,7 +251,7 @@ def test_events_pages_and_audit_export_replays(stub, budgets, tmp_path):
         pb.ListEventsRequest(scope=scope("faces", "alice"), page={"page_size": 2}), metadata=AUTH
     )
     assert len(first.events) == 2 and first.page.next_page_token
-    assert first.events[0].charge.idempotency_key == "k4"  # newest first
+    assert first.events[0].charge.idempotency_key == "k0"  # oldest first (the contract)
     seen = [e.spend_id for e in first.events]
     token = first.page.next_page_token
     while token:
@@ -294,3 +293,155 @@ def test_metrics_count_spends_and_refusals(running, stub, budgets):
     assert 'veil_accountant_refusals_total{reason="budget_exhausted"} 1.0' in text
     assert 'grpc_code="RESOURCE_EXHAUSTED",grpc_method="Spend"' in text
     assert "alice" not in text, "a subject id leaked into a metric label"
+
+
+# -- the contract as accountant.proto states it (issue: code and proto must agree) ---------
+
+
+def bad_request(err: grpc.RpcError) -> error_details_pb2.BadRequest:
+    """The ``google.rpc.BadRequest`` detail of an INVALID_ARGUMENT error."""
+    status = rpc_status.from_call(err)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            found = error_details_pb2.BadRequest()
+            detail.Unpack(found)
+            return found
+    raise AssertionError("no google.rpc.BadRequest in the status")
+
+
+def test_empty_dataset_charges_the_tenant_budget_alone(stub, budgets):
+    charge = gaussian_charge("tenant-only", subjects=())
+    charge.dataset_id = ""
+    receipt = stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH)
+    assert [s.scope.dataset_id for s in receipt.after] == [""]
+    tenant = stub.GetBudget(pb.GetBudgetRequest(scope=scope()), metadata=AUTH)
+    dataset = stub.GetBudget(pb.GetBudgetRequest(scope=scope("faces")), metadata=AUTH)
+    assert tenant.event_count == 1 and dataset.event_count == 0
+    charge.subject_ids.append("alice")  # subjects without a dataset: refused, nothing written
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(err.value).field_violations[0].field == "charge.subject_ids"
+    assert subject_events(stub) == 0
+
+
+def test_an_empty_idempotency_key_is_not_idempotent(stub, budgets):
+    first = stub.Spend(pb.SpendRequest(charge=gaussian_charge("", sigma=20.0)), metadata=AUTH)
+    again = stub.Spend(pb.SpendRequest(charge=gaussian_charge("", sigma=20.0)), metadata=AUTH)
+    assert not first.replayed and not again.replayed and first.spend_id != again.spend_id
+    assert subject_events(stub) == 2
+
+
+def test_lease_zero_is_the_default_and_a_long_one_is_clamped(stub, budgets):
+    for seconds, expected in ((0, 30.0), (3600, 600.0)):  # settings: default 30 s, max 600 s
+        held = stub.Reserve(
+            pb.ReserveRequest(
+                charge=gaussian_charge(f"l{seconds}"), lease=Duration(seconds=seconds)
+            ),
+            metadata=AUTH,
+        )
+        now = held.expires_at.ToSeconds() - expected
+        assert abs(now - time.time()) < 30, (seconds, held.expires_at)
+
+
+def test_second_release_reports_released_false(stub, budgets):
+    held = stub.Reserve(pb.ReserveRequest(charge=gaussian_charge("rel")), metadata=AUTH)
+    request = pb.ReleaseReservationRequest(reservation_id=held.reservation_id)
+    assert stub.Release(request, metadata=AUTH).released is True
+    assert stub.Release(request, metadata=AUTH).released is False
+
+
+def test_laplace_sensitivity_zero_is_refused_not_read_as_one(stub, budgets):
+    charge = gaussian_charge("lap")
+    charge.event.laplace.scale = 10.0  # sensitivity left 0
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sensitivity" in bad_request(err.value).field_violations[0].field
+    assert subject_events(stub) == 0
+
+
+def test_labels_are_kept_in_events_and_the_audit_export(stub, budgets):
+    charge = gaussian_charge("labelled", sigma=20.0)
+    charge.labels["release"] = "r-17"
+    charge.labels["model"] = "diffae@1"
+    stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH)
+    events = stub.ListEvents(pb.ListEventsRequest(scope=scope("faces", "alice")), metadata=AUTH)
+    assert dict(events.events[0].charge.labels) == {"release": "r-17", "model": "diffae@1"}
+    lines = b"".join(c.jsonl for c in stub.ExportAudit(pb.ExportAuditRequest(), metadata=AUTH))
+    event = next(json.loads(x) for x in lines.splitlines() if b'"event"' in x)
+    assert event["charge"]["labels"] == {"release": "r-17", "model": "diffae@1"}
+    # A retry that differs only in labels is the same charge: replayed, not a conflict.
+    charge.labels["release"] = "r-18"
+    assert stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH).replayed
+
+
+def _with(**changes):
+    charge = gaussian_charge("capped")
+    for name, value in changes.items():
+        if name == "subjects":
+            del charge.subject_ids[:]
+            charge.subject_ids.extend(value)
+        elif name == "labels":
+            charge.labels.update(value)
+        elif name == "count":
+            charge.event.count = value
+        else:
+            setattr(charge, name, value)
+    return charge
+
+
+@pytest.mark.parametrize(
+    ("charge", "field"),
+    [
+        (_with(idempotency_key="k" * 256), "charge.idempotency_key"),
+        (_with(idempotency_key="k\x00"), "charge.idempotency_key"),
+        (_with(idempotency_key="é" * 128), "charge.idempotency_key"),  # 256 bytes in UTF-8
+        (_with(dataset_id="d" * 256), "charge.dataset_id"),
+        (_with(subjects=["s" * 256]), "charge.subject_ids"),
+        (_with(subjects=["a\x00b"]), "charge.subject_ids"),
+        (_with(subjects=[f"s{i}" for i in range(1001)]), "charge.subject_ids"),
+        (_with(count=2**62), "charge.event.count"),
+        (_with(request_id="r" * 10_000), "charge.request_id"),
+        (_with(labels={f"k{i}": "v" for i in range(33)}), "charge.labels"),
+    ],
+    ids=[
+        "key-long",
+        "key-nul",
+        "key-utf8",
+        "dataset",
+        "subject",
+        "subject-nul",
+        "subjects",
+        "count",
+        "request-id",
+        "labels",
+    ],
+)
+def test_caps_are_invalid_argument_naming_the_field(stub, budgets, charge, field):
+    for call, request in ((stub.Spend, pb.SpendRequest), (stub.Check, pb.CheckRequest)):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request(charge=charge), metadata=AUTH)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert bad_request(err.value).field_violations[0].field == field
+    assert subject_events(stub) == 0
+
+
+def test_ids_are_capped_on_every_read(stub, budgets):
+    for request_scope in (scope("d" * 256), scope("faces", "a\x00"), scope("faces", "x" * 10_000)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetBudget(pb.GetBudgetRequest(scope=request_scope), metadata=AUTH)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Commit(pb.CommitRequest(reservation_id="r" * 10_000), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_many_unknown_subjects_are_not_found_quickly(stub, budgets):
+    """1000 subjects (the cap) that have no budget: NOT_FOUND on both databases, not an
+    SQL expression limit surfacing as INTERNAL."""
+    charge = _with(subjects=[f"ghost-{i}" for i in range(1000)])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

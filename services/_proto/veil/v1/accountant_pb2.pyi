@@ -4,12 +4,24 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from services._proto.veil.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TightState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIGHT_STATE_UNSPECIFIED: _ClassVar[TightState]
+    TIGHT_STATE_COMPUTED: _ClassVar[TightState]
+    TIGHT_STATE_NOT_COMPUTED: _ClassVar[TightState]
+    TIGHT_STATE_INFEASIBLE: _ClassVar[TightState]
+TIGHT_STATE_UNSPECIFIED: TightState
+TIGHT_STATE_COMPUTED: TightState
+TIGHT_STATE_NOT_COMPUTED: TightState
+TIGHT_STATE_INFEASIBLE: TightState
 
 class BudgetScope(_message.Message):
     __slots__ = ("tenant_id", "dataset_id", "subject_id")
@@ -22,19 +34,29 @@ class BudgetScope(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., subject_id: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("scope", "epsilon", "delta", "created_at")
+    __slots__ = ("scope", "epsilon", "delta", "created_at", "subject_default")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     scope: BudgetScope
     epsilon: float
     delta: float
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, scope: _Optional[_Union[BudgetScope, _Mapping]] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    subject_default: SubjectDefault
+    def __init__(self, scope: _Optional[_Union[BudgetScope, _Mapping]] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_default: _Optional[_Union[SubjectDefault, _Mapping]] = ...) -> None: ...
+
+class SubjectDefault(_message.Message):
+    __slots__ = ("epsilon", "delta")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
-    __slots__ = ("scope", "epsilon_limit", "delta", "epsilon_spent_rdp", "epsilon_spent_tight", "tight_accountant", "epsilon_remaining", "event_count", "epsilon_reserved", "created_at", "updated_at")
+    __slots__ = ("scope", "epsilon_limit", "delta", "epsilon_spent_rdp", "epsilon_spent_tight", "tight_accountant", "epsilon_remaining", "event_count", "epsilon_reserved", "created_at", "updated_at", "epsilon_spent", "epsilon_spent_by", "tight_state", "epsilon_spent_basic", "subject_default")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_LIMIT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +68,11 @@ class BudgetStatus(_message.Message):
     EPSILON_RESERVED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_BY_FIELD_NUMBER: _ClassVar[int]
+    TIGHT_STATE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_BASIC_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     scope: BudgetScope
     epsilon_limit: float
     delta: float
@@ -57,7 +84,12 @@ class BudgetStatus(_message.Message):
     epsilon_reserved: float
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, scope: _Optional[_Union[BudgetScope, _Mapping]] = ..., epsilon_limit: _Optional[float] = ..., delta: _Optional[float] = ..., epsilon_spent_rdp: _Optional[float] = ..., epsilon_spent_tight: _Optional[float] = ..., tight_accountant: _Optional[str] = ..., epsilon_remaining: _Optional[float] = ..., event_count: _Optional[int] = ..., epsilon_reserved: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    epsilon_spent: float
+    epsilon_spent_by: str
+    tight_state: TightState
+    epsilon_spent_basic: float
+    subject_default: SubjectDefault
+    def __init__(self, scope: _Optional[_Union[BudgetScope, _Mapping]] = ..., epsilon_limit: _Optional[float] = ..., delta: _Optional[float] = ..., epsilon_spent_rdp: _Optional[float] = ..., epsilon_spent_tight: _Optional[float] = ..., tight_accountant: _Optional[str] = ..., epsilon_remaining: _Optional[float] = ..., event_count: _Optional[int] = ..., epsilon_reserved: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epsilon_spent: _Optional[float] = ..., epsilon_spent_by: _Optional[str] = ..., tight_state: _Optional[_Union[TightState, str]] = ..., epsilon_spent_basic: _Optional[float] = ..., subject_default: _Optional[_Union[SubjectDefault, _Mapping]] = ...) -> None: ...
 
 class GaussianMechanism(_message.Message):
     __slots__ = ("noise_multiplier",)
@@ -179,6 +211,55 @@ class CheckResponse(_message.Message):
     exceeded: _containers.RepeatedCompositeFieldContainer[BudgetScope]
     cost: _common_pb2.PrivacyCost
     def __init__(self, allowed: _Optional[bool] = ..., projected: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ..., reason: _Optional[str] = ..., exceeded: _Optional[_Iterable[_Union[BudgetScope, _Mapping]]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
+
+class ChargeBatchRequest(_message.Message):
+    __slots__ = ("tenant_id", "charges", "idempotency_key")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHARGES_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    charges: _containers.RepeatedCompositeFieldContainer[Charge]
+    idempotency_key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class ChargeError(_message.Message):
+    __slots__ = ("code", "reason", "message", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    message: str
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ChargeBatchResult(_message.Message):
+    __slots__ = ("index", "receipt", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    receipt: Receipt
+    error: ChargeError
+    def __init__(self, index: _Optional[int] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., error: _Optional[_Union[ChargeError, _Mapping]] = ...) -> None: ...
+
+class ChargeBatchResponse(_message.Message):
+    __slots__ = ("results", "accepted", "refused")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChargeBatchResult]
+    accepted: int
+    refused: int
+    def __init__(self, results: _Optional[_Iterable[_Union[ChargeBatchResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
 
 class SpendRequest(_message.Message):
     __slots__ = ("charge",)

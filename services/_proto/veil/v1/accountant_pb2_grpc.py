@@ -87,6 +87,11 @@ class AccountantStub:
                 request_serializer=veil_dot_v1_dot_accountant__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=veil_dot_v1_dot_accountant__pb2.AuditChunk.FromString,
                 _registered_method=True)
+        self.ChargeBatch = channel.unary_unary(
+                '/veil.v1.Accountant/ChargeBatch',
+                request_serializer=veil_dot_v1_dot_accountant__pb2.ChargeBatchRequest.SerializeToString,
+                response_deserializer=veil_dot_v1_dot_accountant__pb2.ChargeBatchResponse.FromString,
+                _registered_method=True)
 
 
 class AccountantServicer:
@@ -172,6 +177,17 @@ class AccountantServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChargeBatch(self, request, context):
+        """Charges many items (each its own dataset, subjects and event) in one transaction under
+        one idempotency key. Items are decided in order, each seeing the items accepted before
+        it; each is accepted or refused on its own (a refused item writes nothing and does not
+        stop the rest). A retry with the same key returns the accepted items' receipts with
+        `replayed` set and decides the items refused before once more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountantServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +240,11 @@ def add_AccountantServicer_to_server(servicer, server):
                     servicer.ExportAudit,
                     request_deserializer=veil_dot_v1_dot_accountant__pb2.ExportAuditRequest.FromString,
                     response_serializer=veil_dot_v1_dot_accountant__pb2.AuditChunk.SerializeToString,
+            ),
+            'ChargeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChargeBatch,
+                    request_deserializer=veil_dot_v1_dot_accountant__pb2.ChargeBatchRequest.FromString,
+                    response_serializer=veil_dot_v1_dot_accountant__pb2.ChargeBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -499,6 +520,33 @@ class Accountant:
             '/veil.v1.Accountant/ExportAudit',
             veil_dot_v1_dot_accountant__pb2.ExportAuditRequest.SerializeToString,
             veil_dot_v1_dot_accountant__pb2.AuditChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChargeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veil.v1.Accountant/ChargeBatch',
+            veil_dot_v1_dot_accountant__pb2.ChargeBatchRequest.SerializeToString,
+            veil_dot_v1_dot_accountant__pb2.ChargeBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
