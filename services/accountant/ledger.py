@@ -17,7 +17,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -34,11 +34,12 @@ from services.accountant.events import (
     Receipt,
     Reservation,
     Scope,
+    SubjectDefault,
 )
 from services.accountant.limits import Limits, check_charge, check_scope, check_text
 from services.accountant.metrics import AccountantMetrics
 from services.accountant.policy import Policy, TightNeeded
-from services.accountant.queries import LedgerQueries
+from services.accountant.queries import BudgetPage, HistoryPage, LedgerQueries, VerifyReport
 from services.accountant.rows import (
     BudgetRow,
     atoms_to_json,
@@ -81,8 +82,9 @@ WARM_ATTEMPTS = 3
 warms the memo outside it) before one that may."""
 
 
-class Ledger(LedgerQueries):
-    """Transport-free core of the accountant over SQLite or PostgreSQL."""
+class Ledger:
+    """Transport-free core of the accountant over SQLite or PostgreSQL: the write path here,
+    the reads in :attr:`queries` (delegated below)."""
 
     def __init__(
         self,
@@ -104,6 +106,9 @@ class Ledger(LedgerQueries):
         self.policy = policy or Policy()
         self.default_lease_s, self.max_lease_s = default_lease_s, max_lease_s
         self._clock, self._metrics = clock, metrics
+        self.queries = LedgerQueries(self._tx, clock, self.policy, self.limits)
+        if metrics is not None:
+            metrics.reservations_outstanding.set_function(self.live_reservations)
 
     @classmethod
     def from_settings(
@@ -155,6 +160,62 @@ class Ledger(LedgerQueries):
     def _tx(self, *, readonly: bool = False) -> Iterator[Connection]:
         with transaction(self._engine, readonly=readonly) as conn:
             yield conn
+
+    # -- reads (LedgerQueries) -----------------------------------------------------------
+    def remaining(self, caller_tenant: str, scope: Scope) -> BudgetStatus:
+        return self.queries.remaining(caller_tenant, scope)
+
+    def list_budgets(self, caller_tenant: str, tenant_id: str, **page: Any) -> BudgetPage:
+        return self.queries.list_budgets(caller_tenant, tenant_id, **page)
+
+    def history(self, caller_tenant: str, scope: Scope, **page: Any) -> HistoryPage:
+        return self.queries.history(caller_tenant, scope, **page)
+
+    def verify(self, caller_tenant: str, scope: Scope) -> VerifyReport:
+        return self.queries.verify(caller_tenant, scope)
+
+    def verify_all(self, tenant_id: str | None = None) -> Iterator[VerifyReport]:
+        return self.queries.verify_all(tenant_id)
+
+    def is_empty(self) -> bool:
+        return self.queries.is_empty()
+
+    def export_audit(
+        self, tenant_id: str | None = None, since: float | None = None
+    ) -> Iterator[str]:
+        return self.queries.export_audit(tenant_id, since)
+
+    def replay(self, lines: Iterable[str]) -> int:
+        """Load an audit export into this (empty) ledger; returns the number of events.
+
+        Events are applied without enforcement (they were accepted once; a limit lowered
+        later must not drop history) but keep their spend ids and commit times.
+        """
+        n = 0
+        for line in lines:
+            item = json.loads(line)
+            if item["type"] == "budget":
+                default = item.get("subject_default")
+                b = Budget(
+                    Scope.from_json(item["scope"]),
+                    item["epsilon"],
+                    item["delta"],
+                    SubjectDefault(**default) if default else None,
+                )
+                self.put_budget(b.scope.tenant_id, b)
+            elif item["type"] == "event":
+                charge = Charge.from_json(item["charge"])
+                with self._tx() as conn:
+                    self._spend_in(
+                        conn,
+                        charge,
+                        enforce=False,
+                        exclude=None,
+                        spend_id=item["spend_id"],
+                        committed_at=item["committed_at"],
+                    )
+                n += 1
+        return n
 
     # -- budgets -------------------------------------------------------------------------
     def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus:
@@ -392,7 +453,6 @@ class Ledger(LedgerQueries):
         reservation = self._outside_lock_first(
             lambda allow: self._reserve_once(charge, lease, allow), caller_tenant, charge
         )
-        self._gauge_outstanding()
         return reservation
 
     def _reserve_once(self, charge: Charge, lease: float, allow_tight: bool) -> Reservation:
@@ -442,7 +502,6 @@ class Ledger(LedgerQueries):
         if error is not None:  # raised after the commit so that "expired" is stored
             raise error
         self._record(receipt, started, "commit")
-        self._gauge_outstanding()
         return receipt
 
     def release(self, caller_tenant: str, reservation_id: str) -> bool:
@@ -459,7 +518,6 @@ class Ledger(LedgerQueries):
                     .where(reservations.c.id == reservation_id)
                     .values(status="released" if live else "expired")
                 )
-        self._gauge_outstanding()
         return live
 
     # -- internals -----------------------------------------------------------------------
@@ -646,16 +704,18 @@ class Ledger(LedgerQueries):
         if self._metrics and res.rowcount:
             self._metrics.reservations_expired.inc(res.rowcount)
 
-    def _gauge_outstanding(self) -> None:
-        if self._metrics is None:
-            return
-        with self._tx(readonly=True) as conn:
-            n = conn.execute(
-                select(func.count())
-                .select_from(reservations)
-                .where(reservations.c.status == "live", reservations.c.expires_at > self._clock())
-            ).scalar_one()
-        self._metrics.reservations_outstanding.set(n)
+    def live_reservations(self) -> float:
+        """Live, unexpired reservations in the whole ledger (read at scrape time); NaN when
+        the database cannot answer (a scrape must not fail)."""
+        try:
+            with self._tx(readonly=True) as conn:
+                q = select(func.count()).select_from(reservations)
+                q = q.where(
+                    reservations.c.status == "live", reservations.c.expires_at > self._clock()
+                )
+                return float(conn.execute(q).scalar_one())
+        except Unavailable:
+            return math.nan
 
     def _record(self, receipt: Receipt, started: float, kind: str) -> None:
         if self._metrics is None or receipt.replayed:

@@ -27,7 +27,7 @@ class AccountantMetrics:
         )
         self.reservations_outstanding = Gauge(
             "veil_accountant_reservations_outstanding",
-            "Live reservations (seen by this process).",
+            "Live, unexpired reservations in the ledger (counted at scrape time).",
             registry=registry,
         )
         self.reservations_expired = Counter(

@@ -1,7 +1,8 @@
 """Read side of the ledger: remaining budget, history pages, verification, audit/replay.
 
-Mixed into :class:`services.accountant.ledger.Ledger`; kept apart so that the write path
-reads on its own.
+:class:`LedgerQueries` is held by :class:`services.accountant.ledger.Ledger` (composition:
+it gets the ledger's transaction factory, clock, policy and limits, and never writes), so
+the write path reads on its own.
 """
 
 from __future__ import annotations
@@ -10,20 +11,18 @@ import base64
 import binascii
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, func, select
 
 from services.accountant.accounting import Atom, Composition, Figures, atoms_of
 from services.accountant.events import (
-    Budget,
     BudgetStatus,
     Charge,
-    Receipt,
     Scope,
     SubjectDefault,
 )
@@ -83,27 +82,14 @@ class VerifyReport:
 class LedgerQueries:
     """Queries over the ledger's tables; every one is scoped to the caller's tenant."""
 
-    policy: Policy
-    limits: Limits
-
-    if TYPE_CHECKING:
-
-        def _tx(self, *, readonly: bool = False) -> AbstractContextManager[Connection]: ...
-
-        def _now(self) -> float: ...
-
-        def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus: ...
-
-        def _spend_in(
-            self,
-            conn: Connection,
-            charge: Charge,
-            *,
-            enforce: bool,
-            exclude: str | None,
-            spend_id: str | None = None,
-            committed_at: float | None = None,
-        ) -> Receipt: ...
+    def __init__(
+        self,
+        tx: Callable[..., AbstractContextManager[Connection]],
+        clock: Callable[[], float],
+        policy: Policy,
+        limits: Limits,
+    ) -> None:
+        self._tx, self._now, self.policy, self.limits = tx, clock, policy, limits
 
     def remaining(self, caller_tenant: str, scope: Scope) -> BudgetStatus:
         """Committed figures of one budget, RDP and tight; ``epsilon_reserved`` says how
@@ -225,6 +211,21 @@ class LedgerQueries:
         ok = close and same and count == row.event_count
         return VerifyReport(scope, ok, count, diff, same)
 
+    def verify_all(self, tenant_id: str | None = None) -> Iterator[VerifyReport]:
+        """:meth:`verify` for every budget (of one tenant, or of all): the operator's check."""
+        with self._tx(readonly=True) as conn:
+            q = select(budgets.c.tenant_id, budgets.c.dataset_id, budgets.c.subject_id)
+            if tenant_id is not None:
+                q = q.where(budgets.c.tenant_id == tenant_id)
+            keys = conn.execute(q.order_by(budgets.c.id)).all()
+        for t, d, s in keys:
+            yield self.verify(t, Scope(t, d or None, s or None))
+
+    def is_empty(self) -> bool:
+        """True if the ledger holds no budget (a replay target must be empty)."""
+        with self._tx(readonly=True) as conn:
+            return conn.execute(select(budgets.c.id).limit(1)).first() is None
+
     def export_audit(
         self, tenant_id: str | None = None, since: float | None = None
     ) -> Iterator[str]:
@@ -269,38 +270,6 @@ class LedgerQueries:
                         "charge": json.loads(e.charge),
                     }
                 )
-
-    def replay(self, lines: Iterable[str]) -> int:
-        """Load an audit export into this (empty) ledger; returns the number of events.
-
-        Events are applied without enforcement (they were accepted once; a limit lowered
-        later must not drop history) but keep their spend ids and commit times.
-        """
-        n = 0
-        for line in lines:
-            item = json.loads(line)
-            if item["type"] == "budget":
-                default = item.get("subject_default")
-                b = Budget(
-                    Scope.from_json(item["scope"]),
-                    item["epsilon"],
-                    item["delta"],
-                    SubjectDefault(**default) if default else None,
-                )
-                self.put_budget(b.scope.tenant_id, b)
-            elif item["type"] == "event":
-                charge = Charge.from_json(item["charge"])
-                with self._tx() as conn:
-                    self._spend_in(
-                        conn,
-                        charge,
-                        enforce=False,
-                        exclude=None,
-                        spend_id=item["spend_id"],
-                        committed_at=item["committed_at"],
-                    )
-                n += 1
-        return n
 
 
 def _check_page_size(page_size: int) -> None:

@@ -1,1 +1,2 @@
-"""The ``veil`` command: one module per command group (serve, up, triton, train, models, demo)."""
+"""The ``veil`` command: one module per command group (serve, up, triton, train, models,
+ledger, demo)."""

@@ -1,4 +1,4 @@
-"""``veil``: serve one service, bring the local stack up, run Triton, train, print the version."""
+"""``veil``: serve one service, bring the local stack up, run Triton, train, check the ledger."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from services import __version__
+from services.cli.ledger import add_ledger_parser
 from services.cli.models import add_models_parser
 from services.cli.serve import add_serve_parser
 from services.cli.train import add_train_parser
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_triton_parser(sub)
     add_train_parser(sub)
     add_models_parser(sub)
+    add_ledger_parser(sub)
     return parser
 
 

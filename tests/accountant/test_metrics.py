@@ -33,3 +33,22 @@ def test_spend_and_refusal_metrics(tmp_path: object) -> None:
     assert get("veil_accountant_dataset_epsilon_spent_epsilon", {"dataset": "other"}) > 0
     assert get("veil_accountant_spend_duration_seconds_count") == 2
     led.close()
+
+
+def test_open_reservations_are_counted_at_scrape_time(tmp_path: object) -> None:
+    """Read from the ledger when scraped: reservations taken by another replica count too."""
+    registry = CollectorRegistry()
+    url = f"sqlite:///{tmp_path}/r.sqlite"
+    led = Ledger(url, metrics=AccountantMetrics(registry), policy=Policy(enforce_with="rdp"))
+    led.create_schema()
+    other = Ledger(url, policy=Policy(enforce_with="rdp"))  # another replica, no metrics
+    for scope in (Scope("t"), Scope("t", "d")):
+        led.put_budget("t", Budget(scope, 3.0, 1e-5))
+    gauge = "veil_accountant_reservations_outstanding"
+    assert registry.get_sample_value(gauge) == 0
+    held = other.reserve("t", Charge(Gaussian(50.0), "t", "d", "r1"))
+    assert registry.get_sample_value(gauge) == 1
+    other.release("t", held.reservation_id)
+    assert registry.get_sample_value(gauge) == 0
+    other.close()
+    led.close()

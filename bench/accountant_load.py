@@ -1,0 +1,208 @@
+"""The accountant under load, over gRPC: spend latency and throughput at 1, 8 and 32
+concurrent clients, the server's CPU per spend, and ChargeBatch against single spends.
+
+    .venv/bin/python -m bench.accountant_load --duration 5 --clients 1,8,32
+    .venv/bin/python -m bench.accountant_load --source /tmp/old-veil   # another checkout
+
+The server is a real ``veil serve accountant`` process (of this checkout, or of
+``--source``: the same bench against an older version, in the same run) on a fresh SQLite
+file; with VEIL_TEST_POSTGRES_DSN set, a PostgreSQL row follows (a fresh schema). Clients
+are ``grpc.aio`` calls from this process; each spend charges the tenant, the dataset and
+one of 64 subjects (a Gaussian with σ = 1000, so no budget runs out). CPU per spend is the
+server process's user+system time over the spends of a phase (/proc/<pid>/stat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine, text
+
+from services._proto.veil.v1 import accountant_pb2 as pb
+from services._proto.veil.v1 import accountant_pb2_grpc
+
+TOKEN = "bench-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+SUBJECTS = [f"s{i}" for i in range(64)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(source: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "VEIL_ACCOUNTANT_PORT": str(port),
+        "VEIL_ACCOUNTANT_METRICS_PORT": "0",
+        "VEIL_ACCOUNTANT_DATABASE_URL": url,
+        "VEIL_ACCOUNTANT_TOKENS": f'{{"{TOKEN}": {{"tenant": "acme", "scopes": ["*"]}}}}',
+        "VEIL_ACCOUNTANT_LOG_LEVEL": "WARNING",
+        "VEIL_ACCOUNTANT_MAX_CONCURRENT_RPCS": "256",
+        "PYTHONPATH": str(source),
+    }
+    cmd = [sys.executable, "-m", "services.cli", "serve", "accountant"]
+    proc = subprocess.Popen(cmd, cwd=source, env=env)
+    target = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            request = health_pb2.HealthCheckRequest(service="readiness")
+            if health.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"the accountant of {source} did not start")
+        time.sleep(0.2)
+    channel.close()
+    return proc, target
+
+
+def event(sigma: float = 1000.0) -> pb.PrivacyEvent:
+    return pb.PrivacyEvent(gaussian=pb.GaussianMechanism(noise_multiplier=sigma))
+
+
+async def setup(stub: accountant_pb2_grpc.AccountantStub) -> None:
+    scopes = [("", ""), ("faces", ""), *(("faces", s) for s in SUBJECTS)]
+    for dataset, subject in scopes:
+        scope = pb.BudgetScope(dataset_id=dataset, subject_id=subject)
+        budget = pb.Budget(scope=scope, epsilon=1e9, delta=1e-5)
+        await stub.PutBudget(pb.PutBudgetRequest(budget=budget), metadata=AUTH)
+
+
+async def spend_phase(
+    stub: accountant_pb2_grpc.AccountantStub, clients: int, duration: float
+) -> list[float]:
+    latencies: list[float] = []
+    stop = time.monotonic() + duration
+
+    async def client(c: int) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            charge = pb.Charge(
+                dataset_id="faces",
+                subject_ids=[SUBJECTS[(c * 7 + i) % len(SUBJECTS)]],
+                event=event(),
+                idempotency_key=uuid.uuid4().hex,
+            )
+            start = time.perf_counter()
+            await stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH, timeout=60)
+            latencies.append(time.perf_counter() - start)
+            i += 1
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return latencies
+
+
+async def batch_phase(stub: accountant_pb2_grpc.AccountantStub, rounds: int) -> float:
+    """Charges per second of ChargeBatch with 100 items."""
+    start = time.perf_counter()
+    for _ in range(rounds):
+        items = [
+            pb.Charge(dataset_id="faces", subject_ids=[SUBJECTS[i % 64]], event=event())
+            for i in range(100)
+        ]
+        request = pb.ChargeBatchRequest(idempotency_key=uuid.uuid4().hex, charges=items)
+        out = await stub.ChargeBatch(request, metadata=AUTH, timeout=60)
+        assert out.accepted == 100, out
+    return rounds * 100 / (time.perf_counter() - start)
+
+
+def quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+async def run(source: Path, url: str, clients: list[int], duration: float, batch: bool) -> None:
+    proc, target = start_server(source, url)
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = accountant_pb2_grpc.AccountantStub(channel)
+            await setup(stub)
+            await spend_phase(stub, 1, 1.0)  # warm-up
+            for n in clients:
+                before = cpu_seconds(proc.pid)
+                lat = await spend_phase(stub, n, duration)
+                cpu = cpu_seconds(proc.pid) - before
+                db = url.split(":")[0]
+                print(
+                    f"| {source.name} | {db} | spend | {n} | {len(lat) / duration:7.1f} "
+                    f"| {1000 * quantile(lat, 50):7.1f} | {1000 * quantile(lat, 99):7.1f} "
+                    f"| {1000 * cpu / len(lat):6.2f} |",
+                    flush=True,
+                )
+            if batch:
+                before = cpu_seconds(proc.pid)
+                rate = await batch_phase(stub, 10)
+                cpu = cpu_seconds(proc.pid) - before
+                print(
+                    f"| {source.name} | {url.split(':')[0]} | batch of 100 | 1 | {rate:7.1f} "
+                    f"| | | {1000 * cpu / 1000:6.2f} |",
+                    flush=True,
+                )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def databases(tmp: Path) -> list[str]:
+    urls = [f"sqlite:///{tmp / uuid.uuid4().hex}.sqlite"]
+    dsn = os.environ.get("VEIL_TEST_POSTGRES_DSN", "")
+    if dsn:
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        with create_engine(dsn).begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        sep = "&" if "?" in dsn else "?"
+        urls.append(f"{dsn}{sep}options=-csearch_path%3D{schema}")
+    return urls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        help="checkout(s) whose accountant to run (default: this one); repeat to compare",
+    )
+    args = parser.parse_args()
+    sources = args.source or [Path(__file__).resolve().parents[1]]
+    clients = [int(c) for c in args.clients.split(",")]
+    print(
+        "| server | db | call | clients | calls/s (charges/s) | p50 ms | p99 ms | CPU ms/charge |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in sources:
+            has_batch = "ChargeBatch" in (source / "proto/veil/v1/accountant.proto").read_text()
+            for url in databases(Path(tmp)):
+                asyncio.run(run(source.resolve(), url, clients, args.duration, has_batch))
+
+
+if __name__ == "__main__":
+    main()
