@@ -12,6 +12,7 @@ and a refusal is never decided by the expensive figure alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -120,5 +121,10 @@ def _over(epsilon: float, limit: float) -> bool:
 
 def charge_cost(charge: Charge, delta: float) -> Figures:
     """One charge's own ε at ``delta``: the least of its cheap bounds (basic, RDP); the
-    receipt names which (``Figures.enforced``)."""
-    return best_epsilon(Composition().add(atoms_of(charge)), delta, tight=None)
+    receipt names which (``Figures.enforced``). Memoised: releases repeat a few mechanisms."""
+    return _cost(tuple(sorted(atoms_of(charge).items(), key=repr)), delta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cost(atoms: tuple[tuple[Atom, int], ...], delta: float) -> Figures:
+    return best_epsilon(Composition().add(dict(atoms)), delta, tight=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, Select, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.accountant.accounting import Atom, Composition, atoms_of
@@ -54,6 +55,24 @@ def row_to_budget(row: Any) -> BudgetRow:
     return BudgetRow(row.id, budget, row.version, comp, int(row.event_count))
 
 
+@functools.lru_cache(maxsize=32)
+def _budgets_query(groups: int, lock: bool) -> Select[Any]:
+    """The budgets of ``groups`` (tenant, dataset, IN-list of subjects) groups, built once
+    per shape and bound per call: statement building is most of a lookup's CPU otherwise."""
+    cond = or_(
+        *(
+            and_(
+                budgets.c.tenant_id == bindparam(f"t{i}"),
+                budgets.c.dataset_id == bindparam(f"d{i}"),
+                budgets.c.subject_id.in_(bindparam(f"s{i}", expanding=True)),
+            )
+            for i in range(groups)
+        )
+    )
+    query = select(budgets).where(cond).order_by(budgets.c.id)
+    return query.with_for_update() if lock else query
+
+
 def find_budgets(
     conn: Connection, scopes: Iterable[Scope], *, lock: bool
 ) -> tuple[list[BudgetRow], list[Scope]]:
@@ -65,22 +84,21 @@ def find_budgets(
     """
     scopes = list(scopes)
     keys = [scope_key(s) for s in scopes]
-    # One IN list per (tenant, dataset): the statement's shape does not depend on how many
-    # subjects a charge names (an OR per subject grew SQLite's expression tree past its
-    # limit near 1000 subjects, and SQLAlchemy's statement cache by one entry per count).
+    # One expanding IN list per (tenant, dataset), and the number of groups padded to a
+    # power of two (a repeated group matches nothing new): the statement's shape does not
+    # depend on how many subjects or datasets a request names. An OR per subject grew
+    # SQLite's expression tree past its limit near 1000 subjects, and SQLAlchemy's
+    # compiled-statement cache by one entry per count.
     groups: dict[tuple[str, str], list[str]] = {}
     for t, d, s in keys:
         groups.setdefault((t, d), []).append(s)
-    cond = or_(
-        *(
-            and_(budgets.c.tenant_id == t, budgets.c.dataset_id == d, budgets.c.subject_id.in_(ss))
-            for (t, d), ss in groups.items()
-        )
-    )
-    query = select(budgets).where(cond).order_by(budgets.c.id)
-    if lock:
-        query = query.with_for_update()
-    rows = [row_to_budget(r) for r in conn.execute(query)]
+    items = list(groups.items())
+    shape = 1 << (len(items) - 1).bit_length()
+    items += [items[-1]] * (shape - len(items))
+    params: dict[str, Any] = {}
+    for i, ((t, d), subjects) in enumerate(items):
+        params |= {f"t{i}": t, f"d{i}": d, f"s{i}": subjects}
+    rows = [row_to_budget(r) for r in conn.execute(_budgets_query(shape, lock), params)]
     found = {scope_key(r.budget.scope) for r in rows}
     return rows, [scope for scope, key in zip(scopes, keys, strict=True) if key not in found]
 
@@ -132,21 +150,19 @@ def put_subject_default(conn: Connection, budget_id: int, default: SubjectDefaul
         )
 
 
-def create_subjects(conn: Connection, charge: Charge, now: float) -> list[int]:
-    """Create the budgets of the charge's subjects that have none, from the dataset's
-    subject default, in the caller's transaction; returns the ids this call created.
+def create_subjects(conn: Connection, missing: Iterable[Scope], now: float) -> list[int]:
+    """Create the budgets of ``missing`` subject scopes (one dataset's) from the dataset's
+    subject default, in the caller's transaction; returns the ids created (none without a
+    default: the caller then reports the subject NotFound).
 
-    ``INSERT … ON CONFLICT DO NOTHING`` in sorted order: two concurrent first charges of a
-    subject create one budget (the second waits for the first's row, then inserts nothing),
-    and no two inserters wait on each other in opposite orders. Without a default nothing
-    is created and the caller's lookup reports the subject NotFound.
+    Called with the charge's tenant budget locked (every charge touches it), so first
+    charges of one tenant's subjects are serialised: two concurrent first charges create one
+    budget. ``INSERT … ON CONFLICT DO NOTHING`` in sorted order is a second guard.
     """
-    if not charge.subject_ids:
+    subjects = sorted((m for m in missing if m.kind == "subject"), key=scope_key)
+    if not subjects:
         return []
-    t, d = charge.tenant_id, charge.dataset_id
-    _, missing = find_budgets(conn, charge.scopes[2:], lock=False)
-    if not missing:
-        return []
+    t, d = subjects[0].tenant_id, subjects[0].dataset_id or ""
     default = subject_default(conn, t, d)
     if default is None:
         return []
@@ -164,7 +180,8 @@ def create_subjects(conn: Connection, charge: Charge, now: float) -> list[int]:
             "atoms": atoms_to_json(empty.atoms),
             "updated_at": now,
         }
-        for scope in sorted(missing, key=lambda s: s.subject_id or "")
+        for scope in subjects
+        if scope.tenant_id == t and (scope.dataset_id or "") == d
     ]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(budgets).on_conflict_do_nothing(
@@ -172,6 +189,25 @@ def create_subjects(conn: Connection, charge: Charge, now: float) -> list[int]:
     )
     created = conn.execute(stmt.returning(budgets.c.id), values).scalars().all()
     return list(created)
+
+
+def charge_budgets(
+    conn: Connection, charge: Charge, now: float, *, create: bool
+) -> tuple[list[BudgetRow], list[int]]:
+    """The charge's budgets, locked, in id order, and the ids of subject budgets created
+    for it (``create``: from the dataset's subject default); a budget still missing is
+    NotFound."""
+    rows, missing = find_budgets(conn, charge.scopes, lock=True)
+    created: list[int] = []
+    if missing and create:
+        created = create_subjects(conn, missing, now)
+        # Again even if this call created nothing: on PostgreSQL a concurrent first charge
+        # may have created the budget after this statement's snapshot (ON CONFLICT then
+        # inserts nothing); a new statement sees it.
+        rows, missing = find_budgets(conn, charge.scopes, lock=True)
+    if missing:
+        raise not_found(missing[0])
+    return rows, created
 
 
 def drop_budgets(conn: Connection, budget_ids: Iterable[int]) -> None:
