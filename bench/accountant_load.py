@@ -193,9 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     sources = args.source or [Path(__file__).resolve().parents[1]]
     clients = [int(c) for c in args.clients.split(",")]
-    print(
-        "| server | db | call | clients | calls/s (charges/s) | p50 ms | p99 ms | CPU ms/charge |"
-    )
+    print("| server | db | call | clients | charges/s | p50 ms | p99 ms | CPU ms/charge |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for source in sources:

@@ -56,6 +56,11 @@ class Policy:
         if self.enforce_with not in ENFORCE_CHOICES:
             raise InvalidArgument(f"enforce_with must be one of {ENFORCE_CHOICES}")
 
+    @property
+    def reported_tight(self) -> str:
+        """The accountant whose figure a reader gets as the tight one."""
+        return self.enforce_with if self.enforce_with in ("pld", "prv") else self.tight
+
     def status(
         self,
         budget: Budget,
@@ -64,23 +69,25 @@ class Policy:
         *,
         want_tight: bool = False,
         allow_tight: bool = True,
+        known_tight: tuple[float | None] | None = None,
     ) -> BudgetStatus:
         """Figures of ``comp`` against ``budget`` (``exceeds`` if the enforced ε > limit).
 
         ``allow_tight=False``: raise :class:`TightNeeded` instead of computing the tight
-        figure when the decision needs it.
+        figure when the decision needs it. ``known_tight``: the tight figure of ``comp``
+        computed before (``(None,)``: it could not be), used instead of computing it.
         """
         delta, limit = budget.delta, budget.epsilon
         cheap = best_epsilon(comp, delta, tight=None)
-        name = self.enforce_with if self.enforce_with in ("pld", "prv") else self.tight
+        name = self.reported_tight
         need = want_tight or self.enforce_with in ("pld", "prv")
         if self.enforce_with == "min" and _over(cheap.epsilon, limit):
             need = True
         figures, state = cheap, NOT_COMPUTED
-        if need and comp.atoms and not allow_tight:
+        if need and comp.atoms and not allow_tight and known_tight is None:
             raise TightNeeded
         if need and comp.atoms:
-            figures = self._with_tight(comp, cheap, name)
+            figures = self._with_tight(comp, cheap, name, known_tight)
             state = COMPUTED if figures.tight is not None else INFEASIBLE
         elif need:
             state = COMPUTED  # nothing composed: every figure is 0
@@ -106,10 +113,15 @@ class Policy:
             tight_state=state,
         )
 
-    def _with_tight(self, comp: Composition, cheap: Figures, name: str) -> Figures:
-        if self.tight_fn is None:
+    def _with_tight(
+        self, comp: Composition, cheap: Figures, name: str, known: tuple[float | None] | None
+    ) -> Figures:
+        if known is not None:
+            tight = known[0]
+        elif self.tight_fn is None:
             return best_epsilon(comp, cheap.delta, tight=name)
-        tight = self.tight_fn(name, comp.key(), cheap.delta)
+        else:
+            tight = self.tight_fn(name, comp.key(), cheap.delta)
         if tight is None or tight >= cheap.epsilon:
             return replace(cheap, tight=tight)
         return replace(cheap, tight=tight, enforced=name, epsilon=tight)

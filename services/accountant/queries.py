@@ -12,7 +12,7 @@ import binascii
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,16 +27,19 @@ from services.accountant.events import (
     SubjectDefault,
 )
 from services.accountant.limits import Limits, check_scope, check_text
-from services.accountant.policy import Policy, charge_cost
+from services.accountant.policy import NOT_COMPUTED, Policy, charge_cost
 from services.accountant.rows import (
     BudgetRow,
+    StoredTight,
     live_reservation_atoms,
     load_budgets,
     row_to_budget,
+    store_tight,
+    stored_tight,
     subject_defaults_of,
 )
 from services.accountant.schema import budgets, event_budgets, events, subject_defaults
-from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.errors import InvalidArgument, PermissionDenied, Unavailable
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ class LedgerQueries:
             row = load_budgets(conn, [scope], lock=False)[0]
             held = live_reservation_atoms(conn, scope.tenant_id, [row.id], self._now())
             defaults = subject_defaults_of(conn, [row.id])
-        return self._status(row, held[row.id], defaults.get(row.id))
+            stored = stored_tight(conn, [row.id])
+        return self._statuses([row], held, defaults, stored)[0]
 
     def list_budgets(
         self,
@@ -126,23 +130,50 @@ class LedgerQueries:
                 for r in conn.execute(q.order_by(budgets.c.id).limit(page_size + 1))
             ]
             page = rows[:page_size]
-            held = live_reservation_atoms(conn, tenant_id, [r.id for r in page], self._now())
-            defaults = subject_defaults_of(conn, [r.id for r in page])
+            ids = [r.id for r in page]
+            held = live_reservation_atoms(conn, tenant_id, ids, self._now())
+            defaults = subject_defaults_of(conn, ids)
+            stored = stored_tight(conn, ids)
         token = _encode_token(page[-1].id, False) if len(rows) > page_size else ""
-        statuses = (self._status(r, held[r.id], defaults.get(r.id)) for r in page)
-        return BudgetPage(tuple(statuses), token)
+        return BudgetPage(self._statuses(page, held, defaults, stored), token)
 
-    def _status(
-        self, row: BudgetRow, held: Counter[Atom], default: SubjectDefault | None = None
-    ) -> BudgetStatus:
-        status = self.policy.status(row.budget, row.comp, row.version, want_tight=True)
-        reserved = 0.0
-        if +held:
-            with_held = self.policy.status(row.budget, row.comp.add(held), row.version)
-            reserved = max(0.0, with_held.epsilon_enforced - status.epsilon_enforced)
-        return replace(
-            status, event_count=row.event_count, epsilon_reserved=reserved, subject_default=default
-        )
+    def _statuses(
+        self,
+        rows: list[BudgetRow],
+        held: dict[int, Counter[Atom]],
+        defaults: dict[int, SubjectDefault],
+        stored: dict[int, StoredTight],
+    ) -> tuple[BudgetStatus, ...]:
+        """Committed figures of ``rows``, the tight one from the store where it is current;
+        the ones computed now are stored, so each budget version computes it once."""
+        name = self.policy.reported_tight
+        out, fresh = [], {}
+        for row in rows:
+            version, accountant, delta, epsilon = stored.get(row.id, (-1, "", 0.0, None))
+            current = (version, accountant, delta) == (row.version, name, row.budget.delta)
+            known = (epsilon,) if current else None
+            status = self.policy.status(
+                row.budget, row.comp, row.version, want_tight=True, known_tight=known
+            )
+            if not current and status.tight_state != NOT_COMPUTED:
+                fresh[row.id] = (row.version, name, row.budget.delta, status.epsilon_tight)
+            reserved = 0.0
+            if +held[row.id]:
+                with_held = self.policy.status(row.budget, row.comp.add(held[row.id]), row.version)
+                reserved = max(0.0, with_held.epsilon_enforced - status.epsilon_enforced)
+            out.append(
+                replace(
+                    status,
+                    event_count=row.event_count,
+                    epsilon_reserved=reserved,
+                    subject_default=defaults.get(row.id),
+                )
+            )
+        if fresh:
+            with suppress(Unavailable), self._tx() as conn:
+                for budget_id, figure in fresh.items():
+                    store_tight(conn, budget_id, figure)
+        return tuple(out)
 
     def history(
         self,

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.accountant.accounting import Atom, Composition, atoms_of
 from services.accountant.events import Budget, Charge, Scope, SubjectDefault
-from services.accountant.schema import budgets, reservations, subject_defaults
+from services.accountant.schema import budgets, reservations, subject_defaults, tight_figures
 from services.common.errors import NotFound
 
 
@@ -247,3 +247,29 @@ def live_reservation_atoms(
             for b in touched:
                 held[b].update(atoms)
     return held
+
+
+StoredTight = tuple[int, str, float, float | None]
+"""(version, accountant, delta, epsilon) of a stored tight figure."""
+
+
+def stored_tight(conn: Connection, budget_ids: Iterable[int]) -> dict[int, StoredTight]:
+    ids = list(budget_ids)
+    if not ids:
+        return {}
+    q = select(tight_figures).where(tight_figures.c.budget_id.in_(ids))
+    return {r.budget_id: (r.version, r.accountant, r.delta, r.epsilon) for r in conn.execute(q)}
+
+
+def store_tight(conn: Connection, budget_id: int, figure: StoredTight) -> None:
+    """Keep the newest figure of a budget (an older version never replaces a newer one)."""
+    version, accountant, delta, epsilon = figure
+    values = {"version": version, "accountant": accountant, "delta": delta, "epsilon": epsilon}
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(tight_figures).values(budget_id=budget_id, **values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["budget_id"],
+        set_=values,
+        where=tight_figures.c.version <= version,
+    )
+    conn.execute(stmt)

@@ -76,6 +76,19 @@ subject_defaults = Table(
 """A dataset budget's limits for subject budgets created on first charge (a table of its
 own, so that a ledger created by an earlier version gains it with ``create_all``)."""
 
+tight_figures = Table(
+    "accountant_tight_figures",
+    metadata,
+    Column("budget_id", ForeignKey(budgets.c.id), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("accountant", String(16), nullable=False),
+    Column("delta", Float, nullable=False),
+    Column("epsilon", Float),
+)
+"""The tight figure of a budget's committed composition, computed once per version (by
+whichever replica reads it first) and kept; NULL epsilon = could not be computed within
+its bounds. A version, accountant or δ that does not match is stale and recomputed."""
+
 reservations = Table(
     "accountant_reservations",
     metadata,

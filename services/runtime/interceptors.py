@@ -4,12 +4,13 @@
    worker pool (:func:`services.runtime.workers.run_in_worker`) and one access-log line
    (logger ``veil.access``, INFO — DEBUG for health and reflection: method, status,
    tenant, duration, request id — never a payload);
-2. :class:`MetricsInterceptor` — ``grpc_server_*`` counters and latency histogram;
-3. :class:`ErrorInterceptor` — the one place a :class:`VeilError` becomes a gRPC status
+2. :class:`ErrorInterceptor` — the one place a :class:`VeilError` becomes a gRPC status
    (with a ``google.rpc.ErrorInfo`` carrying its details); ``NotImplementedError`` (what a
    generated servicer's unimplemented method raises) becomes UNIMPLEMENTED, quietly; anything
    else becomes INTERNAL with a generic message and a reference id that is logged with the
    trace;
+3. :class:`MetricsInterceptor` — ``grpc_server_*`` counters and latency histogram, recorded
+   before the status is sent (inside the error interceptor);
 4. :class:`AuthInterceptor` — bearer token → principal (bound for the RPC), scope check.
 
 They wrap the method handler rather than the call so that they see the behaviour's own
@@ -243,14 +244,21 @@ class MetricsInterceptor(WrappingInterceptor):
 
 
 def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status ``exc`` ends its RPC with: as the error interceptor maps it (the metrics
+    interceptor runs inside that one, so that an RPC is counted before its status reaches
+    the client: a scrape right after an error sees it), or as already sent (AbortError)."""
     if isinstance(exc, grpc.aio.AbortError):
         return context.code() or grpc.StatusCode.UNKNOWN
+    if isinstance(exc, VeilError):
+        return status_code(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(exc, asyncio.CancelledError):
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.INTERNAL if isinstance(exc, Exception) else grpc.StatusCode.UNKNOWN
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")

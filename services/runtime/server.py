@@ -156,8 +156,8 @@ class VeilServer:
         server = grpc.aio.server(
             interceptors=[
                 RequestInterceptor(self.app.workers),
-                MetricsInterceptor(rpc_metrics),
                 ErrorInterceptor(),
+                MetricsInterceptor(rpc_metrics),
                 AuthInterceptor(TokenAuthenticator(s.all_tokens()), self.app.scope_of),
             ],
             options=[
