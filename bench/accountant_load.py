@@ -26,11 +26,11 @@ import uuid
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, text
 
 from services._proto.veil.v1 import accountant_pb2 as pb
 from services._proto.veil.v1 import accountant_pb2_grpc
+from services.runtime.client import wait_until_ready
 
 TOKEN = "bench-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -65,20 +65,10 @@ def start_server(source: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
     cmd = [sys.executable, "-m", "services.cli", "serve", "accountant"]
     proc = subprocess.Popen(cmd, cwd=source, env=env)
     target = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(target)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            request = health_pb2.HealthCheckRequest(service="readiness")
-            if health.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit(f"the accountant of {source} did not start")
-        time.sleep(0.2)
-    channel.close()
+    try:
+        wait_until_ready(target, 90, alive=lambda: proc.poll() is None)
+    except (TimeoutError, RuntimeError) as exc:
+        raise SystemExit(f"the accountant of {source} did not start: {exc}") from None
     return proc, target
 
 

@@ -589,10 +589,8 @@ class Ledger:
         order = {"subject": 0, "dataset": 1, "tenant": 2}
         statuses: dict[int, BudgetStatus] = {}
         for row in sorted(rows, key=lambda r: order[r.budget.scope.kind]):
-            extra = Counter(held.get(row.id, Counter()))
-            extra.update(atoms)
             status = self.policy.status(
-                row.budget, row.comp.add(extra), row.version, allow_tight=allow_tight
+                row.budget, _after(row, held, atoms), row.version, allow_tight=allow_tight
             )
             if status.exceeds:
                 current = self.policy.status(
@@ -615,10 +613,8 @@ class Ledger:
     ) -> tuple[BudgetStatus, ...]:
         out = []
         for r in rows:
-            extra = Counter(held.get(r.id, Counter()))
-            extra.update(atoms)
             status = self.policy.status(
-                r.budget, r.comp.add(extra), r.version, want_tight=want_tight
+                r.budget, _after(r, held, atoms), r.version, want_tight=want_tight
             )
             out.append(replace(status, event_count=r.event_count + 1))
         return tuple(out)
@@ -711,6 +707,13 @@ class Ledger:
     def _refused(self, reason: str) -> None:
         if self._metrics:
             self._metrics.refused(reason)
+
+
+def _after(row: BudgetRow, held: dict[int, Counter[Atom]], atoms: Counter[Atom]) -> Composition:
+    """A budget's composition with its live reservations and a candidate charge composed in."""
+    extra = Counter(held.get(row.id, Counter()))
+    extra.update(atoms)
+    return row.comp.add(extra)
 
 
 def _exhausted(row: BudgetRow, projected: BudgetStatus, current: BudgetStatus) -> BudgetExhausted:

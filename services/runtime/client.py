@@ -9,6 +9,8 @@ match the servers' defaults; TLS (and a client certificate for mTLS) is optional
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -122,3 +124,29 @@ class VeilClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def wait_until_ready(
+    target: str, timeout: float = 30.0, *, alive: Callable[[], bool] | None = None
+) -> None:
+    """Block until the plaintext server at ``target`` reports readiness SERVING (a server
+    just started, a stack coming up); TimeoutError after ``timeout`` seconds, RuntimeError
+    as soon as ``alive()`` says the server's process is gone."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="readiness")
+        while True:
+            try:
+                if (
+                    health.Check(request, timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            if alive is not None and not alive():
+                raise RuntimeError(f"the server for {target} exited before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{target} did not become ready in {timeout} s")
+            time.sleep(0.1)

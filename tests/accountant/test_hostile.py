@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.veil.v1 import accountant_pb2 as pb
 from services._proto.veil.v1 import accountant_pb2_grpc
+from services.runtime.client import wait_until_ready
 from tests.support.server import TOKEN, bearer, free_port
 
 pytestmark = pytest.mark.slow
@@ -54,18 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         "VEIL_ACCOUNTANT_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "accountant"], env=env)
+    wait_until_ready(f"127.0.0.1:{port}", 60, alive=lambda: proc.poll() is None)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            request = health_pb2.HealthCheckRequest(service="readiness")
-            if health.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.RpcError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, "accountant did not start"
-        time.sleep(0.2)
     stub = accountant_pb2_grpc.AccountantStub(channel)
     for dataset, subject in (("", ""), ("faces", ""), ("faces", "alice"), ("faces", "bob")):
         budget = pb.Budget(

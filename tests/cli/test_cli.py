@@ -12,27 +12,11 @@ import urllib.request
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import __version__
 from services._proto.veil.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+from services.runtime.client import wait_until_ready
 from tests.support.server import bearer, free_port
-
-
-def wait_serving(target: str, timeout: float = 30) -> health_pb2_grpc.HealthStub:
-    channel = grpc.insecure_channel(target)
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=1)
-            if status.status == health_pb2.HealthCheckResponse.SERVING:
-                return stub
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{target} did not become ready")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -64,7 +48,7 @@ def test_serve_accountant_answers_and_stops_on_sigterm(accountant_env):
     env, port, metrics = accountant_env
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "accountant"], env=env)
     try:
-        wait_serving(f"127.0.0.1:{port}")
+        wait_until_ready(f"127.0.0.1:{port}")
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             who = diagnostics_pb2_grpc.DiagnosticsStub(channel).WhoAmI(
                 diagnostics_pb2.WhoAmIRequest(), metadata=bearer("cli-token")
@@ -85,11 +69,11 @@ def test_up_runs_the_stack_and_stops_it_on_sigint(accountant_env):
     env, port, _ = accountant_env
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env)
     try:
-        wait_serving(f"127.0.0.1:{port}")
+        wait_until_ready(f"127.0.0.1:{port}")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
         with pytest.raises(TimeoutError):  # the child is gone too
-            wait_serving(f"127.0.0.1:{port}", timeout=0.5)
+            wait_until_ready(f"127.0.0.1:{port}", timeout=0.5)
     finally:
         proc.kill()
 
