@@ -393,6 +393,8 @@ class Ledger:
                 results[i] = exc
                 continue
             charges[i] = replace(item, idempotency_key=batch.item_key(batch_key, i))
+        if not charges:  # nothing left to decide: no transaction
+            return [r if r is not None else InvalidArgument("no result") for r in results]
         now = self._clock()
         with self._tx() as conn:
             scopes = {s for c in charges.values() for s in c.scopes}

@@ -105,6 +105,14 @@ def test_item_keys_and_foreign_tenants_are_refused_per_item(stub):
     assert out.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
+def test_a_batch_whose_items_are_all_refused_writes_nothing(stub):
+    keyed = item("z0")
+    keyed.idempotency_key = "mine"
+    out = batch(stub, "b5", [keyed, pb.Charge(dataset_id="faces")])
+    assert (out.accepted, out.refused) == (0, 2)
+    assert batch(stub, "b6", []).results == []
+
+
 def test_the_batch_itself_is_checked(stub):
     with pytest.raises(grpc.RpcError) as err:
         batch(stub, "", [item("x")])
