@@ -5,6 +5,7 @@ Veil models, and the ``gpu`` marker's skip.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("gpu") is not None:
                 item.add_marker(skip)
+
+
+class _Internal(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("unhandled error"):
+            self.seen.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No RPC of any test ends INTERNAL (an unhandled error in an in-process server), unless
+    the test is marked ``internal_expected``: every bad input has its own clear status."""
+    handler = _Internal()
+    log = logging.getLogger("services.runtime.interceptors")
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+    if handler.seen and request.node.get_closest_marker("internal_expected") is None:
+        pytest.fail(f"an RPC ended INTERNAL: {handler.seen}")
 
 
 @pytest.fixture

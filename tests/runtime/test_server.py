@@ -132,6 +132,7 @@ class Exploding(DiagnosticsServicer):
         raise RuntimeError("db password is hunter2")
 
 
+@pytest.mark.internal_expected
 def test_unknown_error_is_internal_with_generic_message(serve_app, channel_to, caplog):
     app = make_app(Exploding("test", ImageLimits()))
     stub = diagnostics_pb2_grpc.DiagnosticsStub(channel_to(serve_app(app)))
