@@ -445,3 +445,33 @@ def test_many_unknown_subjects_are_not_found_quickly(stub, budgets):
     with pytest.raises(grpc.RpcError) as err:
         stub.Spend(pb.SpendRequest(charge=charge), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_subject_default_over_grpc(stub, budgets):
+    dataset = pb.Budget(
+        scope=scope("faces"),
+        epsilon=50.0,
+        delta=1e-5,
+        subject_default=pb.SubjectDefault(epsilon=2.0, delta=1e-6),
+    )
+    status = stub.PutBudget(pb.PutBudgetRequest(budget=dataset), metadata=AUTH)
+    assert status.subject_default.epsilon == 2.0
+    check = stub.Check(pb.CheckRequest(charge=gaussian_charge("", 5.0, ("newbie",))), metadata=AUTH)
+    assert check.allowed and check.projected[-1].epsilon_limit == 2.0
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetBudget(pb.GetBudgetRequest(scope=scope("faces", "newbie")), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, "a dry run created a budget"
+    stub.Spend(pb.SpendRequest(charge=gaussian_charge("nb", 5.0, ("newbie",))), metadata=AUTH)
+    created = stub.GetBudget(pb.GetBudgetRequest(scope=scope("faces", "newbie")), metadata=AUTH)
+    assert (created.epsilon_limit, created.delta, created.event_count) == (2.0, 1e-6, 1)
+    assert not created.HasField("subject_default")
+    bad = pb.Budget(
+        scope=scope("faces", "alice"),
+        epsilon=5.0,
+        delta=1e-5,
+        subject_default=pb.SubjectDefault(epsilon=1.0, delta=1e-6),
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PutBudget(pb.PutBudgetRequest(budget=bad), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(err.value).field_violations[0].field == "budget.subject_default"
