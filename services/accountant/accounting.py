@@ -21,7 +21,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Protocol
 
@@ -333,10 +333,19 @@ def best_epsilon(composition: Composition, delta: float, tight: str | None = "pl
         raise InvalidArgument(f"unknown tight accountant {tight!r}", details={"field": "tight"})
     basic = basic_epsilon(composition.atoms.items(), delta)
     rdp = eps_from_rdp(composition.rdp, delta)
-    tight_eps = None if tight is None else _tight_cached(tight, composition.key(), delta)
-    options = [(tight, tight_eps)] if tight is not None and tight_eps is not None else []
-    name, value = min([*options, ("rdp", rdp), ("basic", basic)], key=lambda o: o[1])
-    return Figures(delta, basic, rdp, tight_eps, str(name), float(value))
+    name, value = min([("rdp", rdp), ("basic", basic)], key=lambda o: o[1])
+    cheap = Figures(delta, basic, rdp, None, name, float(value))
+    if tight is None:
+        return cheap
+    return with_tight(cheap, tight, _tight_cached(tight, composition.key(), delta))
+
+
+def with_tight(cheap: Figures, name: str, tight: float | None) -> Figures:
+    """``cheap`` (basic and RDP) with the tight figure ``tight`` of accountant ``name``
+    added: the least valid bound wins, the tight one on a tie; None = not computed."""
+    if tight is None or tight > cheap.epsilon:
+        return replace(cheap, tight=tight)
+    return replace(cheap, tight=tight, enforced=name, epsilon=float(tight))
 
 
 @functools.lru_cache(maxsize=4096)

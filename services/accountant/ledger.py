@@ -50,7 +50,6 @@ from services.accountant.rows import (
     dumps,
     find_budgets,
     live_reservation_atoms,
-    load_budgets,
     not_found,
     put_subject_default,
     scope_key,
@@ -235,9 +234,7 @@ class Ledger:
         t, d, s = scope_key(budget.scope)
         now = self._clock()
         with self._tx() as conn:
-            rows = (
-                load_budgets(conn, [budget.scope], lock=True) if self._exists(conn, t, d, s) else []
-            )
+            rows, _ = find_budgets(conn, [budget.scope], lock=True)
             if rows:
                 budget_id = rows[0].id
                 conn.execute(
@@ -291,13 +288,6 @@ class Ledger:
             for i, m in enumerate(missing)
         ]
         return rows + fresh
-
-    @staticmethod
-    def _exists(conn: Connection, t: str, d: str, s: str) -> bool:
-        q = select(budgets.c.id).where(
-            budgets.c.tenant_id == t, budgets.c.dataset_id == d, budgets.c.subject_id == s
-        )
-        return conn.execute(q).first() is not None
 
     # -- spends --------------------------------------------------------------------------
     def check(

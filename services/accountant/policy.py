@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from services.accountant.accounting import (
     Atom,
@@ -23,6 +23,7 @@ from services.accountant.accounting import (
     atoms_of,
     best_epsilon,
     eps_from_rdp_classic,
+    with_tight,
 )
 from services.accountant.events import Budget, BudgetStatus, Charge
 from services.common.errors import InvalidArgument
@@ -117,14 +118,10 @@ class Policy:
         self, comp: Composition, cheap: Figures, name: str, known: tuple[float | None] | None
     ) -> Figures:
         if known is not None:
-            tight = known[0]
-        elif self.tight_fn is None:
+            return with_tight(cheap, name, known[0])
+        if self.tight_fn is None:
             return best_epsilon(comp, cheap.delta, tight=name)
-        else:
-            tight = self.tight_fn(name, comp.key(), cheap.delta)
-        if tight is None or tight >= cheap.epsilon:
-            return replace(cheap, tight=tight)
-        return replace(cheap, tight=tight, enforced=name, epsilon=tight)
+        return with_tight(cheap, name, self.tight_fn(name, comp.key(), cheap.delta))
 
 
 def _over(epsilon: float, limit: float) -> bool:
