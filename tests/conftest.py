@@ -6,12 +6,15 @@ Veil models, and the ``gpu`` marker's skip.
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
+from sqlalchemy import create_engine, text
 
 from services.runtime.server import ServiceApp
 from tests.support.server import ServerThread
@@ -99,3 +102,35 @@ def veil_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def veil_store(veil_triton: object) -> Path:
     """The model store behind :func:`veil_triton`."""
     return Path(veil_triton.store_root)  # type: ignore[attr-defined]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+# Tests that need it read ``VEIL_TEST_POSTGRES_DSN`` (e.g.
+# ``postgresql+psycopg://veil:veil@127.0.0.1:5432/veil_test``); without it they skip, except
+# under ``CI=true`` where a missing DSN fails. Each test gets a fresh schema, dropped after.
+
+
+def postgres_dsn() -> str:
+    dsn = os.environ.get("VEIL_TEST_POSTGRES_DSN", "")
+    if not dsn:
+        if os.environ.get("CI") == "true":
+            pytest.fail("VEIL_TEST_POSTGRES_DSN is unset but CI=true: PostgreSQL tests must run")
+        pytest.skip("VEIL_TEST_POSTGRES_DSN is unset: no PostgreSQL to test against")
+    return dsn
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema (dropped afterwards)."""
+    dsn = postgres_dsn()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(dsn)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in dsn else "?"
+    try:
+        yield f"{dsn}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -187,6 +187,8 @@ stub; its own imports are held by the static check, and what they load by the re
 
 def _modules_of(package: str) -> list[str]:
     base = ROOT / package.replace(".", "/")
+    if base.with_suffix(".py").is_file():  # a one-module row, e.g. services.kernels.mechanism
+        return [package]
     modules = (
         module_name(p, ROOT)
         for p in base.rglob("*.py")

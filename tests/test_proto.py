@@ -37,7 +37,14 @@ SERVICES = {
     ),
     "sanitizer": (
         "Sanitizer",
-        {"ListAttributes", "CreatePreview", "Release", "CancelPreview", "Sanitize"},
+        {
+            "ListAttributes",
+            "CreatePreview",
+            "Release",
+            "CancelPreview",
+            "Sanitize",
+            "SanitizeBatch",
+        },
     ),
     "unlearning": (
         "Unlearning",
@@ -57,6 +64,7 @@ STREAMING = {  # (client streaming, server streaming) for every streaming RPC
     "veil.v1.Accountant.ExportAudit": (False, True),
     "veil.v1.Unlearning.WatchJob": (False, True),
     "veil.v1.Protection.ProtectBatch": (True, True),
+    "veil.v1.Sanitizer.SanitizeBatch": (True, True),
 }
 
 

@@ -16,10 +16,11 @@ from tests.support.server import free_port, serve, test_settings
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def ci_blocks() -> list[str]:
-    """Python blocks that the README marks with ``<!-- ci: run ... -->``."""
+def ci_blocks(kind: str) -> list[str]:
+    """Python blocks that the README marks with ``<!-- ci: run <kind>: ... -->``."""
     text = README.read_text()
-    return re.findall(r"<!-- ci: run[^>]*-->\s*```python\n(.*?)```", text, flags=re.S)
+    pattern = rf"<!-- ci: run {kind}:[^>]*-->\s*```python\n(.*?)```"
+    return re.findall(pattern, text, flags=re.S)
 
 
 def test_readme_has_the_two_commands():
@@ -31,7 +32,7 @@ def test_readme_has_the_two_commands():
 
 
 def test_readme_grpc_example_runs_against_a_real_accountant(tmp_path):
-    blocks = ci_blocks()
+    blocks = ci_blocks("accountant")
     assert blocks, "the README lost its runnable example"
     entry = SERVICES["accountant"]
     settings = entry.settings(
@@ -49,6 +50,50 @@ def test_readme_grpc_example_runs_against_a_real_accountant(tmp_path):
             assert "alice has ε=" in out.stdout
 
 
+def test_readme_sanitizer_example_runs_against_real_servers(tmp_path):
+    blocks = ci_blocks("sanitizer")
+    assert blocks, "the README lost its sanitizer example"
+    grants = {
+        "readme-token": {"tenant": "acme"},
+        "readme-service": {"tenant": "veil", "scopes": ["accountant:*"], "delegate": True},
+    }
+    accountant = SERVICES["accountant"]
+    sanitizer = SERVICES["sanitizer"]
+    with serve(
+        accountant.build(
+            accountant.settings(
+                **test_settings(tokens=grants).model_dump(),
+                database_url=f"sqlite:///{tmp_path}/ledger.sqlite",
+            )
+        )
+    ) as ledger:
+        settings = sanitizer.settings(
+            **test_settings(tokens={"readme-token": {"tenant": "acme"}}).model_dump(),
+            database_url=f"sqlite:///{tmp_path}/sessions.sqlite",
+            accountant_url=ledger.target,
+            accountant_token="readme-service",
+            default_ddim_steps=2,
+        )
+        with serve(sanitizer.build(settings)) as running:
+            env = dict(
+                os.environ,
+                VEIL_ACCOUNTANT=ledger.target,
+                VEIL_SANITIZER=running.target,
+                VEIL_TOKEN="readme-token",
+            )
+            for block in blocks:
+                out = subprocess.run(
+                    [sys.executable, "-c", block],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert out.returncode == 0, out.stderr
+                assert "charged ε=2.00" in out.stdout
+                assert "  male: ε=" in out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_demo_command(tmp_path):
@@ -57,16 +102,29 @@ def test_demo_command(tmp_path):
         VEIL_ACCOUNTANT_PORT=str(free_port()),
         VEIL_ACCOUNTANT_METRICS_PORT=str(free_port()),
         VEIL_ACCOUNTANT_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.sqlite",
+        VEIL_SANITIZER_PORT=str(free_port()),
+        VEIL_SANITIZER_METRICS_PORT=str(free_port()),
+        VEIL_SANITIZER_DATABASE_URL=f"sqlite:///{tmp_path}/sessions.sqlite",
+        VEIL_DEMO_OUT=str(tmp_path / "out"),
+        VEIL_TRITON_GRPC_PORT="0",
+        VEIL_TRITON_HTTP_PORT="0",
+        VEIL_TRITON_METRICS_PORT="0",
     )
     out = subprocess.run(
         [sys.executable, "-m", "services.cli", "demo"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert "WhoAmI          tenant=demo service=accountant" in out.stdout
     assert "bad image       INVALID_ARGUMENT" in out.stdout
     assert "RESOURCE_EXHAUSTED: charge exceeds the subject budget" in out.stdout
+    assert "CreatePreview   face at" in out.stdout
+    assert "Release         ε=2.000" in out.stdout
+    assert "Ledger          alice: 1 charge" in out.stdout
+    assert "RESOURCE_EXHAUSTED: the accountant:" in out.stdout
+    assert out.stdout.count("SanitizeBatch   lfw-") == 4
+    assert (tmp_path / "out" / "released.png").is_file()
     assert "stack stopped (exit 0)" in out.stdout

@@ -123,7 +123,7 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
         return cv.reservation_to_pb(reservation, cost, self.tight)
 
     async def Commit(self, request: pb.CommitRequest, context) -> pb.Receipt:
-        tenant = require_tenant()
+        tenant = require_tenant(request.tenant_id)
         receipt = await self._run(self.ledger.commit, tenant, request.reservation_id)
         cost = await self._run(self._cost, receipt.charge, receipt.statuses)
         out = cv.receipt_to_pb(receipt, cost, self.tight)
@@ -131,7 +131,7 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
         return out
 
     async def Release(self, request: pb.ReleaseReservationRequest, context):
-        tenant = require_tenant()
+        tenant = require_tenant(request.tenant_id)
         released = await self._run(self.ledger.release, tenant, request.reservation_id)
         return pb.ReleaseReservationResponse(
             reservation_id=request.reservation_id, released=released

@@ -21,6 +21,10 @@ from services.common.imaging import encode_image
 from services.runtime.client import VeilClient
 
 DEMO_TOKEN = "demo-token"
+SUBJECT_TOKEN = "demo-alice"
+"""A data subject's own token: previews of alice's photos are shown to alice only."""
+SANITIZER_TOKEN = "demo-sanitizer"
+"""The sanitizer's delegate token at the accountant (it charges its callers' tenants)."""
 
 
 def demo_image() -> bytes:
@@ -51,7 +55,7 @@ async def _wait_ready(client: VeilClient, timeout: float = 60) -> None:
 async def _talk() -> None:
     accountant = SERVICES["accountant"].settings()
     async with VeilClient(f"{accountant.host}:{accountant.port}", token=DEMO_TOKEN) as veil:
-        await _wait_ready(veil)
+        await _wait_ready(veil, timeout=300)  # `up` starts tritonserver first (~40 s on a CPU)
         me = await veil.diagnostics.WhoAmI(diagnostics_pb2.WhoAmIRequest())
         print(f"WhoAmI          tenant={me.tenant_id} service={me.service} version={me.version}")
         image = await veil.diagnostics.InspectImage(
@@ -67,6 +71,14 @@ async def _talk() -> None:
         except grpc.aio.AioRpcError as err:
             print(f"bad image       {err.code().name}: {err.details()}")
         await _ledger(veil)
+    sanitizer = SERVICES["sanitizer"].settings()
+    async with (
+        VeilClient(f"{sanitizer.host}:{sanitizer.port}", token=DEMO_TOKEN) as backend,
+        VeilClient(f"{sanitizer.host}:{sanitizer.port}", token=SUBJECT_TOKEN) as alice,
+        VeilClient(f"{accountant.host}:{accountant.port}", token=DEMO_TOKEN) as ledger,
+    ):
+        await _wait_ready(backend, timeout=180)
+        await _sanitize(backend, alice, ledger)
 
 
 async def _ledger(veil: VeilClient) -> None:
@@ -110,9 +122,135 @@ async def _ledger(veil: VeilClient) -> None:
     )
 
 
+def lfw_faces(count: int) -> list[bytes]:
+    """A few real faces from scikit-image's LFW subset (25×25 grey crops), or procedural
+    faces without the ``data`` extra."""
+    try:
+        from skimage import data
+    except ImportError:
+        from services.kernels.data.synthfaces import SynthFaces
+
+        faces = SynthFaces(n=count, seed=3, resolution=32)
+        return [encode_image(faces.pixels(i), "PNG") for i in range(count)]
+    images = data.lfw_subset()[:count]  # the first 100 are faces
+    return [encode_image((img * 255).round().astype("uint8"), "PNG") for img in images]
+
+
+async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) -> None:
+    """Alice previews her portrait at three strengths, releases one, and runs out of
+    budget; the product backend sanitizes a few LFW faces in one batch."""
+    import tempfile
+    from pathlib import Path
+
+    from services._proto.veil.v1 import sanitizer_pb2 as spb
+
+    out = Path(os.environ.get("VEIL_DEMO_OUT") or tempfile.mkdtemp(prefix="veil-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = f"demo-photos-{uuid.uuid4().hex[:8]}"  # the tenant budget is _ledger's
+    await ledger.accountant.PutBudget(
+        pb.PutBudgetRequest(
+            budget=pb.Budget(
+                scope=pb.BudgetScope(dataset_id=dataset),
+                epsilon=100.0,
+                delta=1e-5,
+                subject_default=pb.SubjectDefault(epsilon=3.0, delta=1e-5),
+            )
+        )
+    )
+    print(f"PutBudget       dataset {dataset} 100, every subject 3 by default (δ=1e-5)")
+    info = await backend.sanitizer.ListAttributes(spb.ListAttributesRequest())
+    names = ", ".join(a.name for a in info.attributes)
+    print(
+        f"ListAttributes  {names}; model {info.model.name} at "
+        f"{info.model.resolution}x{info.model.resolution}, trained on {info.model.training_data}"
+    )
+    photo = common_pb2.Image(data=demo_image())
+    preview = await alice.sanitizer.CreatePreview(
+        spb.CreatePreviewRequest(
+            dataset_id=dataset, subject_id="alice", image=photo, strengths=[0.5, 2.0, 8.0],
+            delta=1e-5,
+        )
+    )  # fmt: skip
+    box = preview.face_box
+    for c in preview.candidates:
+        (out / f"preview-eps{c.epsilon:g}.png").write_bytes(c.image.data)
+    print(
+        f"CreatePreview   face at {box.x},{box.y} {box.width}x{box.height}; "
+        f"{len(preview.candidates)} candidates (ε 0.5, 2, 8), free, written to {out}"
+    )
+    release = await alice.sanitizer.Release(
+        spb.ReleaseRequest(
+            session_id=preview.session_id, epsilon=2.0, idempotency_key=f"{dataset}-alice"
+        )
+    )
+    (out / "released.png").write_bytes(release.image.data)
+    per = ", ".join(f"{a.attribute} {a.epsilon:.2f}" for a in release.cost.per_attribute)
+    print(
+        f"Release         ε={release.cost.epsilon:.3f} at δ={release.cost.delta:g} "
+        f"(Lemma 1 figure {release.rdp_epsilon:.3f}); per attribute: {per}"
+    )
+    status = await ledger.accountant.GetBudget(
+        pb.GetBudgetRequest(scope=pb.BudgetScope(dataset_id=dataset, subject_id="alice"))
+    )
+    print(
+        f"Ledger          alice: {status.event_count} charge (spend {release.spend_id[:8]}…), "
+        f"ε spent {status.epsilon_spent:.3f} of {status.epsilon_limit:g}"
+    )
+    for attempt in range(1, 4):
+        try:
+            await backend.sanitizer.Sanitize(
+                spb.SanitizeRequest(
+                    dataset_id=dataset, subject_id="alice", image=photo, epsilon=2.0, delta=1e-5
+                )
+            )
+            print(f"Sanitize #{attempt}     alice again at ε=2: released")
+        except grpc.aio.AioRpcError as err:
+            print(f"Sanitize #{attempt}     {err.code().name}: {err.details()}")
+            break
+
+    async def items():
+        for i, face in enumerate(lfw_faces(4)):
+            yield spb.SanitizeBatchRequest(
+                item_id=f"lfw-{i}",
+                request=spb.SanitizeRequest(
+                    dataset_id=dataset,
+                    subject_id=f"lfw-{i}",
+                    image=common_pb2.Image(data=face),
+                    epsilon=1.0,
+                    delta=1e-5,
+                    face=spb.FaceSelection(whole_image=True),
+                ),
+            )
+
+    async for answer in backend.sanitizer.SanitizeBatch(items()):
+        if answer.HasField("error"):
+            print(f"SanitizeBatch   {answer.item_id}: error {answer.error.message}")
+            continue
+        (out / f"{answer.item_id}.png").write_bytes(answer.result.image.data)
+        print(
+            f"SanitizeBatch   {answer.item_id}: ε={answer.result.cost.epsilon:g} charged "
+            f"({answer.done} done, {answer.failed} failed)"
+        )
+
+
 def main() -> int:
     env = dict(os.environ)
-    env.setdefault("VEIL_ACCOUNTANT_TOKENS", json.dumps({DEMO_TOKEN: {"tenant": "demo"}}))
+    grants = {
+        DEMO_TOKEN: {"tenant": "demo"},
+        SANITIZER_TOKEN: {"tenant": "veil", "scopes": ["accountant:*"], "delegate": True},
+    }
+    subject_scopes = ["sanitizer:create_preview", "sanitizer:release", "sanitizer:cancel_preview"]
+    env.setdefault("VEIL_ACCOUNTANT_TOKENS", json.dumps(grants))
+    env.setdefault(
+        "VEIL_SANITIZER_TOKENS",
+        json.dumps(
+            {
+                DEMO_TOKEN: {"tenant": "demo"},
+                SUBJECT_TOKEN: {"tenant": "demo", "subject": "alice", "scopes": subject_scopes},
+            }
+        ),
+    )
+    env.setdefault("VEIL_SANITIZER_ACCOUNTANT_TOKEN", SANITIZER_TOKEN)
     stack = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env)
     try:
         asyncio.run(_talk())

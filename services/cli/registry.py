@@ -37,6 +37,9 @@ class ServiceEntry:
 
 SERVICES: dict[str, ServiceEntry] = {
     "accountant": ServiceEntry("services.accountant.app", port=50052, metrics_port=9462),
+    "sanitizer": ServiceEntry(
+        "services.sanitizer.app", port=50053, metrics_port=9463, inference=True
+    ),
 }
 """Services that can be served today; the others join as they land."""
 

@@ -25,6 +25,7 @@ from services.kernels.defaults import (
 if TYPE_CHECKING:
     import torch
 
+    from services.kernels.probes import ProbeSet
     from services.kernels.training.data import ImageTable
     from services.kernels.training.loop import TrainConfig, TrainResult
 
@@ -100,6 +101,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     probes.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE)
     probes.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     probes.add_argument("--strict", action="store_true", help="exit 1 if any is unreadable")
+    probes.add_argument(
+        "--no-eraser",
+        action="store_true",
+        help="fit no LEACE eraser on the complement (the mechanism's complement=erase)",
+    )
     probes.add_argument("--seed", type=int, default=0)
     probes.add_argument("--threads", type=int, default=None, help="(default: the idle cores)")
     probes.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
@@ -290,9 +296,8 @@ def run_train_probes(args: argparse.Namespace) -> int:
     encoder_manifest = store.manifest(args.diffae)
     model = load_diffae(args.diffae, store)
     table = load_table(args.data, model.config.resolution, args.cache_dir)
-    probes = fit_probes(
-        encode_table(model, table), table.attributes, table.attribute_names, quantile=args.quantile
-    )
+    codes = encode_table(model, table)
+    probes = fit_probes(codes, table.attributes, table.attribute_names, quantile=args.quantile)
     missing = unreadable(probes, args.threshold)
     config = {
         "attributes": list(probes.names),
@@ -308,6 +313,8 @@ def run_train_probes(args: argparse.Namespace) -> int:
         "clip_bounds": dict(zip(probes.names, map(float, probes.clip_bounds), strict=True)),
         "unreadable": sorted(missing),
     }
+    if not args.no_eraser:
+        metrics.update(_fit_eraser(probes, codes, table.attributes))
     store.save(
         args.name,
         "probes",
@@ -329,8 +336,37 @@ def run_train_probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_eraser(probes: ProbeSet, codes: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Fit the complement's LEACE eraser on the probes' training rows into ``probes``; return
+    fresh linear probes' held-out accuracy on the complement before and after it."""
+    from services.kernels.erasure import FOLDS, complement_leakage, fit_complement_eraser
+    from services.kernels.probes import training_rows
+
+    cut = training_rows(len(codes))
+    probes.eraser_matrix, probes.eraser_bias = fit_complement_eraser(
+        codes[:cut], labels[:cut], probes.directions, probes.levels
+    )
+    if len(codes) - cut < 2 * FOLDS:
+        return {}  # too few held-out rows to measure it
+    leakage = complement_leakage(
+        codes[cut:],
+        labels[cut:],
+        probes.names,
+        probes.directions,
+        probes.levels,
+        probes.eraser_matrix,
+        probes.eraser_bias,
+    )
+    return {
+        "complement_chance": leakage.chance,
+        "complement_probe_accuracy_before": leakage.before,
+        "complement_probe_accuracy_after": leakage.after,
+    }
+
+
 def _probes_command(args: argparse.Namespace) -> str:
     return (
         f"veil train probes --diffae {args.diffae} --name {args.name} --data '{args.data}'"
         f" --quantile {args.quantile} --threshold {args.threshold} --seed {args.seed}"
+        + (" --no-eraser" if args.no_eraser else "")
     )

@@ -71,6 +71,10 @@ def run_up(names: list[str], backend: str = "triton") -> int:
             return 1
     url = triton.grpc_url if triton is not None else None
     env = service_environment(dict(os.environ), backend, url)
+    if "accountant" in names and "sanitizer" in names:
+        # The sanitizer charges the accountant this stack starts (unless told otherwise).
+        accountant = SERVICES["accountant"].settings()
+        env.setdefault("VEIL_SANITIZER_ACCOUNTANT_URL", f"{accountant.host}:{accountant.port}")
     children = {
         name: subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env)
         for name in names

@@ -27,6 +27,9 @@ from services.serving.contract import (
     protect_inputs,
 )
 
+SANITIZER_MODELS = [ENCODER, DECODER]
+"""The models the sanitizer calls (its readiness waits for these only)."""
+
 
 class InferenceSettings(BaseSettings):
     """Which backend runs the kernels, and how to reach it (env prefix ``VEIL_INFERENCE_``)."""

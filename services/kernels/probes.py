@@ -25,6 +25,8 @@ from services.common.errors import FailedPrecondition
 from services.kernels.checks import KernelInputError, check_codes
 from services.kernels.defaults import DEFAULT_QUANTILE, DEFAULT_THRESHOLD
 
+HOLDOUT = 0.2
+"""The fraction of rows :func:`fit_probes` holds out (the last ones)."""
 MIN_INDEPENDENT = 1e-3
 """|R_aa| / ‖w_a‖ below this: probe a is (almost) a combination of the earlier ones."""
 
@@ -45,6 +47,11 @@ class ProbeSet:
     """(A,) number of label values per attribute (2 = binary, logistic probe)."""
     train_accuracy: dict[str, float] = field(default_factory=dict)
     heldout_accuracy: dict[str, float] = field(default_factory=dict)
+    eraser_matrix: torch.Tensor | None = None
+    """M (d, d) of the LEACE eraser on the complement, r ↦ r − (r − b) @ M
+    (:mod:`services.kernels.erasure`); None in entries fitted without one."""
+    eraser_bias: torch.Tensor | None = None
+    """b (d,) of that eraser; set exactly when ``eraser_matrix`` is."""
 
     @property
     def projection(self) -> torch.Tensor:
@@ -64,13 +71,20 @@ class ProbeSet:
         return torch.where(binary, (scores > 0).to(scores.dtype), levelled).long()
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {
+        """The store entry's tensors; the eraser's two only when it is set."""
+        tensors = {
             "weights": self.weights,
             "biases": self.biases,
             "directions": self.directions,
             "clip_bounds": self.clip_bounds,
             "levels": self.levels,
         }
+        if (self.eraser_matrix is None) != (self.eraser_bias is None):
+            raise KernelInputError("the eraser's matrix and bias come together")
+        if self.eraser_matrix is not None and self.eraser_bias is not None:
+            tensors["eraser_matrix"] = self.eraser_matrix
+            tensors["eraser_bias"] = self.eraser_bias
+        return tensors
 
     @classmethod
     def from_tensors(
@@ -86,6 +100,8 @@ class ProbeSet:
             tensors["levels"],
             dict(metrics.get("train_accuracy", {})),
             dict(metrics.get("heldout_accuracy", {})),
+            tensors.get("eraser_matrix"),
+            tensors.get("eraser_bias"),
         )
 
 
@@ -158,11 +174,16 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean()) if len(y) else float("nan")
 
 
+def training_rows(count: int, holdout: float = HOLDOUT) -> int:
+    """How many leading rows of ``count`` :func:`fit_probes` fits on (the rest: held out)."""
+    return count - round(count * holdout)
+
+
 def fit_probes(
     z: torch.Tensor,
     labels: torch.Tensor,
     names: Sequence[str],
-    holdout: float = 0.2,
+    holdout: float = HOLDOUT,
     quantile: float = DEFAULT_QUANTILE,
     l2: float = 1e-3,
 ) -> ProbeSet:
@@ -176,7 +197,7 @@ def fit_probes(
         raise KernelInputError(
             f"labels: expected ({z.shape[0]}, {len(names)}); got {tuple(labels.shape)}"
         )
-    cut = z.shape[0] - round(z.shape[0] * holdout)
+    cut = training_rows(z.shape[0], holdout)
     weights, biases, levels = [], [], []
     for a in range(len(names)):
         y = labels[:cut, a]

@@ -24,6 +24,10 @@ class Principal:
 
     tenant: str
     scopes: frozenset[str]
+    subject: str | None = None
+    """Set for a data subject's own token: the only subject it acts for."""
+    delegate: bool = False
+    """A service acting for other tenants (see ``TokenGrant.delegate``)."""
 
     def allows(self, scope: str) -> bool:
         """True if ``scope`` (``service:action``) is granted, directly or by a wildcard."""
@@ -41,7 +45,7 @@ class TokenAuthenticator:
 
     def __init__(self, tokens: Mapping[str, TokenGrant]) -> None:
         self._grants = [
-            (token.encode(), Principal(g.tenant, frozenset(g.scopes)))
+            (token.encode(), Principal(g.tenant, frozenset(g.scopes), g.subject, g.delegate))
             for token, g in tokens.items()
         ]
 
@@ -85,9 +89,12 @@ def current_principal() -> Principal:
 def require_tenant(requested: str = "") -> str:
     """The tenant a request acts for: the caller's, or PermissionDenied if it names another.
 
-    An empty ``requested`` means "my tenant".
+    An empty ``requested`` means "my tenant". A delegate token (a Veil service's) may name
+    any tenant: it acts for the tenant its own caller authenticated as.
     """
     principal = current_principal()
+    if requested and principal.delegate:
+        return requested
     if requested and requested != principal.tenant:
         raise PermissionDenied("the token does not grant access to this tenant")
     return principal.tenant

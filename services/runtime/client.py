@@ -23,12 +23,7 @@ from services._proto.veil.v1 import diagnostics_pb2_grpc
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class _BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _BearerToken:
     """Adds ``authorization: Bearer <token>`` to every call."""
 
     def __init__(self, token: str) -> None:
@@ -38,17 +33,35 @@ class _BearerToken(
         metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
         return details._replace(metadata=metadata)
 
+
+class _UnaryUnaryToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
 
+
+class _UnaryStreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
 
+
+class _StreamUnaryToken(_BearerToken, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):
         return await continuation(self._with_token(details), request_iterator)
 
+
+class _StreamStreamToken(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):
         return await continuation(self._with_token(details), request_iterator)
+
+
+def _token_interceptors(token: str) -> list[Any]:
+    """One interceptor per call kind: grpc.aio files an interceptor under the *first* kind
+    it is an instance of, so one class implementing all four would sign unary calls only
+    (streams went out without the token)."""
+    return [
+        kind(token)
+        for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    ]
 
 
 class VeilClient:
@@ -67,7 +80,7 @@ class VeilClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        interceptors = [_BearerToken(token)] if token else None
+        interceptors = _token_interceptors(token) if token else None
         if root_certificates is not None:
             key_chain = (
                 (client_cert[1].read_bytes(), client_cert[0].read_bytes())

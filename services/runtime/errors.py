@@ -59,3 +59,47 @@ def to_status(error: e.VeilError) -> status_pb2.Status:
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     return status
+
+
+_KIND_OF_CODE: dict[grpc.StatusCode, type[e.VeilError]] = {
+    code: kind for kind, code in reversed(list(STATUS.items())) if kind is not e.VeilError
+}
+_KIND_OF_CODE[grpc.StatusCode.RESOURCE_EXHAUSTED] = e.ResourceExhausted
+_KIND_OF_CODE[grpc.StatusCode.UNAVAILABLE] = e.Unavailable
+_KIND_OF_CODE[grpc.StatusCode.INVALID_ARGUMENT] = e.InvalidArgument
+
+
+def from_rpc_error(error: grpc.RpcError, what: str) -> e.VeilError:
+    """The error kind a service raises when a call to another service (``what``, e.g.
+    "the accountant") failed: same status, the callee's message and ``ErrorInfo`` details
+    (a refused spend's remaining budget). Statuses with no kind of their own — INTERNAL,
+    UNKNOWN, UNIMPLEMENTED — and a callee that cannot be reached are Unavailable: the
+    caller may retry, and nothing of the callee's internals leaks."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = (error.details() if hasattr(error, "details") else "") or ""
+    details: dict[str, str] = {}
+    reason = ""
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    details.update(info.metadata)
+                    reason = info.reason
+    if reason == "BUDGET_EXHAUSTED":
+        return e.BudgetExhausted(f"{what}: {message}", details=details)
+    kind = _KIND_OF_CODE.get(code)
+    if kind is None or code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        # A callee too slow, or this service's own credentials there wrong: not the
+        # caller's fault; retryable.
+        return e.Unavailable(
+            f"{what} is unavailable ({code.name if code else 'UNKNOWN'}): {message}",
+            details={"dependency": what},
+        )
+    return kind(f"{what}: {message}", details=details)

@@ -24,6 +24,12 @@ class TokenGrant(BaseModel):
     """The tenant every request made with this token acts for."""
     scopes: list[str] = Field(default_factory=lambda: ["*"])
     """Scopes such as ``accountant:spend``; ``service:*`` or ``*`` grant all of a service / all."""
+    subject: str | None = None
+    """A data subject's own token: it acts only for this subject of ``tenant`` (the only
+    caller that may see that subject's sanitizer previews without the preview scope)."""
+    delegate: bool = False
+    """A service's token (the sanitizer's at the accountant): it may name any tenant in a
+    request and act for it. Never implied by a scope wildcard; give it to services only."""
 
 
 class ServiceSettings(BaseSettings):

@@ -15,13 +15,18 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from services.cli.registry import SERVICES
+from services.runtime.auth import Principal
+from services.runtime.server import ServiceApp
+from services.runtime.settings import TokenGrant
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -40,6 +45,19 @@ CLIENT_ERROR_CODES = {
 }
 ACCOUNTANT_METRICS = {"veil_accountant_spends_total", "veil_accountant_refusals_total"}
 """Names services/accountant/metrics.py is to define (checked xfail until it lands)."""
+SANITIZER_METRICS = {
+    "veil_sanitizer_releases_total",
+    "veil_sanitizer_refusals_total",
+    "veil_sanitizer_previews_total",
+    "veil_sanitizer_candidates_total",
+    "veil_sanitizer_released_epsilon",
+    "veil_sanitizer_stage_duration_seconds",
+}
+"""Names of services/sanitizer/metrics.py the rules and the dashboard use."""
+SANITIZER_ACCOUNTANT_METHODS = ("Reserve", "Commit", "Release", "ChargeBatch")
+"""The accountant RPCs services/sanitizer/ledger.py calls (its delegate token needs them)."""
+STARTUP_BUDGET_S = 120
+"""A service that imports torch and loads models gets at least this long to start."""
 
 Obj = dict[str, Any]
 
@@ -110,6 +128,99 @@ def container_ports(deploy: Obj) -> dict[str, int]:
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def pod_labels(deploy: Obj) -> dict[str, str]:
+    return deploy["spec"]["template"]["metadata"]["labels"]
+
+
+def the_container(deploy: Obj) -> Obj:
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def secret_value(objs: list[Obj], container: Obj, name: str) -> str:
+    """The decoded value of env ``name``, which the container reads from a rendered Secret."""
+    (var,) = [e for e in container["env"] if e["name"] == name]
+    ref = var["valueFrom"]["secretKeyRef"]
+    return base64.b64decode(one(objs, "Secret", ref["name"])["data"][ref["key"]]).decode()
+
+
+def service_of(objs: list[Obj], deploy: Obj) -> Obj:
+    """The one Service that selects ``deploy``'s pods."""
+    found = [
+        s for s in of_kind(objs, "Service") if selects(s["spec"]["selector"], pod_labels(deploy))
+    ]
+    assert len(found) == 1, deploy["metadata"]["name"]
+    return found[0]
+
+
+def policy_of(objs: list[Obj], deploy: Obj) -> Obj:
+    """The one NetworkPolicy that selects ``deploy``'s pods."""
+    found = [
+        n
+        for n in of_kind(objs, "NetworkPolicy")
+        if selects(n["spec"]["podSelector"]["matchLabels"], pod_labels(deploy))
+    ]
+    assert len(found) == 1, deploy["metadata"]["name"]
+    return found[0]
+
+
+def admits(policy: Obj, labels: dict[str, str], port: str | int) -> bool:
+    """Whether an ingress rule of ``policy`` admits pods of its own namespace labelled
+    ``labels`` on ``port``."""
+    return any(
+        port in [p["port"] for p in rule["ports"]]
+        and any(
+            "namespaceSelector" not in peer
+            and "podSelector" in peer
+            and selects(peer["podSelector"].get("matchLabels", {}), labels)
+            for peer in rule.get("from", [])
+        )
+        for rule in policy["spec"]["ingress"]
+    )
+
+
+def egress_to(policy: Obj, labels: dict[str, str], port: int) -> bool:
+    """Whether an egress rule of ``policy`` lets its pods reach pods of its own namespace
+    labelled ``labels`` on TCP ``port``."""
+    return any(
+        {"port": port, "protocol": "TCP"} in rule["ports"]
+        and any(
+            "namespaceSelector" not in peer
+            and selects(peer.get("podSelector", {}).get("matchLabels", {}), labels)
+            for peer in rule["to"]
+        )
+        for rule in policy["spec"].get("egress", [])
+        if "to" in rule
+    )
+
+
+def egress_anywhere(policy: Obj, port: int, protocol: str = "TCP") -> bool:
+    """Whether an egress rule without ``to`` (any destination) allows ``port``."""
+    return any(
+        "to" not in rule and {"port": port, "protocol": protocol} in rule["ports"]
+        for rule in policy["spec"].get("egress", [])
+    )
+
+
+def service_address(objs: list[Obj], address: str) -> tuple[Obj, int]:
+    """The Service a ``host:port`` address in this namespace names, and the port."""
+    host, _, port = address.rpartition(":")
+    assert host and "." not in host, f"{address}: expected <service>:<port> in this namespace"
+    return one(objs, "Service", host), int(port)
+
+
+_UNITS = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (``500m``, ``2``, ``1Gi``) as a number."""
+    text = str(value)
+    for suffix, factor in _UNITS.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
@@ -310,16 +421,15 @@ def test_gpu_overlay_monitors_every_service() -> None:
     assert {d["metadata"]["name"] for d in of_kind(objs, "Deployment")} <= monitored
 
 
-def test_local_overlay_is_one_sqlite_replica() -> None:
+@pytest.mark.parametrize("service", ["accountant", "sanitizer"])
+def test_local_overlay_is_one_sqlite_replica(service: str) -> None:
     objs = render("local")
-    deploy = one(objs, "Deployment", "veil-accountant")
+    deploy = one(objs, "Deployment", f"veil-{service}")
     assert deploy["spec"]["replicas"] == 1
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
     assert not of_kind(objs, "HorizontalPodAutoscaler"), "SQLite allows one replica only"
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
-    (db,) = [e for e in container["env"] if e["name"] == "VEIL_ACCOUNTANT_DATABASE_URL"]
-    secret = one(objs, "Secret", db["valueFrom"]["secretKeyRef"]["name"])
-    url = base64.b64decode(secret["data"][db["valueFrom"]["secretKeyRef"]["key"]]).decode()
+    url = secret_value(objs, container, f"VEIL_{service.upper()}_DATABASE_URL")
     assert url.startswith("sqlite:////")
     ledger_dir = str(Path(url.removeprefix("sqlite:///")).parent)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -369,6 +479,12 @@ def test_dashboard_is_a_labelled_configmap() -> None:
             assert name in exprs
         assert "grpc_server_in_flight" in exprs
         assert set(re.findall(r"veil_accountant_\w+", exprs)) >= ACCOUNTANT_METRICS
+        used = {re.sub(r"_bucket$", "", n) for n in re.findall(r"veil_sanitizer_\w+", exprs)}
+        assert used >= {
+            "veil_sanitizer_releases_total",
+            "veil_sanitizer_refusals_total",
+            "veil_sanitizer_stage_duration_seconds",
+        }
 
 
 def used_metric_names() -> set[str]:
@@ -397,7 +513,8 @@ def _defined_in(paths: list[Path], name: str) -> bool:
 
 def test_rpc_metric_names_exist_in_code() -> None:
     metrics_py = [ROOT / "services" / "runtime" / "metrics.py"]
-    names = {n for n in used_metric_names() if not n.startswith("veil_accountant_")}
+    own = tuple(f"veil_{service}_" for service in SERVICES)  # each service's own metrics
+    names = {n for n in used_metric_names() if not n.startswith(own)}
     assert "grpc_server_handled_total" in names
     missing = [n for n in sorted(names) if not _defined_in(metrics_py, n)]
     assert not missing, f"not defined in services/runtime/metrics.py: {missing}"
@@ -410,6 +527,29 @@ def test_accountant_metric_names_exist_in_code() -> None:
     missing = [n for n in sorted(names) if not _defined_in(sources, n)]
     if missing:
         pytest.xfail(f"{missing} not in services/ yet (services/accountant/metrics.py pending)")
+
+
+def test_sanitizer_metric_names_exist_in_code() -> None:
+    names = {n for n in used_metric_names() if n.startswith("veil_sanitizer_")}
+    assert names, "no rule or dashboard panel uses the sanitizer's metrics"
+    assert names <= SANITIZER_METRICS, f"unexpected sanitizer metrics: {names}"
+    metrics_py = [ROOT / "services" / "sanitizer" / "metrics.py"]
+    missing = [n for n in sorted(names) if not _defined_in(metrics_py, n)]
+    assert not missing, f"not defined in services/sanitizer/metrics.py: {missing}"
+
+
+def test_sanitizer_alert_reasons_exist_in_code() -> None:
+    """Every ``reason="…"`` a rule or panel selects is one the sanitizer's core records."""
+    texts = [
+        r["expr"] for pr in prometheus_rules() for g in pr["spec"]["groups"] for r in g["rules"]
+    ]
+    reasons = set(
+        re.findall(r'veil_sanitizer_refusals_total\{[^}]*reason!?="(\w+)"', "\n".join(texts))
+    )
+    assert "accountant_unavailable" in reasons
+    core = (ROOT / "services" / "sanitizer" / "core.py").read_text()
+    missing = [r for r in sorted(reasons) if f'refused("{r}")' not in core and f'"{r}"' not in core]
+    assert not missing, f"refusal reasons not recorded by services/sanitizer/core.py: {missing}"
 
 
 GPU_REPOSITORY = "/opt/veil/models-gpu"
@@ -430,3 +570,260 @@ def test_image_copies_what_exists_and_renders_the_gpu_repository() -> None:
     triton = one(render("gpu"), "Deployment", "triton")
     run_as = triton["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert user.split()[1].split(":")[0] == str(run_as)
+
+
+# -- every service: the companions of its Deployment -------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_every_service_has_its_account_and_disruption_budget(overlay: str) -> None:
+    objs = render(overlay)
+    for _, deploy in veil_deployments(objs):
+        name = deploy["metadata"]["name"]
+        pod = deploy["spec"]["template"]["spec"]
+        one(objs, "ServiceAccount", pod["serviceAccountName"])
+        budgets = [
+            b
+            for b in of_kind(objs, "PodDisruptionBudget")
+            if selects(b["spec"]["selector"]["matchLabels"], pod_labels(deploy))
+        ]
+        assert len(budgets) == 1, name
+        assert budgets[0]["spec"]["maxUnavailable"] == 1, "minAvailable would block drains"
+        hpas = [
+            h
+            for h in of_kind(objs, "HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] == name
+        ]
+        if overlay == "gpu":
+            assert len(hpas) == 1 and "replicas" not in deploy["spec"], name
+        else:
+            assert not hpas and deploy["spec"]["replicas"] == 1, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_inference_services_get_time_to_import_torch(overlay: str) -> None:
+    services = [(s, d) for s, d in veil_deployments(render(overlay)) if SERVICES[s].inference]
+    assert services, "no service that calls the kernels is rendered"
+    for _, deploy in services:
+        probe = the_container(deploy)["startupProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= STARTUP_BUDGET_S
+
+
+# -- the sanitizer --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_sanitizer_accountant_url_names_the_accountant_service(overlay: str) -> None:
+    objs = render(overlay)
+    sanitizer = one(objs, "Deployment", "veil-sanitizer")
+    accountant = one(objs, "Deployment", "veil-accountant")
+    container = the_container(sanitizer)
+    env = config_env(objs, container)
+    service, port = service_address(objs, env["VEIL_SANITIZER_ACCOUNTANT_URL"])
+    assert service is service_of(objs, accountant)
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert port == grpc["port"] == SERVICES["accountant"].port
+    (token,) = [e for e in container["env"] if e["name"] == "VEIL_SANITIZER_ACCOUNTANT_TOKEN"]
+    assert set(token["valueFrom"]["secretKeyRef"]) == {"name", "key"}, "a token from a Secret"
+    assert env["VEIL_SANITIZER_LOG_FORMAT"] == "json"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_accountant_and_sanitizer_policies_let_the_sanitizer_charge(overlay: str) -> None:
+    objs = render(overlay)
+    sanitizer = one(objs, "Deployment", "veil-sanitizer")
+    accountant = one(objs, "Deployment", "veil-accountant")
+    assert admits(policy_of(objs, accountant), pod_labels(sanitizer), "grpc")
+    assert egress_to(
+        policy_of(objs, sanitizer), pod_labels(accountant), SERVICES["accountant"].port
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_sanitizer_network_policy(overlay: str) -> None:
+    objs = render(overlay)
+    sanitizer = one(objs, "Deployment", "veil-sanitizer")
+    policy = policy_of(objs, sanitizer)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert admits(policy, {"veil.dev/client": "true"}, "grpc")
+    by_port = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert by_port["metrics"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert egress_anywhere(policy, 53, "UDP") and egress_anywhere(policy, 53, "TCP"), "DNS"
+    assert egress_anywhere(policy, 5432), "PostgreSQL"
+    triton = [d for d in of_kind(objs, "Deployment") if d["metadata"]["name"] == "triton"]
+    for deploy in triton:  # the gpu overlay: both sides of sanitizer -> Triton gRPC
+        grpc_port = container_ports(deploy)["grpc"]
+        assert egress_to(policy, pod_labels(deploy), grpc_port)
+        assert admits(policy_of(objs, deploy), pod_labels(sanitizer), "grpc")
+    assert bool(triton) == (overlay == "gpu")
+
+
+def test_local_sanitizer_runs_the_kernels_in_process() -> None:
+    objs = render("local")
+    container = the_container(one(objs, "Deployment", "veil-sanitizer"))
+    assert config_env(objs, container)["VEIL_INFERENCE_BACKEND"] == "local"
+    limits = container["resources"]["limits"]
+    assert quantity(limits["cpu"]) >= 1 and quantity(limits["memory"]) >= 2 * 2**30, limits
+
+
+def mounted_tokens(objs: list[Obj], deploy: Obj) -> dict[str, TokenGrant]:
+    """The grants in the tokens file a service reads from its mounted Secret."""
+    service = deploy["metadata"]["name"].removeprefix("veil-")
+    env = config_env(objs, the_container(deploy))
+    path = Path(env[f"VEIL_{service.upper()}_TOKENS_FILE"])
+    (mount,) = [
+        m for m in the_container(deploy)["volumeMounts"] if m["mountPath"] == str(path.parent)
+    ]
+    (volume,) = [
+        v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    ]
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == path.name]
+    secret = one(objs, "Secret", volume["secret"]["secretName"])
+    raw = base64.b64decode(secret["data"][item["key"]])
+    return TypeAdapter(dict[str, TokenGrant]).validate_json(raw)
+
+
+def test_local_accountant_knows_the_sanitizer_delegate_token() -> None:
+    objs = render("local")
+    sanitizer = one(objs, "Deployment", "veil-sanitizer")
+    token = secret_value(objs, the_container(sanitizer), "VEIL_SANITIZER_ACCOUNTANT_TOKEN")
+    grant = mounted_tokens(objs, one(objs, "Deployment", "veil-accountant"))[token]
+    assert grant.delegate, "the sanitizer charges its callers' tenants: a delegate token"
+    principal = Principal(grant.tenant, frozenset(grant.scopes), grant.subject, grant.delegate)
+    accountant_app = SimpleNamespace(method_scopes={})  # the accountant sets no method_scopes
+    for method in SANITIZER_ACCOUNTANT_METHODS:
+        scope = ServiceApp.scope_of(accountant_app, f"/veil.v1.Accountant/{method}")
+        assert principal.allows(scope), scope
+    own = mounted_tokens(objs, sanitizer)
+    assert own and not any(g.delegate for g in own.values()), "callers never get delegate"
+
+
+def test_gpu_sanitizer_is_postgres_autoscaled_on_triton() -> None:
+    objs = render("gpu")
+    hpa = one(objs, "HorizontalPodAutoscaler", "veil-sanitizer")
+    assert hpa["spec"]["minReplicas"] >= 2, "several replicas, on a shared database"
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    sanitizer = one(objs, "Deployment", "veil-sanitizer")
+    assert "replicas" not in sanitizer["spec"], "the HPA owns the replica count"
+    container = the_container(sanitizer)
+    (db,) = [e for e in container["env"] if e["name"] == "VEIL_SANITIZER_DATABASE_URL"]
+    assert db["valueFrom"]["secretKeyRef"] == {"name": "veil-sanitizer-db", "key": "url"}
+    env = config_env(objs, container)
+    assert env["VEIL_INFERENCE_BACKEND"] == "triton"
+    service, port = service_address(objs, env["VEIL_INFERENCE_TRITON_URL"])
+    assert service is service_of(objs, one(objs, "Deployment", "triton"))
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert port == grpc["port"] == 8001
+    triton = the_container(one(objs, "Deployment", "triton"))
+    assert container["image"] == triton["image"]
+
+
+def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
+    """``promtool test rules`` on made-up series: the accountant down from the start (no
+    release series at all) and a slow decoder fire the sanitizer's alerts; a healthy
+    sanitizer with budget refusals fires none. Annotations are stripped (they template
+    ``$value``); the expressions and labels are what is tested."""
+    promtool = _tool("promtool")
+    (rule,) = prometheus_rules()
+    spec = json.loads(json.dumps(rule["spec"]))
+    for group in spec["groups"]:
+        for r in group["rules"]:
+            r.pop("annotations", None)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    pod = 'namespace="veil", job="veil-sanitizer", pod="veil-sanitizer-0"'
+    bucket = f'veil_sanitizer_stage_duration_seconds_bucket{{{pod}, stage="decode"'
+    down = [
+        {"series": f'veil_sanitizer_refusals_total{{{pod}, reason="accountant_unavailable"}}',
+         "values": "0+6x40"},
+        {"series": f'{bucket}, le="5"}}', "values": "0+0x40"},
+        {"series": f'{bucket}, le="10"}}', "values": "0+60x40"},
+        {"series": f'{bucket}, le="+Inf"}}', "values": "0+60x40"},
+        {"series": f'veil_sanitizer_stage_duration_seconds_count{{{pod}, stage="decode"}}',
+         "values": "0+60x40"},
+    ]  # fmt: skip
+    healthy = [
+        {"series": f'veil_sanitizer_releases_total{{{pod}, kind="fresh"}}', "values": "0+60x40"},
+        {"series": f'veil_sanitizer_refusals_total{{{pod}, reason="budget"}}',
+         "values": "0+30x40"},
+        {"series": f'veil_sanitizer_refusals_total{{{pod}, reason="accountant_unavailable"}}',
+         "values": "0+1x40"},
+    ]  # fmt: skip
+    alerts = {
+        "VeilSanitizerAccountantUnavailable": {"severity": "critical", "namespace": "veil"},
+        "VeilSanitizerRefusesEverything": {
+            "severity": "warning",
+            "namespace": "veil",
+            "reason": "accountant_unavailable",
+        },
+        "VeilSanitizerStageLatencyP99High": {
+            "severity": "warning",
+            "namespace": "veil",
+            "stage": "decode",
+        },
+    }
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": down,
+                "alert_rule_test": [
+                    {"eval_time": "35m", "alertname": a, "exp_alerts": [{"exp_labels": labels}]}
+                    for a, labels in alerts.items()
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": healthy,
+                "alert_rule_test": [
+                    {"eval_time": "35m", "alertname": a, "exp_alerts": []} for a in alerts
+                ],
+            },
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    out = subprocess.run(
+        [promtool, "test", "rules", "tests.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_rendered_environment_is_what_the_services_read(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``VEIL_*`` variable a Deployment sets names a settings field (pydantic ignores
+    unknown ones silently), and the lot parses into the service's settings."""
+    from services.inference.backend import InferenceSettings
+
+    objs = render(overlay)
+    for service, deploy in veil_deployments(objs):
+        container = the_container(deploy)
+        env = config_env(objs, container)
+        prefix = f"VEIL_{service.upper()}_"
+        entry = SERVICES[service]
+        cls = type(entry.settings())
+        for name in [*env, *(e["name"] for e in container["env"])]:
+            if name.startswith(prefix):
+                assert name.removeprefix(prefix).lower() in cls.model_fields, name
+            elif name.startswith("VEIL_INFERENCE_"):
+                assert entry.inference, f"{service} does not call the kernels: {name}"
+                field = name.removeprefix("VEIL_INFERENCE_").lower()
+                assert field in InferenceSettings.model_fields, name
+            else:
+                assert not name.startswith("VEIL_"), name
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv(prefix + "DATABASE_URL", "sqlite:////var/lib/veil/test.sqlite")
+        settings = entry.settings()
+        assert (settings.port, settings.metrics_port) == (entry.port, entry.metrics_port)
+        if entry.inference:
+            expected = "triton" if overlay == "gpu" else "local"
+            assert settings.inference.backend == expected  # type: ignore[attr-defined]

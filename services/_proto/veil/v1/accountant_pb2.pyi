@@ -304,18 +304,22 @@ class Reservation(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., projected: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("reservation_id",)
+    __slots__ = ("reservation_id", "tenant_id")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
-    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+    tenant_id: str
+    def __init__(self, reservation_id: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class ReleaseReservationRequest(_message.Message):
-    __slots__ = ("reservation_id", "reason")
+    __slots__ = ("reservation_id", "reason", "tenant_id")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     reason: str
-    def __init__(self, reservation_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    tenant_id: str
+    def __init__(self, reservation_id: _Optional[str] = ..., reason: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class ReleaseReservationResponse(_message.Message):
     __slots__ = ("reservation_id", "released")

@@ -61,6 +61,11 @@ class SanitizerStub:
                 request_serializer=veil_dot_v1_dot_sanitizer__pb2.SanitizeRequest.SerializeToString,
                 response_deserializer=veil_dot_v1_dot_sanitizer__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.SanitizeBatch = channel.stream_stream(
+                '/veil.v1.Sanitizer/SanitizeBatch',
+                request_serializer=veil_dot_v1_dot_sanitizer__pb2.SanitizeBatchRequest.SerializeToString,
+                response_deserializer=veil_dot_v1_dot_sanitizer__pb2.SanitizeBatchResponse.FromString,
+                _registered_method=True)
 
 
 class SanitizerServicer:
@@ -105,6 +110,16 @@ class SanitizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SanitizeBatch(self, request_iterator, context):
+        """A whole dataset, one-shot: each request item is sanitized and charged like Sanitize
+        (through the accountant's batch charge), answered in completion order with its
+        `item_id`. A failed item answers its own error and the stream goes on; the server
+        keeps a bounded number of items in flight (the client's sends wait, flow control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SanitizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +147,11 @@ def add_SanitizerServicer_to_server(servicer, server):
                     servicer.Sanitize,
                     request_deserializer=veil_dot_v1_dot_sanitizer__pb2.SanitizeRequest.FromString,
                     response_serializer=veil_dot_v1_dot_sanitizer__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'SanitizeBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.SanitizeBatch,
+                    request_deserializer=veil_dot_v1_dot_sanitizer__pb2.SanitizeBatchRequest.FromString,
+                    response_serializer=veil_dot_v1_dot_sanitizer__pb2.SanitizeBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +291,33 @@ class Sanitizer:
             '/veil.v1.Sanitizer/Sanitize',
             veil_dot_v1_dot_sanitizer__pb2.SanitizeRequest.SerializeToString,
             veil_dot_v1_dot_sanitizer__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SanitizeBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/veil.v1.Sanitizer/SanitizeBatch',
+            veil_dot_v1_dot_sanitizer__pb2.SanitizeBatchRequest.SerializeToString,
+            veil_dot_v1_dot_sanitizer__pb2.SanitizeBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

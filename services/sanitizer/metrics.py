@@ -1,0 +1,72 @@
+"""Prometheus metrics of the sanitizer, on a registry the caller owns (never the global).
+
+Names follow ``veil_sanitizer_<noun>_<unit>``; labels are bounded (release kind, refusal
+reason, pipeline stage), never a tenant, subject, session or image id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+STAGES = ("image", "encode", "decode", "charge", "store")
+"""image = decode the upload, find and crop the face; encode/decode = the diffusion
+autoencoder; charge = the accountant's round trips; store = the session database."""
+
+
+class SanitizerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.releases = Counter(
+            "veil_sanitizer_releases_total",
+            "Images released (charged), by kind: fresh draw, preview candidate, batch item.",
+            ["kind"],
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "veil_sanitizer_refusals_total",
+            "Releases refused or failed before an image left, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.previews = Counter(
+            "veil_sanitizer_previews_total", "Preview sessions created.", registry=registry
+        )
+        self.candidates = Counter(
+            "veil_sanitizer_candidates_total", "Preview candidates drawn.", registry=registry
+        )
+        self.epsilon = Histogram(
+            "veil_sanitizer_released_epsilon",
+            "Epsilon charged per released image (at the request's delta).",
+            registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+        )
+        self.stage = Histogram(
+            "veil_sanitizer_stage_duration_seconds",
+            "Wall time of one pipeline stage of a request.",
+            ["stage"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.purged = Counter(
+            "veil_sanitizer_purged_rows_total",
+            "Expired sessions, candidates and releases deleted.",
+            registry=registry,
+        )
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage.labels(stage=stage).observe(time.perf_counter() - start)
+
+    def released(self, kind: str, epsilon: float) -> None:
+        self.releases.labels(kind=kind).inc()
+        self.epsilon.observe(epsilon)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason=reason).inc()

@@ -1,0 +1,138 @@
+"""One image through the weighted diffusion mechanism: the code path every release takes.
+
+photo bytes ─decode─▶ pixels ─find/crop face─▶ crop (R×R) ─encode─▶ z
+   z ─privatize (services.kernels.mechanism: clip, noise σ·w_a, complement)─▶ z̃
+   z̃, fresh x_T ─decode (DDIM)─▶ crop' ─paste back (feathered)─▶ photo' ─PNG─▶ bytes
+
+The encoder and decoder run on the inference backend (in-process or Triton); the
+mechanism's noise and x_T are drawn here, from the generator each draw brings (a CSPRNG one
+for a release). CPU-bound image work runs on the server's worker pool (``offload``), never
+on the event loop. ``bench/sanitizer.py`` and ``veil audit`` call this same class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from services.common.imaging import ImageLimits, decode_image, encode_image
+from services.inference.attributes import AttributeModel
+from services.inference.backend import InferenceBackend
+from services.kernels.mechanism import Calibration, Complement, fresh_noise, privatize
+from services.sanitizer.faces import Box, FaceCrop, crop_face, locate_face, paste_face
+
+T = TypeVar("T")
+Offload = Callable[..., Awaitable[Any]]
+
+
+async def inline(fn: Callable[..., T], /, *args: Any) -> T:
+    """Run ``fn`` right here (tests, benches: no server, no worker pool)."""
+    return fn(*args)
+
+
+@dataclass(frozen=True)
+class FaceChoice:
+    """Where the face is: detect it (default), the whole image, or a named box."""
+
+    whole_image: bool = False
+    box: Box | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded photo and the face crop the model sees."""
+
+    pixels: np.ndarray
+    face: FaceCrop
+
+    @property
+    def model_input(self) -> np.ndarray:
+        """(3, R, R) float32 in [-1, 1]."""
+        return to_model(self.face.crop[None])[0]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One output: its calibration and the generator its noise and x_T come from."""
+
+    calibration: Calibration
+    rng: np.random.Generator
+
+
+def to_model(crops: np.ndarray) -> np.ndarray:
+    """(B, R, R, 3) uint8 → (B, 3, R, R) float32 in [-1, 1]."""
+    return (crops.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
+
+
+def from_model(images: np.ndarray) -> np.ndarray:
+    """(B, 3, R, R) in [-1, 1] → (B, R, R, 3) uint8."""
+    pixels = (np.clip(images, -1.0, 1.0) + 1.0) * 127.5
+    return np.rint(pixels).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+class Pipeline:
+    """The mechanism end to end on one backend and one attribute model."""
+
+    def __init__(
+        self,
+        backend: Callable[[], InferenceBackend],
+        model: AttributeModel,
+        *,
+        limits: ImageLimits | None = None,
+        margin: float = 0.25,
+        output_format: str = "PNG",
+    ) -> None:
+        self._backend = backend
+        self.model = model
+        self.space = model.space
+        self.limits = limits or ImageLimits()
+        self.margin = margin
+        self.output_format = output_format
+
+    # -- images ----------------------------------------------------------------------------
+
+    def prepare_sync(self, data: bytes, face: FaceChoice) -> Prepared:
+        """Decode ``data`` within the limits, find the face, crop it for the model."""
+        pixels = decode_image(data, self.limits).pixels
+        return self.prepare_pixels(pixels, face)
+
+    def prepare_pixels(self, pixels: np.ndarray, face: FaceChoice) -> Prepared:
+        box = locate_face(pixels, whole_image=face.whole_image, box=face.box, margin=self.margin)
+        margin = 0.0 if face.whole_image else self.margin
+        return Prepared(pixels, crop_face(pixels, box, self.model.resolution, margin))
+
+    def finish_sync(self, prepared: Prepared, crop: np.ndarray) -> bytes:
+        """Paste a sanitized crop back into its photo and encode the result."""
+        return encode_image(paste_face(prepared.pixels, prepared.face, crop), self.output_format)
+
+    def finish_pixels(self, prepared: Prepared, crop: np.ndarray) -> np.ndarray:
+        return paste_face(prepared.pixels, prepared.face, crop)
+
+    # -- the mechanism ---------------------------------------------------------------------
+
+    async def encode(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """Semantic codes (B, d) of the crops."""
+        batch = np.stack([p.model_input for p in prepared])
+        return await self._backend().encode(batch)
+
+    def noisy_codes(
+        self, z: np.ndarray, draws: Sequence[Draw], complement: Complement
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(z̃ (B, d), x_T (B, 3, R, R)): row i privatized with draw i's calibration and
+        generator, which also draws its fresh x_T."""
+        rows, noise = [], []
+        for i, draw in enumerate(draws):
+            rows.append(privatize(z[i : i + 1], self.space, draw.calibration, draw.rng, complement))
+            noise.append(fresh_noise(draw.rng, 1, self.model.resolution))
+        return np.concatenate(rows).astype(np.float32), np.concatenate(noise)
+
+    async def generate(
+        self, z: np.ndarray, draws: Sequence[Draw], steps: int, complement: Complement
+    ) -> np.ndarray:
+        """Sanitized crops (B, R, R, 3) uint8 for codes ``z`` (B, d), one draw per row."""
+        noisy, x_T = self.noisy_codes(z, draws, complement)
+        images = await self._backend().decode(noisy, x_T, steps)
+        return from_model(np.asarray(images))

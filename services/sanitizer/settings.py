@@ -1,0 +1,63 @@
+"""Typed settings of the sanitizer (environment prefix ``VEIL_SANITIZER_``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.db import check_url, default_sqlite_url
+
+
+class SanitizerSettings(BaseSettings):
+    """Everything the sanitizer's core needs; the server adds its transport settings."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_SANITIZER_", extra="ignore")
+
+    database_url: str = Field(default_factory=lambda: default_sqlite_url("sanitizer"))
+    """Preview sessions and idempotent releases: ``sqlite:////abs/path`` (one replica) or
+    ``postgresql+psycopg://…`` (several replicas: a Release may land on any of them).
+    Default: ``sanitizer.sqlite`` in ``services.common.db.data_dir()``."""
+
+    accountant_url: str = "127.0.0.1:50052"
+    """``host:port`` of the accountant's gRPC endpoint; every release is charged there."""
+    accountant_token: str = ""
+    """Bearer token the sanitizer presents to the accountant: a delegate token
+    (``TokenGrant.delegate``), since it charges the tenant of each of its own callers."""
+    accountant_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline of each accountant call; past it the release fails UNAVAILABLE, uncharged."""
+    accountant_tls_ca: str | None = None
+    """PEM file of the CA that signed the accountant's certificate; unset = plaintext."""
+    reservation_lease_s: float = Field(default=120.0, gt=0, le=600)
+    """Lease of the reservation held while an image is generated (then committed)."""
+
+    probes: str = "probes"
+    """Model store entry of the attribute probes (directions, clip bounds, eraser)."""
+    default_ddim_steps: int = Field(default=10, ge=1, le=1000)
+    """DDIM steps when a request gives 0."""
+    max_ddim_steps: int = Field(default=100, ge=1, le=1000)
+    """Most DDIM steps a request may ask for (the decoder's cost grows with them)."""
+    default_complement: Literal["keep", "erase"] = "keep"
+    """What to do with (I − P)z when a request does not say (see ``bench/sanitizer.py``)."""
+    max_strengths: int = Field(default=8, ge=1, le=64)
+    """Most candidates one CreatePreview may ask for."""
+    preview_ttl_s: float = Field(default=900.0, gt=0)
+    """Lifetime of a preview session and its candidates."""
+    idempotency_ttl_s: float = Field(default=86400.0, gt=0)
+    """How long a release's image is kept to answer a retry with the same key."""
+    purge_every_s: float = Field(default=60.0, gt=0)
+    """Period of the sweep that deletes expired sessions and releases."""
+    face_margin: float = Field(default=0.25, ge=0, le=1)
+    """Context kept around a detected face, as a fraction of its side on each side."""
+    batch_in_flight: int = Field(default=16, ge=1, le=1024)
+    """SanitizeBatch: items read ahead of their answers (flow control beyond that)."""
+    batch_chunk: int = Field(default=8, ge=1, le=64)
+    """SanitizeBatch: items encoded, decoded and charged together."""
+    output_format: Literal["PNG", "WEBP"] = "PNG"
+    """Format of returned images (lossless: the noise is the privacy, not compression)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_sqlite(cls, value: str) -> str:
+        return check_url(value)
