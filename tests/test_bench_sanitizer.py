@@ -30,6 +30,7 @@ def test_gaussian_on_pixels_uses_the_whole_image_sensitivity() -> None:
     assert sigma == pytest.approx(math.sqrt(3 * 32 * 32) / calibrate_mu(1.0, 1e-5))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_an_exported_attacker_predicts_like_the_committed_one(tmp_path: Path) -> None:
     pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (not a dep)")
     model = load_classifier("attacker-male-resnet")

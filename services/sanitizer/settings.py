@@ -38,8 +38,11 @@ class SanitizerSettings(BaseSettings):
     """DDIM steps when a request gives 0."""
     max_ddim_steps: int = Field(default=100, ge=1, le=1000)
     """Most DDIM steps a request may ask for (the decoder's cost grows with them)."""
-    default_complement: Literal["keep", "erase"] = "keep"
-    """What to do with (I − P)z when a request does not say (see ``bench/sanitizer.py``)."""
+    default_complement: Literal["keep", "erase"] = "erase"
+    """What to do with (I − P)z when a request does not say. ``erase`` by measurement
+    (``python -m bench.sanitizer``, ε = 1): the committed attackers' mean accuracy 0.557
+    (keep 0.584), a fresh linear probe on the released codes 0.556 (keep 0.695; chance
+    0.600), at PSNR 14.9 dB (keep 15.6 dB)."""
     max_strengths: int = Field(default=8, ge=1, le=64)
     """Most candidates one CreatePreview may ask for."""
     preview_ttl_s: float = Field(default=900.0, gt=0)
