@@ -40,6 +40,9 @@ SERVICES: dict[str, ServiceEntry] = {
     "sanitizer": ServiceEntry(
         "services.sanitizer.app", port=50053, metrics_port=9463, inference=True
     ),
+    "protection": ServiceEntry(
+        "services.protection.app", port=50054, metrics_port=9464, inference=True
+    ),
 }
 """Services that can be served today; the others join as they land."""
 

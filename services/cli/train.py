@@ -1,4 +1,4 @@
-"""``veil train diffae|classifier|probes``.
+"""``veil train diffae|classifier|probes|protector``.
 
 Wire into the top-level parser with :func:`add_train_parser`;
 each leaf parser sets ``handler`` (``args.handler(args) -> int``). Every trained model is
@@ -20,6 +20,7 @@ from services.kernels.defaults import (
     DEFAULT_PROBES,
     DEFAULT_QUANTILE,
     DEFAULT_THRESHOLD,
+    ROLES,
 )
 
 if TYPE_CHECKING:
@@ -80,18 +81,38 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         " the data (default 0: unsupervised)",
     )
     diffae.add_argument(
+        "--task-weight",
+        type=float,
+        default=0.0,
+        help="weight of a linear task (pose) head's cross-entropy on z, so that z carries"
+        " what a release must keep (default 0: not supervised)",
+    )
+    diffae.add_argument(
         "--init-from",
         help="warm start: a store entry or a checkpoint file of the same architecture",
     )
     diffae.set_defaults(handler=run_train_diffae)
 
-    clf = kinds.add_parser("classifier", help="the task classifier or an attacker")
+    clf = kinds.add_parser(
+        "classifier", help="the task classifier, an attacker or an unauthorized task model"
+    )
     _common(clf, steps=1_000, batch=64, lr=1e-3, data=DEFAULT_DATA)
-    clf.add_argument("--role", choices=("task", "attacker"), default="task")
+    clf.add_argument(
+        "--role",
+        choices=ROLES,
+        default="task",
+        help="task: the authorized model; attacker: predicts --attribute; unauthorized: an"
+        " independent model of the task (an outside black box the protection never sees)",
+    )
     clf.add_argument("--attribute", help="what an attacker predicts (a sensitive attribute)")
     clf.add_argument("--arch", choices=ARCHITECTURES, default="resnet")
     clf.add_argument("--width", type=int, default=32)
     clf.set_defaults(handler=run_train_classifier)
+
+    prot = kinds.add_parser("protector", help="the fast-protection generator (one pass per image)")
+    _common(prot, steps=3_000, batch=32, lr=1e-3, data=DEFAULT_DATA)
+    _protector_arguments(prot)
+    prot.set_defaults(handler=run_train_protector)
 
     probes = kinds.add_parser("probes", help="attribute probes on a trained encoder's codes")
     probes.add_argument("--name", default=DEFAULT_PROBES)
@@ -224,6 +245,8 @@ def run_train_diffae(args: argparse.Namespace) -> int:
         prediction_type=args.prediction,
         attributes=train.attribute_names if args.attribute_weight > 0 else (),
         attribute_weight=args.attribute_weight,
+        task_classes=train.num_task_classes if args.task_weight > 0 else 0,
+        task_weight=args.task_weight,
     )
     result = train_diffae(
         train, config, _train_config(args), _checkpoint_dir(args), args.resume, held, init
@@ -251,17 +274,16 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     from services.kernels.classifiers import ClassifierConfig
     from services.kernels.training.classifier import train_classifier
 
-    if args.role == "attacker" and not args.attribute:
-        print("veil train classifier: --role attacker needs --attribute", file=sys.stderr)
+    if (args.role == "attacker") != bool(args.attribute):
+        print("veil train classifier: --attribute goes with --role attacker", file=sys.stderr)
         return 2
     target = args.attribute if args.role == "attacker" else "pose"
-    args.name = args.name or (
-        f"task-{args.arch}" if args.role == "task" else f"attacker-{target}-{args.arch}"
-    )
+    names = {"task": f"task-{args.arch}", "unauthorized": f"unauth-{args.arch}"}
+    args.name = args.name or names.get(args.role, f"attacker-{target}-{args.arch}")
     train, held = _data(args)
     num_classes = (
         train.num_task_classes
-        if args.role == "task"
+        if args.role != "attacker"
         else int(train.attributes[:, train.attribute_names.index(target)].max()) + 1
         if target in train.attribute_names
         else 2
@@ -370,3 +392,67 @@ def _probes_command(args: argparse.Namespace) -> str:
         f" --quantile {args.quantile} --threshold {args.threshold} --seed {args.seed}"
         + (" --no-eraser" if args.no_eraser else "")
     )
+
+
+def _fraction(text: str) -> float:
+    """A number or a fraction such as ``16/255``."""
+    top, _, bottom = text.partition("/")
+    return float(top) / float(bottom) if bottom else float(top)
+
+
+def _protector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--authorized", default="task-resnet", help="store entry of the authorized classifier"
+    )
+    parser.add_argument("--epsilon", type=_fraction, default=16 / 255, help="L-inf, [0, 1] units")
+    parser.add_argument("--ce-weight", type=float, default=1.0, help="lambda of the objective")
+    parser.add_argument("--feature-layer", default="penultimate", help="feature map to distort")
+    parser.add_argument("--widths", type=_ints, default=(32, 64), help="channels per level")
+    parser.add_argument("--blocks", type=int, default=2, help="residual blocks at the bottom")
+
+
+def run_train_protector(args: argparse.Namespace) -> int:
+    """The generator of :mod:`services.kernels.protector`, trained against ``--authorized``
+    (read from the same store it is written to: serving loads both from one store)."""
+    from services.common.errors import VeilError
+    from services.kernels.models import load_classifier
+    from services.kernels.protector import ProtectorConfig
+    from services.kernels.store import ModelStore
+    from services.kernels.training.protector import train_protector
+
+    args.name = args.name or "protector"
+    store = ModelStore(args.out)
+    try:
+        authorized = load_classifier(args.authorized, store)
+    except VeilError as exc:
+        print(f"veil train protector: --authorized: {exc.message}", file=sys.stderr)
+        return 2
+    if authorized.config.resolution != args.resolution:
+        print(
+            f"veil train protector: {args.authorized} works at "
+            f"{authorized.config.resolution}x{authorized.config.resolution}; pass --resolution"
+            f" {authorized.config.resolution}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.feature_layer not in authorized.feature_layers:
+        print(
+            f"veil train protector: --feature-layer must be one of {authorized.feature_layers}",
+            file=sys.stderr,
+        )
+        return 2
+    config = ProtectorConfig(
+        resolution=args.resolution,
+        widths=tuple(args.widths),
+        blocks=args.blocks,
+        epsilon=args.epsilon,
+        feature_layer=args.feature_layer,
+        ce_weight=args.ce_weight,
+        authorized=args.authorized,
+        authorized_sha256=store.manifest(args.authorized).sha256,
+    )
+    train, held = _data(args)
+    result = train_protector(
+        train, authorized, config, _train_config(args), _checkpoint_dir(args), args.resume, held
+    )
+    return _finish(args, "protector", result, config.to_dict(), len(train))

@@ -4,12 +4,14 @@
 
 This module imports neither implementation; :func:`services.inference.factory.create_backend`
 picks one. The tensors exchanged are :mod:`services.serving.contract`'s. Services embed
-:class:`InferenceSettings` and call ``create_backend``.
+:class:`InferenceSettings` and call ``create_backend``; they import :class:`ProtectParams`
+and :class:`ProtectOutput` from here (a service never imports ``services.serving``).
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,10 +24,19 @@ from services.serving.contract import (
     DECODER,
     ENCODER,
     PROTECT,
+    PROTECTOR,
     Arrays,
     ProtectParams,
     protect_inputs,
 )
+
+__all__ = [
+    "SANITIZER_MODELS",
+    "InferenceBackend",
+    "InferenceSettings",
+    "ProtectOutput",
+    "ProtectParams",
+]
 
 SANITIZER_MODELS = [ENCODER, DECODER]
 """The models the sanitizer calls (its readiness waits for these only)."""
@@ -45,9 +56,15 @@ class InferenceSettings(BaseSettings):
     classifiers: dict[str, str] = Field(default_factory=lambda: {CLASSIFIER: "task-resnet"})
     """Local backend: Triton model name → store entry (``veil_protect`` uses the
     ``veil_classifier`` one)."""
+    protector: str = "protector"
+    """Local backend: store entry behind ``veil_protector`` (the fast-protection generator;
+    its config names the authorized classifier, loaded from the same store)."""
     feature_layer: str = "penultimate"
-    """Local backend: the classifier's feature map returned as FEATURES and distorted by FMD."""
-    models: list[str] = Field(default_factory=lambda: [ENCODER, DECODER, CLASSIFIER, PROTECT])
+    """Local backend: the classifier's feature map returned as FEATURES and distorted by FMD
+    (on Triton: the models' ``feature_layer`` parameter; no request carries one)."""
+    models: list[str] = Field(
+        default_factory=lambda: [ENCODER, DECODER, CLASSIFIER, PROTECT, PROTECTOR]
+    )
     """The models this service calls: ``ready()`` is True when all of them are."""
     triton_url: str = "127.0.0.1:8001"
     """Triton backend: ``host:port`` of Triton's gRPC endpoint."""
@@ -63,6 +80,20 @@ class InferenceSettings(BaseSettings):
     """Deadline of each readiness probe call."""
     workers: int = 1
     """Local backend: threads that run kernels (torch uses its own intra-op threads)."""
+
+
+@dataclass(frozen=True)
+class ProtectOutput:
+    """What :meth:`InferenceBackend.protect` and :meth:`~InferenceBackend.protect_fast`
+    return."""
+
+    protected: np.ndarray
+    """(B, 3, R, R) float32 in [-1, 1], within the ε-ball of the originals."""
+    feature_distortion: np.ndarray
+    """(B,) MSE between the authorized model's features of the originals and the output."""
+    steps_run: int
+    """FMD steps every image got (fewer than asked when the time budget ran out; the
+    fewest of any part when the call was split); 0 for the fast mode."""
 
 
 class InferenceBackend(abc.ABC):
@@ -101,11 +132,30 @@ class InferenceBackend(abc.ABC):
         images: np.ndarray,
         labels: np.ndarray | None = None,
         params: ProtectParams | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """FMD: (protected images, feature distortion (B,)); labels −1/None = prediction."""
-        arrays = protect_inputs(images, labels, params)
+        *,
+        time_budget_s: float | None = None,
+    ) -> ProtectOutput:
+        """FMD; labels −1/None = the authorized model's prediction. ``time_budget_s``
+        (None or ≤ 0: no limit): the loop stops early rather than take longer, and
+        ``steps_run`` says how far it got. The call's own deadline stays
+        ``settings.protect_timeout_s``."""
+        arrays = protect_inputs(images, labels, params, time_budget_s)
         out = await self._call(PROTECT, arrays, timeout=self.settings.protect_timeout_s)
-        return out["PROTECTED"], out["FEATURE_DISTORTION"][:, 0]
+        steps = out["STEPS_RUN"]
+        return ProtectOutput(
+            protected=out["PROTECTED"],
+            feature_distortion=out["FEATURE_DISTORTION"][:, 0],
+            steps_run=int(steps.min()) if steps.size else 0,
+        )
+
+    async def protect_fast(self, images: np.ndarray) -> ProtectOutput:
+        """The fast mode: one pass of the trained generator (``veil_protector``)."""
+        out = await self._call(PROTECTOR, {"IMAGE": images})
+        return ProtectOutput(
+            protected=out["PROTECTED"],
+            feature_distortion=out["FEATURE_DISTORTION"][:, 0],
+            steps_run=0,
+        )
 
     @abc.abstractmethod
     async def ready(self) -> bool:

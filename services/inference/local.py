@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from services.common.errors import ModelNotReady, VeilError
 from services.inference.backend import InferenceBackend, InferenceSettings
 from services.serving.batch import BatchKernel, execute_batched
-from services.serving.contract import CLASSIFIER, DECODER, ENCODER, PROTECT, Arrays
+from services.serving.contract import CLASSIFIER, DECODER, ENCODER, PROTECT, PROTECTOR, Arrays
 from services.serving.loading import build_kernel, resolve_store, version_entry
 
 
@@ -30,6 +33,8 @@ class LocalBackend(InferenceBackend):
     def _entry(self, model: str) -> str:
         if model in (ENCODER, DECODER):
             return self.settings.diffae
+        if model == PROTECTOR:
+            return self.settings.protector
         name = CLASSIFIER if model == PROTECT else model
         if name not in self.settings.classifiers:
             raise ModelNotReady(f"model {model!r} is not configured for the local backend")
@@ -45,8 +50,14 @@ class LocalBackend(InferenceBackend):
                 )
             return self._kernels[key]
 
-    def _run(self, model: str, version: int, arrays: Arrays) -> Arrays:
-        result = execute_batched(self._kernel(model, version), [arrays])[0]
+    def _run(self, model: str, version: int, arrays: Arrays, submitted: float) -> Arrays:
+        kernel = self._kernel(model, version)
+        budget = arrays.get("TIME_BUDGET_S")
+        if budget is not None and budget.size and float(budget.flat[0]) > 0:
+            # The budget counts from the call, not from when this worker got to it.
+            left = float(budget.flat[0]) - (time.monotonic() - submitted)
+            arrays = {**arrays, "TIME_BUDGET_S": np.full_like(budget, max(left, 1e-6))}
+        result = execute_batched(kernel, [arrays])[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -58,7 +69,10 @@ class LocalBackend(InferenceBackend):
         if self._executor is None:
             raise ModelNotReady("the local inference backend is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, model, version, arrays)
+        submitted = time.monotonic()
+        return await loop.run_in_executor(
+            self._executor, self._run, model, version, arrays, submitted
+        )
 
     async def ready(self) -> bool:
         if self._executor is None:

@@ -3,7 +3,9 @@
 Each call has a deadline (``client_timeout``); UNAVAILABLE, and only UNAVAILABLE, is retried
 with exponential backoff inside that deadline; batches larger than a model's
 ``max_batch_size`` are split and sent concurrently (Triton's dynamic batcher may merge
-them again). Triton's errors become ``services.common.errors``.
+them again), except a ``veil_protect`` call with a time budget: its parts go one after the
+other, each with an equal share of the budget left, since one instance would otherwise run
+them in turn with the whole budget each. Triton's errors become ``services.common.errors``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def map_error(exc: InferenceServerException, model: str) -> VeilError:
     return VeilError(f"{model}: Triton error {status or 'UNKNOWN'}: {message}")
 
 
+BUDGET = "TIME_BUDGET_S"
+
+
+def _time_budget(arrays: Arrays) -> float | None:
+    """A positive ``TIME_BUDGET_S`` of the request, or None (no limit)."""
+    column = arrays.get(BUDGET)
+    if column is None or not column.size or not float(column.flat[0]) > 0:
+        return None
+    return float(column.flat[0])
+
+
 def model_spec(model: str) -> ModelSpec:
     """The contract of ``model``; any other name is a classifier (e.g. an attacker)."""
     return MODELS.get(model, MODELS[CLASSIFIER])
@@ -65,6 +78,8 @@ class TritonBackend(InferenceBackend):
         spec = model_spec(model)
         inputs = []
         for tensor in spec.inputs:
+            if tensor.optional and tensor.name not in arrays:
+                continue
             value = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.numpy_dtype)
             infer_input = grpcclient.InferInput(tensor.name, list(value.shape), tensor.datatype)
             infer_input.set_data_from_numpy(value)
@@ -107,7 +122,8 @@ class TritonBackend(InferenceBackend):
     async def _call(
         self, model: str, arrays: Arrays, version: int = 0, timeout: float | None = None
     ) -> Arrays:
-        """Split a batch at the model's ``max_batch_size``; chunks run concurrently."""
+        """Split a batch at the model's ``max_batch_size``; chunks run concurrently (a time
+        budget's in turn: module docstring)."""
         limit = model_spec(model).max_batch_size
         rows = len(next(iter(arrays.values())))
         timeout = self.settings.timeout_s if timeout is None else timeout
@@ -115,10 +131,26 @@ class TritonBackend(InferenceBackend):
             {name: value[start : start + limit] for name, value in arrays.items()}
             for start in range(0, max(rows, 1), limit)
         ]
-        parts = await asyncio.gather(*(self._infer(model, c, version, timeout) for c in chunks))
+        budget = _time_budget(arrays)
+        if len(chunks) > 1 and budget is not None:
+            parts = await self._in_turn(model, chunks, version, timeout, budget)
+        else:
+            parts = await asyncio.gather(*(self._infer(model, c, version, timeout) for c in chunks))
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    async def _in_turn(
+        self, model: str, chunks: list[Arrays], version: int, timeout: float, budget: float
+    ) -> list[Arrays]:
+        """Chunks one after the other, each with an equal share of the budget left."""
+        end = time.monotonic() + budget
+        parts = []
+        for i, chunk in enumerate(chunks):
+            share = max((end - time.monotonic()) / (len(chunks) - i), 1e-6)  # > 0: a limit
+            column = np.full_like(chunk[BUDGET], share)
+            parts.append(await self._infer(model, {**chunk, BUDGET: column}, version, timeout))
+        return parts
 
     async def ready(self) -> bool:
         """Triton is ready and so is every model the services call (never raises)."""

@@ -1,11 +1,13 @@
-"""Image classifiers: the authorized task model and the attackers.
+"""Image classifiers: the authorized task model, the unauthorized ones and the attackers.
 
 The task classifier (head pose on synthfaces) is the "authorized" model that FMD
-protection keeps working; attacker classifiers, one per sensitive attribute, trained
-independently on the original images with other architectures and seeds, measure what
-leaks past the sanitizer and the protection (DESIGN.md). Two architectures that share
-no weights or design beyond "conv net": a small pre-activation ResNet (He et al. 2016)
-and a plain VGG-style stack (Simonyan & Zisserman 2015).
+protection keeps working; unauthorized classifiers of the same task, trained
+independently with other architectures and seeds, stand in for the outside black-box
+models the protection must defeat without ever seeing them (Chai et al. 2024,
+arXiv 2402.09316); attacker classifiers, one per sensitive attribute, measure what
+leaks past the sanitizer and the protection (DESIGN.md). Three architectures that share
+no weights or design: a small pre-activation ResNet (He et al. 2016), a plain VGG-style
+stack (Simonyan & Zisserman 2015) and an MLP-Mixer (Tolstikhin et al. 2021).
 
 Every classifier has ``forward(x) -> logits`` and ``features(x, layer)`` for the layers
 named in ``feature_layers`` (FMD distorts one of them).
@@ -21,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from services.kernels.checks import KernelInputError, check_images
-from services.kernels.defaults import ARCHITECTURES
+from services.kernels.defaults import ARCHITECTURES, ROLES
 
 
 @dataclass(frozen=True)
@@ -30,17 +32,20 @@ class ClassifierConfig:
     num_classes: int = 2
     resolution: int = 32
     width: int = 32
-    """Channels of the first block; each later block doubles them."""
+    """Channels of the first block; each later block doubles them (the MLP-Mixer's
+    patches carry ``4 * width`` channels throughout)."""
     role: str = "task"
-    """``task`` (the authorized model) or ``attacker``."""
+    """``task`` (the authorized model), ``attacker`` (predicts a sensitive attribute) or
+    ``unauthorized`` (a model of the authorized task, trained independently: the outside
+    black-box model that authorized-inference protection must defeat)."""
     target: str = "pose"
     """What it predicts: the task name or a sensitive attribute."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise KernelInputError(f"arch must be one of {ARCHITECTURES}; got {self.arch!r}")
-        if self.role not in ("task", "attacker"):
-            raise KernelInputError(f"role must be task or attacker; got {self.role!r}")
+        if self.role not in ROLES:
+            raise KernelInputError(f"role must be one of {ROLES}; got {self.role!r}")
         if self.num_classes < 2 or self.resolution < 8:
             raise KernelInputError("a classifier needs >= 2 classes and resolution >= 8")
 
@@ -159,5 +164,79 @@ class VGGNet(Classifier):
         self.head = nn.Linear(4 * w, config.num_classes)
 
 
+class MixerBlock(nn.Module):
+    """One MLP-Mixer layer (Tolstikhin et al. 2021, §2, eq. 1): a token-mixing MLP across
+    patches, then a channel-mixing MLP within each patch, each pre-LayerNorm with a skip.
+
+    Takes and returns ``(B, C, h, w)`` maps, so that each stage of the classifier is a
+    feature map like the conv nets' (FMD distorts one of them).
+    """
+
+    def __init__(self, dim: int, tokens: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.token_mlp = _mlp(tokens, dim // 2)
+        self.norm2 = nn.LayerNorm(dim)
+        self.channel_mlp = _mlp(dim, 4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, tokens, C)
+        t = t + self.token_mlp(self.norm1(t).transpose(1, 2)).transpose(1, 2)
+        t = t + self.channel_mlp(self.norm2(t))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _mlp(dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class TokenPool(nn.Module):
+    """LayerNorm over channels, then the mean over patches: the Mixer's head input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.flatten(2).transpose(1, 2)).mean(1)
+
+
+class MLPMixer(Classifier):
+    """An MLP-Mixer (Tolstikhin et al. 2021): no attention, and no convolution beyond the
+    patch embedding, so its features share no inductive bias with the conv nets'.
+
+    The image is cut into an 8×8 grid of patches (patch side ``resolution // 8``) embedded
+    in ``4 * width`` channels; token mixing is position-specific, so where the features sit
+    (the pose) survives the global mean of the head.
+    """
+
+    feature_layers = ("stem", "block1", "block2", "block3", "block4", "penultimate")
+    GRID = 8
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__(config)
+        if config.resolution % self.GRID:
+            raise KernelInputError(
+                f"mlpmixer needs a resolution divisible by {self.GRID}; got {config.resolution}"
+            )
+        dim, patch, tokens = 4 * config.width, config.resolution // self.GRID, self.GRID**2
+        self.stages = nn.ModuleDict(
+            {
+                "stem": nn.Conv2d(3, dim, patch, stride=patch),
+                **{f"block{i}": MixerBlock(dim, tokens) for i in range(1, 5)},
+                "penultimate": TokenPool(dim),
+            }
+        )
+        self.head = nn.Linear(dim, config.num_classes)
+
+
+_BUILDERS: dict[str, type[Classifier]] = {
+    "resnet": SmallResNet,
+    "vgg": VGGNet,
+    "mlpmixer": MLPMixer,
+}
+
+
 def build_classifier(config: ClassifierConfig) -> Classifier:
-    return SmallResNet(config) if config.arch == "resnet" else VGGNet(config)
+    return _BUILDERS[config.arch](config)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 DEFAULT_DIFFAE = "diffae"
 DEFAULT_PROBES = "probes"
-ARCHITECTURES = ("resnet", "vgg")
+ARCHITECTURES = ("resnet", "vgg", "mlpmixer")
+ROLES = ("task", "attacker", "unauthorized")
+"""What a classifier is for; ``task`` and ``unauthorized`` models both predict the task."""
 DEFAULT_QUANTILE = 0.98
 """Clipping bound C_a: this quantile of |u_aᵀz| over training codes."""
 DEFAULT_THRESHOLD = 0.8

@@ -13,12 +13,20 @@ back onto the ε-ball and onto [-1, 1]. Each image's objective depends on that i
 (the model runs in eval mode), so a batch gives the same result as its images one by one.
 Deterministic: no random start unless ``seed`` is given (where the MSE gradient vanishes,
 at x* = x, a step along the gradient of the logits' energy starts the walk instead).
+
+A caller with a deadline (a gRPC call's) passes ``deadline`` (a ``time.monotonic()`` value)
+or ``time_budget_s``: the loop stops before the step that would end past it, its cost
+estimated from the steps done (before the first one, from the two clean forward passes: a
+step, a forward and a backward pass, costs about three). Every iterate is projected, so an
+early stop returns a valid protection, only a weaker one; :attr:`FMDStats.steps` says how
+many steps it took. With a deadline the result is deterministic given ``steps``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from time import monotonic
 
 import torch
 from torch.nn import functional as F
@@ -41,6 +49,9 @@ class FMDStats:
     """The authorized labels used (given, or the model's predictions on the originals)."""
     predictions: torch.Tensor
     """The authorized model's predictions on the protected images."""
+    steps: int = 0
+    """Gradient steps taken (the whole batch takes the same): ``iterations`` unless the
+    deadline stopped the loop early."""
 
 
 def _check_scalar(value: object, name: str, low: float, high: float) -> float:
@@ -67,7 +78,7 @@ def check_labels(labels: object, batch: int, num_classes: int) -> torch.Tensor:
     return labels.long()
 
 
-def _objective(
+def objective(
     model: Classifier,
     x_adv: torch.Tensor,
     target: torch.Tensor,
@@ -75,7 +86,9 @@ def _objective(
     ce_weight: float,
     layer: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image (J, MSE, CE) at ``x_adv``."""
+    """Per-image (J, MSE, CE) at ``x_adv``: J = MSE(f_feat(x), f_feat(x*)) − λ·CE(f(x*), y),
+    with ``target`` = f_feat(x). FMD ascends J by signed steps; the fast generator
+    (:mod:`services.kernels.protector`) is trained to maximise it."""
     feats = model.features(x_adv, layer)
     mse = (feats - target).flatten(1).pow(2).mean(1)
     ce = F.cross_entropy(
@@ -95,6 +108,48 @@ def _escape(model: Classifier, x_adv: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def check_deadline(deadline: float | None, time_budget_s: float | None) -> float | None:
+    """The earlier of ``deadline`` (a ``time.monotonic()`` value) and now + ``time_budget_s``
+    (seconds, ≥ 0); None when neither is given."""
+    ends = []
+    if deadline is not None:
+        ends.append(_check_scalar(deadline, "deadline", -math.inf, math.inf))
+    if time_budget_s is not None:
+        ends.append(monotonic() + _check_scalar(time_budget_s, "time_budget_s", 0.0, 1e9))
+    return min(ends) if ends else None
+
+
+def _step(
+    model: Classifier,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    target: torch.Tensor,
+    y: torch.Tensor,
+    hyper: tuple[float, float, float],
+    layer: str,
+) -> torch.Tensor:
+    """One signed-gradient ascent step on J, projected onto the ε-ball and [-1, 1]."""
+    eps, alpha, lam = hyper
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        value, _, _ = objective(model, x_adv, target, y, lam, layer)
+        (grad,) = torch.autograd.grad(value.sum(), x_adv)
+        stuck = grad.flatten(1).abs().amax(1) == 0
+        if bool(stuck.any()):
+            grad = torch.where(stuck[:, None, None, None], _escape(model, x_adv), grad)
+    with torch.no_grad():
+        step = x_adv + alpha * grad.sign()
+        return torch.min(torch.max(step, x - eps), x + eps).clamp(-1.0, 1.0)
+
+
+def _check_iterations(iterations: object) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise KernelInputError(f"iterations: expected an integer; got {iterations!r}")
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        raise KernelInputError(f"iterations: expected [0, {MAX_ITERATIONS}]; got {iterations}")
+    return iterations
+
+
 def protect(
     model: Classifier,
     images: torch.Tensor,
@@ -106,19 +161,20 @@ def protect(
     ce_weight: float = 1.0,
     feature_layer: str = "penultimate",
     seed: int | None = None,
+    deadline: float | None = None,
+    time_budget_s: float | None = None,
 ) -> tuple[torch.Tensor, FMDStats]:
     """Protected images (B, 3, R, R) in [-1, 1] with ‖x* − x‖∞ ≤ 2ε, and their stats.
 
     ``labels`` (B,) may hold −1 (or be None) to use the model's own prediction.
+    ``deadline`` / ``time_budget_s``: stop early rather than end past it (module docstring).
     """
     x = check_images(images, model.config.resolution).detach()
     eps = 2 * _check_scalar(epsilon, "epsilon", 0.0, 1.0)
     alpha = 2 * _check_scalar(step_size, "step_size", 0.0, 1.0)
     lam = _check_scalar(ce_weight, "ce_weight", 0.0, 1e6)
-    if isinstance(iterations, bool) or not isinstance(iterations, int):
-        raise KernelInputError(f"iterations: expected an integer; got {iterations!r}")
-    if not 0 <= iterations <= MAX_ITERATIONS:
-        raise KernelInputError(f"iterations: expected [0, {MAX_ITERATIONS}]; got {iterations}")
+    iterations = _check_iterations(iterations)
+    end = check_deadline(deadline, time_budget_s)
     if feature_layer not in model.feature_layers:
         raise KernelInputError(
             f"feature_layer: expected one of {model.feature_layers}; got {feature_layer!r}"
@@ -129,29 +185,29 @@ def protect(
     was_training = model.training
     model.eval()
     try:
+        started = monotonic()
         with torch.no_grad():
             y = torch.where(y < 0, model(x).argmax(1), y)
             target = model.features(x, feature_layer)
+        step_cost = 1.5 * (monotonic() - started)  # two forwards; a step ≈ three (fwd + bwd)
         x_adv = x.clone()
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
             noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
             x_adv = (x + eps * noise).clamp(-1.0, 1.0)
-        for _ in range(iterations):
-            x_adv.requires_grad_(True)
-            with torch.enable_grad():
-                objective, _, _ = _objective(model, x_adv, target, y, lam, feature_layer)
-                (grad,) = torch.autograd.grad(objective.sum(), x_adv)
-                stuck = grad.flatten(1).abs().amax(1) == 0
-                if bool(stuck.any()):
-                    grad = torch.where(stuck[:, None, None, None], _escape(model, x_adv), grad)
-            with torch.no_grad():
-                step = x_adv + alpha * grad.sign()
-                x_adv = torch.min(torch.max(step, x - eps), x + eps).clamp(-1.0, 1.0)
+        steps, loop_start = 0, monotonic()
+        while steps < iterations:
+            if end is not None and monotonic() + step_cost > end:
+                break
+            x_adv = _step(model, x, x_adv, target, y, (eps, alpha, lam), feature_layer)
+            steps += 1
+            step_cost = (monotonic() - loop_start) / steps
         with torch.no_grad():
-            _, mse, ce = _objective(model, x_adv, target, y, lam, feature_layer)
+            _, mse, ce = objective(model, x_adv, target, y, lam, feature_layer)
             predictions = model(x_adv).argmax(1)
     finally:
         model.train(was_training)
-    stats = FMDStats(feature_distortion=mse, cross_entropy=ce, labels=y, predictions=predictions)
+    stats = FMDStats(
+        feature_distortion=mse, cross_entropy=ce, labels=y, predictions=predictions, steps=steps
+    )
     return x_adv.detach(), stats

@@ -10,6 +10,7 @@ from torch import nn
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
 from services.kernels.defaults import DEFAULT_DIFFAE, DEFAULT_PROBES
 from services.kernels.probes import ProbeSet
+from services.kernels.protector import Protector, ProtectorConfig, build_protector
 from services.kernels.store import ModelIntegrityError, ModelStore
 
 if TYPE_CHECKING:
@@ -48,3 +49,12 @@ def load_classifier(name: str, store: ModelStore | None = None) -> Classifier:
 def load_probes(name: str = DEFAULT_PROBES, store: ModelStore | None = None) -> ProbeSet:
     manifest, tensors = (store or ModelStore()).load(name, kind="probes")
     return ProbeSet.from_tensors(manifest.config["attributes"], tensors, manifest.metrics)
+
+
+def load_protector(name: str, store: ModelStore | None = None) -> Protector:
+    """The fast-protection generator behind ``name``; its config names the authorized
+    classifier (and that classifier's SHA-256) it was trained against."""
+    manifest, tensors = (store or ModelStore()).load(name, kind="protector")
+    model = build_protector(ProtectorConfig.from_dict(manifest.config))
+    _fill(model, name, tensors)
+    return model.eval().requires_grad_(False)

@@ -11,6 +11,8 @@ requests runs as one tensor.
 from __future__ import annotations
 
 import abc
+import math
+import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,7 @@ from services.common.errors import ModelNotReady, VeilError
 from services.kernels import fmd
 from services.kernels.checks import KernelInputError, check_codes, check_images, check_noise
 from services.kernels.classifiers import Classifier
+from services.kernels.protector import Protector, protect_fast
 from services.serving.contract import Arrays
 
 if TYPE_CHECKING:
@@ -50,6 +53,16 @@ def _uniform(arrays: Arrays, name: str, rows: int) -> float | int:
     if rows and bool((column != column[0]).any()):
         raise KernelInputError(f"{name}: every row of one request must carry the same value")
     return column[0].item() if rows else 0
+
+
+def _time_budget(arrays: Arrays, rows: int) -> float | None:
+    """The optional TIME_BUDGET_S in seconds; None (no limit) when absent, ≤ 0 or infinite."""
+    if "TIME_BUDGET_S" not in arrays:
+        return None
+    budget = float(_uniform(arrays, "TIME_BUDGET_S", rows))
+    if math.isnan(budget):
+        raise KernelInputError("TIME_BUDGET_S: expected seconds (<= 0: no limit); got NaN")
+    return budget if 0 < budget < math.inf else None
 
 
 class BatchKernel(abc.ABC):
@@ -126,6 +139,11 @@ class ClassifierKernel(BatchKernel):
 
 
 class ProtectKernel(BatchKernel):
+    """FMD. Requests batch together when their settings, time budget included, are equal;
+    a budget runs from when the request is parsed (the model picked it up: Triton's queue
+    time before that is the client's to allow for), and a batch stops at its earliest
+    deadline. STEPS_RUN says how many PGD steps the batch took."""
+
     def __init__(self, model: Classifier, feature_layer: str = "penultimate") -> None:
         ClassifierKernel(model, feature_layer)  # same checks
         self.model, self.layer = model, feature_layer
@@ -136,18 +154,25 @@ class ProtectKernel(BatchKernel):
         labels = fmd.check_labels(
             _column(arrays, "LABEL", rows), rows, self.model.config.num_classes
         )
+        budget = _time_budget(arrays, rows)
         key = (
             float(_uniform(arrays, "EPSILON", rows)),
             float(_uniform(arrays, "STEP_SIZE", rows)),
             int(_uniform(arrays, "ITERATIONS", rows)),
             float(_uniform(arrays, "CE_WEIGHT", rows)),
+            budget,
         )
-        return key, {"IMAGE": images, "LABEL": labels}
+        tensors = {"IMAGE": images, "LABEL": labels}
+        if budget is not None:
+            deadline = time.monotonic() + budget
+            tensors["DEADLINE"] = torch.full((rows,), deadline, dtype=torch.float64)
+        return key, tensors
 
     def run(self, key: Hashable, tensors: Tensors) -> Arrays:
         assert isinstance(key, tuple)
-        epsilon, step_size, iterations, ce_weight = key
-        t = self.to_device(tensors)
+        epsilon, step_size, iterations, ce_weight, _ = key
+        deadline = float(tensors["DEADLINE"].min()) if "DEADLINE" in tensors else None
+        t = self.to_device({k: v for k, v in tensors.items() if k != "DEADLINE"})
         protected, stats = fmd.protect(
             self.model,
             t["IMAGE"],
@@ -157,9 +182,41 @@ class ProtectKernel(BatchKernel):
             iterations=iterations,
             ce_weight=ce_weight,
             feature_layer=self.layer,
+            deadline=deadline,
         )
-        distortion = stats.feature_distortion.reshape(-1, 1).cpu()
-        return {"PROTECTED": protected.cpu().numpy(), "FEATURE_DISTORTION": distortion.numpy()}
+        rows = protected.shape[0]
+        return {
+            "PROTECTED": protected.cpu().numpy(),
+            "FEATURE_DISTORTION": stats.feature_distortion.reshape(-1, 1).cpu().numpy(),
+            "STEPS_RUN": np.full((rows, 1), stats.steps, dtype=np.int32),
+        }
+
+
+class ProtectorKernel(BatchKernel):
+    """The fast mode: one pass of the generator, and the feature distortion it achieved on
+    the authorized model it was trained against (at the generator's feature layer)."""
+
+    def __init__(self, protector: Protector, model: Classifier) -> None:
+        if model.config.resolution != protector.config.resolution:
+            raise ModelNotReady("the protector and its authorized model differ in resolution")
+        if protector.config.feature_layer not in model.feature_layers:
+            raise ModelNotReady(
+                f"the protector's feature_layer {protector.config.feature_layer!r} is not one"
+                f" of its authorized model's {model.feature_layers}"
+            )
+        self.protector, self.model = protector, model
+
+    def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
+        resolution = self.protector.config.resolution
+        return None, {"IMAGE": check_images(_tensor(arrays, "IMAGE"), resolution)}
+
+    def run(self, key: Hashable, tensors: Tensors) -> Arrays:
+        images = self.to_device(tensors)["IMAGE"]
+        protected, distortion = protect_fast(self.protector, self.model, images)
+        return {
+            "PROTECTED": protected.cpu().numpy(),
+            "FEATURE_DISTORTION": distortion.reshape(-1, 1).cpu().numpy(),
+        }
 
 
 def execute_batched(kernel: BatchKernel, requests: list[Arrays]) -> list[Arrays | Exception]:

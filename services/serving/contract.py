@@ -19,6 +19,7 @@ ENCODER = "veil_encoder"
 DECODER = "veil_decoder"
 CLASSIFIER = "veil_classifier"
 PROTECT = "veil_protect"
+PROTECTOR = "veil_protector"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class TensorSpec:
     """KServe v2 datatype (``FP32``, ``INT32``, ``INT64``); ``TYPE_<datatype>`` in config.pbtxt."""
     dims: tuple[int, ...]
     """Per-item dims (the batch dimension is implicit: every model has max_batch_size > 0)."""
+    optional: bool = False
+    """An input a request may leave out (``optional: true`` in config.pbtxt); the model
+    then uses its default. Clients of this package always send it."""
 
     @property
     def numpy_dtype(self) -> type[np.generic]:
@@ -52,6 +56,10 @@ class ModelSpec:
 
 IMAGE = TensorSpec("IMAGE", "FP32", (3, -1, -1))
 """Images in [-1, 1], channels first."""
+PROTECTED = TensorSpec("PROTECTED", "FP32", (3, -1, -1))
+"""Protected images in [-1, 1], within the ε-ball of IMAGE."""
+FEATURE_DISTORTION = TensorSpec("FEATURE_DISTORTION", "FP32", (1,))
+"""MSE between the authorized model's feature maps of IMAGE and PROTECTED."""
 
 MODELS: dict[str, ModelSpec] = {
     ENCODER: ModelSpec(ENCODER, (IMAGE,), (TensorSpec("Z", "FP32", (-1,)),), 32),
@@ -80,13 +88,12 @@ MODELS: dict[str, ModelSpec] = {
             TensorSpec("STEP_SIZE", "FP32", (1,)),
             TensorSpec("ITERATIONS", "INT32", (1,)),
             TensorSpec("CE_WEIGHT", "FP32", (1,)),
+            TensorSpec("TIME_BUDGET_S", "FP32", (1,), optional=True),
         ),
-        (
-            TensorSpec("PROTECTED", "FP32", (3, -1, -1)),
-            TensorSpec("FEATURE_DISTORTION", "FP32", (1,)),
-        ),
+        (PROTECTED, FEATURE_DISTORTION, TensorSpec("STEPS_RUN", "INT32", (1,))),
         8,
     ),
+    PROTECTOR: ModelSpec(PROTECTOR, (IMAGE,), (PROTECTED, FEATURE_DISTORTION), 32),
 }
 
 
@@ -105,9 +112,15 @@ Arrays = dict[str, np.ndarray]
 
 
 def protect_inputs(
-    images: np.ndarray, labels: np.ndarray | None, params: ProtectParams | None
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    params: ProtectParams | None,
+    time_budget_s: float | None = None,
 ) -> Arrays:
-    """The named ``veil_protect`` inputs for one request (settings repeated on every row)."""
+    """The named ``veil_protect`` inputs for one request (settings repeated on every row).
+
+    ``time_budget_s``: seconds the PGD loop may take, counted from when the model picks the
+    request up (None or ≤ 0: no limit; the loop stops early rather than overrun it)."""
     p = params or ProtectParams()
     rows = len(images)
     label = np.full(rows, -1) if labels is None else np.asarray(labels)
@@ -122,4 +135,5 @@ def protect_inputs(
         "STEP_SIZE": column(p.step_size, np.float32),
         "ITERATIONS": column(p.iterations, np.int32),
         "CE_WEIGHT": column(p.ce_weight, np.float32),
+        "TIME_BUDGET_S": column(time_budget_s or 0.0, np.float32),
     }

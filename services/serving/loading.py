@@ -15,7 +15,8 @@ import torch
 
 from services.common.errors import ModelNotReady, NotFound
 from services.kernels.classifiers import Classifier
-from services.kernels.models import load_classifier, load_diffae
+from services.kernels.models import load_classifier, load_diffae, load_protector
+from services.kernels.protector import Protector
 from services.kernels.store import ModelIntegrityError, ModelStore
 from services.serving.batch import (
     BatchKernel,
@@ -23,8 +24,9 @@ from services.serving.batch import (
     DecoderKernel,
     EncoderKernel,
     ProtectKernel,
+    ProtectorKernel,
 )
-from services.serving.contract import DECODER, ENCODER, PROTECT
+from services.serving.contract import DECODER, ENCODER, PROTECT, PROTECTOR
 
 if TYPE_CHECKING:
     from services.kernels.diffae import DiffAE
@@ -46,11 +48,13 @@ def version_entry(entry: str, version: int) -> str:
     return entry if version <= 1 else f"{entry}-v{version}"
 
 
-def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Classifier:
+def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Classifier | Protector:
     """The model behind ``entry``; missing or broken weights are ModelNotReady, explained."""
     try:
         if kind == "diffae":
             return load_diffae(entry, store)
+        if kind == "protector":
+            return load_protector(entry, store)
         return load_classifier(entry, store)
     except (NotFound, ModelIntegrityError) as exc:
         raise ModelNotReady(
@@ -58,6 +62,23 @@ def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Clas
             f"{exc.message} (train it with `veil train`, or point the store parameter or "
             "VEIL_MODEL_STORE at a store that has it)"
         ) from None
+
+
+def _protector_kernel(entry: str, store: ModelStore, device: str | torch.device) -> BatchKernel:
+    """The generator behind ``entry`` with the authorized classifier its config names; a
+    classifier whose weights are not the ones it was trained against is refused."""
+    protector = load_kernel_model("protector", entry, store)
+    assert isinstance(protector, Protector)
+    config = protector.config
+    classifier = load_kernel_model("classifier", config.authorized, store)
+    assert isinstance(classifier, Classifier)
+    actual = store.manifest(config.authorized).sha256
+    if config.authorized_sha256 and actual != config.authorized_sha256:
+        raise ModelNotReady(
+            f"protector {entry!r} was trained against other weights of {config.authorized!r}"
+            " than the store holds (retrain it with `veil train protector`)"
+        )
+    return ProtectorKernel(protector.to(device), classifier.to(device))
 
 
 def instance_device(args: dict[str, str]) -> str:
@@ -76,9 +97,13 @@ def build_kernel(
     device: str | torch.device = "cpu",
 ) -> BatchKernel:
     """The kernel a Triton model (or the local backend) serves under ``model_name``, with
-    its model on ``device``."""
+    its model on ``device``. ``entry`` is the store entry (for ``veil_protector`` the
+    generator's, whose config names its authorized classifier); ``feature_layer`` applies to
+    the classifier and FMD (the generator's layer is fixed by its training)."""
     kernel: BatchKernel
-    if model_name in (ENCODER, DECODER):
+    if model_name == PROTECTOR:
+        kernel = _protector_kernel(entry, store, device)
+    elif model_name in (ENCODER, DECODER):
         from services.kernels.diffae import DiffAE
 
         diffae = load_kernel_model("diffae", entry, store)

@@ -4,7 +4,8 @@ Each ``triton_models/<model>/1/model.py`` imports this class; what differs betwe
 models (tensors, kernel) comes from ``services.serving.contract.MODELS`` by the model's
 name and from ``build_kernel``. Shaped after python_backend's ``examples/add_sub``:
 ``initialize`` / ``execute`` / ``finalize``, one response per request, errors in the
-response. Weights come from the model store (config parameters ``store``, ``model_name``;
+response; an optional input a request leaves out (``TIME_BUDGET_S``) is simply absent from
+its arrays. Weights come from the model store (config parameters ``store``, ``model_name``;
 ``threads`` sets torch's intra-op threads, empty = torch's default). A ``KIND_GPU`` instance
 runs its kernel on the GPU Triton assigned to it (``cuda:<model_instance_device_id>``), a
 ``KIND_CPU`` one on the CPU; missing weights fail
@@ -42,13 +43,7 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        inputs = [
-            {
-                t.name: pb_utils.get_input_tensor_by_name(request, t.name).as_numpy()
-                for t in self.spec.inputs
-            }
-            for request in requests
-        ]
+        inputs = [self._inputs(request) for request in requests]
         responses = []
         for result in execute_batched(self.kernel, inputs):
             if isinstance(result, Exception):
@@ -60,6 +55,16 @@ class TritonPythonModel:
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses
+
+    def _inputs(self, request):
+        """The request's named arrays; an optional input it left out is absent (the kernel
+        uses its default)."""
+        arrays = {}
+        for spec in self.spec.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+            if tensor is not None:
+                arrays[spec.name] = tensor.as_numpy()
+        return arrays
 
     def _error(self, exc):
         if isinstance(exc, InvalidArgument):

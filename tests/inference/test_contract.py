@@ -18,15 +18,26 @@ import pytest
 import torch
 
 from services.common.errors import InvalidArgument, ModelNotReady, Unavailable
-from services.inference.backend import InferenceBackend, InferenceSettings
+from services.inference.backend import InferenceBackend, InferenceSettings, ProtectOutput
 from services.inference.factory import create_backend
 from services.kernels import fmd
-from services.kernels.models import load_classifier, load_diffae
+from services.kernels.models import load_classifier, load_diffae, load_protector
+from services.kernels.protector import protect_fast
 from services.kernels.store import ModelStore
-from services.serving.contract import CLASSIFIER, ProtectParams
+from services.serving.batch import execute_batched
+from services.serving.contract import (
+    CLASSIFIER,
+    MODELS,
+    PROTECT,
+    PROTECTOR,
+    ProtectParams,
+    protect_inputs,
+)
+from services.serving.loading import build_kernel
 from tests.support.triton import (
     CLASSIFIER_ENTRY,
     DIFFAE_ENTRY,
+    PROTECTOR_ENTRY,
     light_triton,
     tiny_store,
 )
@@ -53,6 +64,7 @@ def kernels(local_store: Path) -> dict[str, Any]:
     return {
         "diffae": load_diffae(DIFFAE_ENTRY, store),
         "clf": load_classifier(CLASSIFIER_ENTRY, store),
+        "protector": load_protector(PROTECTOR_ENTRY, store),
     }
 
 
@@ -105,7 +117,7 @@ def test_classify_matches_the_kernel(settings, kernels) -> None:
 def test_protect_matches_the_kernel(settings, kernels) -> None:
     x = images(2, seed=3)
     params = ProtectParams(epsilon=8 / 255, step_size=2 / 255, iterations=3, ce_weight=1.0)
-    protected, distortion = call(settings, lambda b: b.protect(x, None, params))
+    out = call(settings, lambda b: b.protect(x, None, params))
     f32 = lambda v: float(np.float32(v))  # noqa: E731 - the wire carries float32
     expected, stats = fmd.protect(
         kernels["clf"],
@@ -115,8 +127,54 @@ def test_protect_matches_the_kernel(settings, kernels) -> None:
         iterations=3,
         ce_weight=1.0,
     )
-    np.testing.assert_allclose(protected, expected.numpy(), atol=1e-5)
-    np.testing.assert_allclose(distortion, stats.feature_distortion.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(out.protected, expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.feature_distortion, stats.feature_distortion.numpy(), rtol=1e-4)
+    assert out.steps_run == 3
+
+
+def test_protect_stops_early_within_its_time_budget(settings) -> None:
+    """A budget far shorter than the loop: fewer steps than asked, every image the same
+    number, and the ε-ball still holds. Split calls (over ``max_batch_size``) share it."""
+    x = images(MODELS[PROTECT].max_batch_size + 2, seed=4)
+    params = ProtectParams(epsilon=8 / 255, step_size=2 / 255, iterations=5_000)
+    started = time.monotonic()
+    out = call(settings, lambda b: b.protect(x, None, params, time_budget_s=1.0))
+    took = time.monotonic() - started
+    assert isinstance(out, ProtectOutput)
+    assert 0 <= out.steps_run < params.iterations
+    assert out.protected.shape == x.shape and out.feature_distortion.shape == (len(x),)
+    assert np.abs(out.protected - x).max() <= 2 * np.float32(8 / 255) + 1e-6
+    assert took < 30.0  # 5 000 steps would take minutes
+
+
+def test_the_kernel_reads_the_optional_time_budget(local_store: Path) -> None:
+    """Left out, ≤ 0 or infinite: no limit; NaN: a bad request (alone); two budgets: two
+    batches (one loop each), the unlimited ones in one."""
+    kernel = build_kernel(PROTECT, ModelStore(local_store), CLASSIFIER_ENTRY)
+    base = protect_inputs(images(1), None, ProtectParams(iterations=2))
+    without = {k: v for k, v in base.items() if k != "TIME_BUDGET_S"}
+
+    def budget(value: float) -> dict[str, np.ndarray]:
+        return {**base, "TIME_BUDGET_S": np.full((1, 1), value, np.float32)}
+
+    requests = [without, budget(0.0), budget(-1.0), budget(np.inf), budget(np.nan), budget(60)]
+    keys = [kernel.parse(r)[0] for r in requests[:4]] + [kernel.parse(requests[5])[0]]
+    assert len(set(keys)) == 2
+    results = execute_batched(kernel, requests)
+    assert isinstance(results[4], InvalidArgument) and "TIME_BUDGET_S" in results[4].message
+    for result in results[:4] + results[5:]:
+        assert isinstance(result, dict) and result["STEPS_RUN"].tolist() == [[2]]
+
+
+def test_protect_fast_matches_the_kernel(settings, kernels) -> None:
+    x = images(3, seed=5)
+    out = call(settings, lambda b: b.protect_fast(x))
+    expected, distortion = protect_fast(kernels["protector"], kernels["clf"], torch.from_numpy(x))
+    assert out.steps_run == 0
+    np.testing.assert_allclose(out.protected, expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.feature_distortion, distortion.numpy(), rtol=1e-4, atol=1e-7)
+    bound = 2 * kernels["protector"].config.epsilon
+    assert np.abs(out.protected - x).max() <= bound + 1e-6
 
 
 @pytest.mark.parametrize(
@@ -126,8 +184,17 @@ def test_protect_matches_the_kernel(settings, kernels) -> None:
         lambda b: b.encode(images(1)[:, :, :8, :8]),
         lambda b: b.decode(np.zeros((1, 8), np.float32), images(1), 0),
         lambda b: b.protect(images(1), np.array([7])),
+        lambda b: b.protect(images(1), time_budget_s=float("nan")),
+        lambda b: b.protect_fast(images(1)[:, :, :8, :8]),
     ],
-    ids=["out-of-range", "wrong-resolution", "zero-steps", "label-out-of-range"],
+    ids=[
+        "out-of-range",
+        "wrong-resolution",
+        "zero-steps",
+        "label-out-of-range",
+        "nan-budget",
+        "fast-wrong-resolution",
+    ],
 )
 def test_bad_input_is_invalid_argument(settings, bad) -> None:
     with pytest.raises(InvalidArgument):
@@ -139,6 +206,18 @@ def test_missing_weights_are_model_not_ready(tmp_path: Path) -> None:
     assert call(settings, lambda b: b.ready()) is False
     with pytest.raises(ModelNotReady, match="cannot be loaded"):
         call(settings, lambda b: b.classify(images(1)))
+
+
+def test_a_protector_trained_against_other_weights_is_not_ready(tmp_path: Path) -> None:
+    store = ModelStore(tiny_store(tmp_path))
+    manifest = store.manifest(PROTECTOR_ENTRY)
+    _, tensors = store.load(PROTECTOR_ENTRY)
+    config = {**manifest.config, "authorized_sha256": "0" * 64}
+    store.save(PROTECTOR_ENTRY, "protector", tensors, config)
+    settings = InferenceSettings(backend="local", store=tmp_path, models=[PROTECTOR])
+    assert call(settings, lambda b: b.ready()) is False
+    with pytest.raises(ModelNotReady, match="trained against other weights"):
+        call(settings, lambda b: b.protect_fast(images(1)))
 
 
 @pytest.mark.triton

@@ -54,10 +54,21 @@ SANITIZER_METRICS = {
     "veil_sanitizer_stage_duration_seconds",
 }
 """Names of services/sanitizer/metrics.py the rules and the dashboard use."""
+PROTECTION_METRICS = {
+    "veil_protection_protections_total",
+    "veil_protection_early_stops_total",
+    "veil_protection_protect_duration_seconds",
+    "veil_protection_fmd_steps",
+    "veil_protection_evaluations_total",
+}
+"""Names of services/protection/metrics.py the rules and the dashboard use."""
 SANITIZER_ACCOUNTANT_METHODS = ("Reserve", "Commit", "Release", "ChargeBatch")
 """The accountant RPCs services/sanitizer/ledger.py calls (its delegate token needs them)."""
 STARTUP_BUDGET_S = 120
 """A service that imports torch and loads models gets at least this long to start."""
+PROTECTION_GRACE_S = 60
+"""In-flight protection RPCs get at least this long on SIGTERM: an FMD run may last until
+just before its client's deadline, a minute or more on a CPU."""
 
 Obj = dict[str, Any]
 
@@ -485,6 +496,12 @@ def test_dashboard_is_a_labelled_configmap() -> None:
             "veil_sanitizer_refusals_total",
             "veil_sanitizer_stage_duration_seconds",
         }
+        used = {re.sub(r"_bucket$", "", n) for n in re.findall(r"veil_protection_\w+", exprs)}
+        assert used >= {
+            "veil_protection_protections_total",
+            "veil_protection_early_stops_total",
+            "veil_protection_protect_duration_seconds",
+        }
 
 
 def used_metric_names() -> set[str]:
@@ -576,6 +593,12 @@ def test_image_copies_what_exists_and_renders_the_gpu_repository() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_every_registered_service_is_deployed(overlay: str) -> None:
+    """Each service ``veil serve`` knows has its Deployment, so the generic tests cover it."""
+    assert {s for s, _ in veil_deployments(render(overlay))} == set(SERVICES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
 def test_every_service_has_its_account_and_disruption_budget(overlay: str) -> None:
     objs = render(overlay)
     for _, deploy in veil_deployments(objs):
@@ -607,6 +630,19 @@ def test_inference_services_get_time_to_import_torch(overlay: str) -> None:
     for _, deploy in services:
         probe = the_container(deploy)["startupProbe"]
         assert probe["periodSeconds"] * probe["failureThreshold"] >= STARTUP_BUDGET_S
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_inference_services_size_torch_threads_to_their_cpu_limit(overlay: str) -> None:
+    """torch imports in every service that calls the kernels and sizes its thread pool by the
+    node's cores unless told otherwise."""
+    objs = render(overlay)
+    for service, deploy in veil_deployments(objs):
+        if not SERVICES[service].inference:
+            continue
+        container = the_container(deploy)
+        threads = int(config_env(objs, container)["OMP_NUM_THREADS"])
+        assert 1 <= threads <= quantity(container["resources"]["limits"]["cpu"]), service
 
 
 # -- the sanitizer --------------------------------------------------------------------------
@@ -720,11 +756,9 @@ def test_gpu_sanitizer_is_postgres_autoscaled_on_triton() -> None:
     assert container["image"] == triton["image"]
 
 
-def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
-    """``promtool test rules`` on made-up series: the accountant down from the start (no
-    release series at all) and a slow decoder fire the sanitizer's alerts; a healthy
-    sanitizer with budget refusals fires none. Annotations are stripped (they template
-    ``$value``); the expressions and labels are what is tested."""
+def run_rule_tests(tmp_path: Path, tests: list[Obj]) -> None:
+    """``promtool test rules`` of ``tests`` against the rendered PrometheusRule. Annotations
+    are stripped (they template ``$value``); the expressions and labels are what is tested."""
     promtool = _tool("promtool")
     (rule,) = prometheus_rules()
     spec = json.loads(json.dumps(rule["spec"]))
@@ -732,6 +766,23 @@ def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
         for r in group["rules"]:
             r.pop("annotations", None)
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    suite = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(suite))
+    out = subprocess.run(
+        [promtool, "test", "rules", "tests.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
+    """``promtool test rules`` on made-up series: the accountant down from the start (no
+    release series at all) and a slow decoder fire the sanitizer's alerts; a healthy
+    sanitizer with budget refusals fires none. Annotations are stripped (they template
+    ``$value``); the expressions and labels are what is tested."""
     pod = 'namespace="veil", job="veil-sanitizer", pod="veil-sanitizer-0"'
     bucket = f'veil_sanitizer_stage_duration_seconds_bucket{{{pod}, stage="decode"'
     down = [
@@ -763,10 +814,9 @@ def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
             "stage": "decode",
         },
     }
-    tests = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
+    run_rule_tests(
+        tmp_path,
+        [
             {
                 "interval": "1m",
                 "input_series": down,
@@ -783,16 +833,7 @@ def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
                 ],
             },
         ],
-    }
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
-    out = subprocess.run(
-        [promtool, "test", "rules", "tests.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
@@ -827,3 +868,212 @@ def test_rendered_environment_is_what_the_services_read(
         if entry.inference:
             expected = "triton" if overlay == "gpu" else "local"
             assert settings.inference.backend == expected  # type: ignore[attr-defined]
+
+
+# -- the protection service -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_protection_is_stateless(overlay: str) -> None:
+    """No database, no accountant: nothing from a Secret but its callers' tokens, no volume
+    but those tokens and /tmp, and no way to (or from) the accountant."""
+    objs = render(overlay)
+    protection = one(objs, "Deployment", "veil-protection")
+    container = the_container(protection)
+    env = config_env(objs, container)
+    assert not [k for k in env if "DATABASE" in k or "ACCOUNTANT" in k], env
+    assert all("value" in e for e in container["env"]), "no setting from a Secret"
+    volumes = {v["name"]: v for v in protection["spec"]["template"]["spec"]["volumes"]}
+    assert set(volumes) == {"tokens", "tmp"}
+    secret = volumes["tokens"]["secret"]["secretName"]  # with a hash suffix where generated
+    assert re.fullmatch(r"veil-protection-tokens(-[a-z0-9]+)?", secret), secret
+    assert "emptyDir" in volumes["tmp"]
+    accountant = one(objs, "Deployment", "veil-accountant")
+    assert not admits(policy_of(objs, accountant), pod_labels(protection), "grpc")
+    policy = policy_of(objs, protection)
+    assert not egress_to(policy, pod_labels(accountant), SERVICES["accountant"].port)
+    assert not egress_anywhere(policy, 5432), "no database"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_protection_network_policy(overlay: str) -> None:
+    objs = render(overlay)
+    protection = one(objs, "Deployment", "veil-protection")
+    policy = policy_of(objs, protection)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert admits(policy, {"veil.dev/client": "true"}, "grpc")
+    by_port = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert set(by_port) == {"grpc", "metrics"}
+    assert by_port["metrics"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert egress_anywhere(policy, 53, "UDP") and egress_anywhere(policy, 53, "TCP"), "DNS"
+    peers = [rule for rule in policy["spec"]["egress"] if "to" in rule]
+    triton = [d for d in of_kind(objs, "Deployment") if d["metadata"]["name"] == "triton"]
+    for deploy in triton:  # the gpu overlay: both sides of protection -> Triton gRPC
+        grpc_port = container_ports(deploy)["grpc"]
+        assert egress_to(policy, pod_labels(deploy), grpc_port)
+        assert admits(policy_of(objs, deploy), pod_labels(protection), "grpc")
+    assert bool(triton) == (overlay == "gpu")
+    assert len(peers) == len(triton), "egress to named peers: Triton only"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def test_protection_waits_out_long_requests(overlay: str) -> None:
+    """FMD may run until just before its client's deadline: in-flight RPCs get a long grace,
+    still inside terminationGracePeriodSeconds (with the drain delay), and the logs are
+    JSON lines."""
+    objs = render(overlay)
+    protection = one(objs, "Deployment", "veil-protection")
+    pod = protection["spec"]["template"]["spec"]
+    env = config_env(objs, the_container(protection))
+    grace = float(env["VEIL_PROTECTION_SHUTDOWN_GRACE_S"])
+    drain = float(env["VEIL_PROTECTION_DRAIN_DELAY_S"])
+    assert grace >= PROTECTION_GRACE_S
+    assert pod["terminationGracePeriodSeconds"] > grace + drain
+    assert env["VEIL_PROTECTION_LOG_FORMAT"] == "json"
+    assert env["VEIL_PROTECTION_TOKENS_FILE"] == "/etc/veil/tokens/tokens.json"
+    probe = the_container(protection)["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= STARTUP_BUDGET_S
+
+
+def test_local_protection_runs_the_kernels_in_process() -> None:
+    objs = render("local")
+    protection = one(objs, "Deployment", "veil-protection")
+    container = the_container(protection)
+    assert config_env(objs, container)["VEIL_INFERENCE_BACKEND"] == "local"
+    limits = container["resources"]["limits"]
+    assert quantity(limits["cpu"]) >= 1 and quantity(limits["memory"]) >= 2 * 2**30, limits
+    assert protection["spec"]["replicas"] == 1
+    assert protection["spec"]["strategy"]["type"] == "RollingUpdate", "stateless"
+
+
+def test_local_protection_tokens_are_callers_only() -> None:
+    objs = render("local")
+    own = mounted_tokens(objs, one(objs, "Deployment", "veil-protection"))
+    assert "local-dev-token-not-secret" in own
+    assert not any(g.delegate for g in own.values()), "callers never get delegate"
+
+
+def test_gpu_protection_is_autoscaled_on_triton() -> None:
+    from services.inference.catalog import PROTECTION_MODELS
+
+    objs = render("gpu")
+    hpa = one(objs, "HorizontalPodAutoscaler", "veil-protection")
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+    protection = one(objs, "Deployment", "veil-protection")
+    assert "replicas" not in protection["spec"], "the HPA owns the replica count"
+    container = the_container(protection)
+    env = config_env(objs, container)
+    assert env["VEIL_INFERENCE_BACKEND"] == "triton"
+    service, port = service_address(objs, env["VEIL_INFERENCE_TRITON_URL"])
+    assert service is service_of(objs, one(objs, "Deployment", "triton"))
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert port == grpc["port"] == 8001
+    triton = the_container(one(objs, "Deployment", "triton"))
+    assert container["image"] == triton["image"]
+    # Evaluate's unauthorized models still run in the pod: torch needs its memory.
+    assert quantity(container["resources"]["limits"]["memory"]) >= 2**30
+    served = {p.name for p in (ROOT / "triton_models").iterdir() if p.is_dir()}
+    assert set(PROTECTION_MODELS) <= served, "Triton serves what the service calls"
+
+
+def test_protection_metric_names_exist_in_code() -> None:
+    names = {n for n in used_metric_names() if n.startswith("veil_protection_")}
+    assert names, "no rule or dashboard panel uses the protection service's metrics"
+    assert names <= PROTECTION_METRICS, f"unexpected protection metrics: {names}"
+    metrics_py = [ROOT / "services" / "protection" / "metrics.py"]
+    missing = [n for n in sorted(names) if not _defined_in(metrics_py, n)]
+    assert not missing, f"not defined in services/protection/metrics.py: {missing}"
+
+
+def test_protection_alert_modes_exist_in_code() -> None:
+    """Every ``mode="…"`` a rule selects is a mode the protection core records."""
+    from services.protection.core import MODES
+
+    texts = [
+        r["expr"] for pr in prometheus_rules() for g in pr["spec"]["groups"] for r in g["rules"]
+    ]
+    modes = set(re.findall(r'veil_protection_\w+\{[^}]*mode="(\w+)"', "\n".join(texts)))
+    assert modes and modes <= set(MODES), modes
+
+
+def test_protection_alerts_fire(tmp_path: Path) -> None:
+    """``promtool test rules`` on made-up series: half the FMD runs stopping early and slow
+    protection in both modes fire the protection alerts; a healthy service with a few early
+    stops fires none. Slow Protect RPCs do not fire the generic gRPC latency alert (FMD runs
+    as long as its deadline allows), while a slow sanitizer still does."""
+    pod = 'namespace="veil", job="veil-protection", pod="veil-protection-0"'
+    latency = "veil_protection_protect_duration_seconds"
+
+    def histogram(name: str, labels: str, upper: dict[str, int]) -> list[Obj]:
+        """Cumulative ``_bucket`` series (per minute increments by ``le``) and ``_count``."""
+        series = [
+            {"series": f'{name}_bucket{{{labels}, le="{le}"}}', "values": f"0+{n}x40"}
+            for le, n in upper.items()
+        ]
+        total = upper["+Inf"]
+        series.append({"series": f"{name}_count{{{labels}}}", "values": f"0+{total}x40"})
+        return series
+
+    def rpc(job: str, method: str) -> str:
+        return (
+            f'namespace="veil", job="{job}", pod="{job}-0", grpc_type="unary", '
+            f'grpc_service="veil.v1.{method[0]}", grpc_method="{method[1]}"'
+        )
+
+    slow_rpc = {"10": 0, "30": 0, "60": 60, "+Inf": 60}
+    down = [
+        {"series": f'veil_protection_protections_total{{{pod}, mode="fmd"}}',
+         "values": "0+60x40"},
+        {"series": f"veil_protection_early_stops_total{{{pod}}}", "values": "0+30x40"},
+        *histogram(latency, f'{pod}, mode="fmd"', {"30": 0, "60": 60, "+Inf": 60}),
+        *histogram(latency, f'{pod}, mode="fast"', {"2.5": 0, "5": 60, "+Inf": 60}),
+        *histogram("grpc_server_handling_seconds",
+                   rpc("veil-protection", ("Protection", "Protect")), slow_rpc),
+        *histogram("grpc_server_handling_seconds",
+                   rpc("veil-sanitizer", ("Sanitizer", "Release")), slow_rpc),
+    ]  # fmt: skip
+    healthy = [
+        {"series": f'veil_protection_protections_total{{{pod}, mode="fmd"}}',
+         "values": "0+60x40"},
+        {"series": f'veil_protection_protections_total{{{pod}, mode="fast"}}',
+         "values": "0+60x40"},
+        {"series": f"veil_protection_early_stops_total{{{pod}}}", "values": "0+1x40"},
+        *histogram(latency, f'{pod}, mode="fmd"', {"2.5": 0, "5": 60, "+Inf": 60}),
+        *histogram(latency, f'{pod}, mode="fast"', {"0.25": 60, "+Inf": 60}),
+        *histogram("grpc_server_handling_seconds",
+                   rpc("veil-protection", ("Protection", "Protect")), slow_rpc),
+    ]  # fmt: skip
+    warning = {"severity": "warning", "namespace": "veil"}
+    alerts = {
+        "VeilProtectionEarlyStopsHigh": [warning],
+        "VeilProtectionLatencyP99High": [{**warning, "mode": m} for m in ("fmd", "fast")],
+        "VeilGrpcLatencyP99High": [{**warning, "job": "veil-sanitizer"}],
+    }
+    run_rule_tests(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": down,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "35m",
+                        "alertname": a,
+                        "exp_alerts": [{"exp_labels": labels} for labels in expected],
+                    }
+                    for a, expected in alerts.items()
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": healthy,
+                "alert_rule_test": [
+                    {"eval_time": "35m", "alertname": a, "exp_alerts": []} for a in alerts
+                ],
+            },
+        ],
+    )

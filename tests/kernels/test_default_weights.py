@@ -1,7 +1,7 @@
 """The default weights committed under ``services/kernels/weights``: each verifies by
-sha256 and loads; each classifier, the autoencoder and the probes reproduce their recorded
-figures on fresh data; every recorded recipe (classifiers, autoencoder) replays on a tiny
-schedule into the same config."""
+sha256 and loads; each classifier (the unauthorized models of the task included), the
+autoencoder and the probes reproduce their recorded figures on fresh data; every recorded
+recipe (classifiers, autoencoder) replays on a tiny schedule into the same config."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from services.kernels.training.diffae import encode_table, reconstruction
 STORE = ModelStore()
 MANIFESTS = STORE.list()
 FRESH = "synthfaces://?n=600&seed=7"  # a seed no default model was trained on
+UNAUTHORIZED = ("unauth-vgg", "unauth-wide-resnet", "unauth-mixer")
+"""Models of the task that protection (issue #15) is judged against and never sees."""
 
 
 def test_defaults_are_committed():
@@ -29,6 +31,29 @@ def test_defaults_are_committed():
     assert {"task-resnet", "diffae", "probes"} <= names
     for attribute in ("male", "old", "dark_skin", "glasses", "smiling"):
         assert {f"attacker-{attribute}-vgg", f"attacker-{attribute}-resnet"} <= names
+    assert set(UNAUTHORIZED) <= names
+
+
+def test_unauthorized_models_are_independent_of_the_authorized_one():
+    """Authorized-inference protection (Chai et al. 2024, arXiv 2402.09316) must defeat
+    black-box models of the same task that it never sees: each unauthorized entry predicts
+    the authorized model's labels at its resolution, with another architecture or width,
+    another seed and other training faces, and learned the task (>= 95 % held out)."""
+    task = STORE.manifest("task-resnet")
+    shapes = set()
+    for name in UNAUTHORIZED:
+        manifest = STORE.manifest(name)
+        config = manifest.config
+        assert config["role"] == "unauthorized" and config["target"] == task.config["target"]
+        for key in ("num_classes", "resolution"):
+            assert config[key] == task.config[key], (name, key)
+        shapes.add((config["arch"], config["width"]))
+        assert manifest.seed != task.seed and manifest.data["uri"] != task.data["uri"]
+        assert manifest.metrics["held-out accuracy"] >= 0.95, name
+        assert (STORE.path(name) / "weights.safetensors").stat().st_size < 3.5e6, name
+    assert len(shapes) == len(UNAUTHORIZED)
+    assert (task.config["arch"], task.config["width"]) not in shapes
+    assert {arch for arch, _ in shapes} == {"vgg", "resnet", "mlpmixer"}
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.name)

@@ -179,3 +179,34 @@ def test_attribute_head_adds_its_logistic_loss() -> None:
         DiffAE(config).loss(x, None, labels[:, :1])
     with pytest.raises(KernelInputError, match="needs the attributes"):
         DiffAEConfig(attribute_weight=0.1)
+
+
+def test_task_head_adds_its_cross_entropy() -> None:
+    config = DiffAEConfig(**{**TINY.to_dict(), "task_classes": 3, "task_weight": 0.3})
+    torch.manual_seed(0)
+    net = DiffAE(config)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    tasks = torch.tensor([0, 2, 1, 2])
+    with torch.no_grad():
+        total = net.loss(x, torch.Generator().manual_seed(5), tasks=tasks)
+        assert net.task_head is not None
+        ce = torch.nn.functional.cross_entropy(net.task_head(net.encoder(x)), tasks)
+        net.task_head = None  # the same draws without the head
+        plain = net.loss(x, torch.Generator().manual_seed(5))
+    assert float(total) == pytest.approx(float(plain) + 0.3 * float(ce), rel=1e-5)
+    with pytest.raises(KernelInputError, match="task labels"):
+        DiffAE(config).loss(x, torch.Generator().manual_seed(5))
+    with pytest.raises(KernelInputError, match=r"expected \(4,\)"):
+        DiffAE(config).loss(x, None, tasks=tasks[:2])
+
+
+def test_task_config_is_checked_and_old_configs_load_without_a_task_head() -> None:
+    with pytest.raises(KernelInputError, match="needs task_classes"):
+        DiffAEConfig(task_weight=0.1)
+    with pytest.raises(KernelInputError, match="task_classes"):
+        DiffAEConfig(task_classes=1)
+    old = {k: v for k, v in TINY.to_dict().items() if not k.startswith("task_")}
+    config = DiffAEConfig.from_dict(old)
+    assert config.task_classes == 0 and DiffAE(config).task_head is None
+    names = set(DiffAE(DiffAEConfig(**{**TINY.to_dict(), "task_classes": 3})).state_dict())
+    assert names - set(DiffAE(config).state_dict()) == {"task_head.weight", "task_head.bias"}

@@ -1,5 +1,6 @@
 """FMD (services/kernels/fmd.py): the ε-ball and the pixel range hold exactly, the features
-move more with more iterations, and the CE term keeps the authorized model right."""
+move more with more iterations, the CE term keeps the authorized model right, and a
+deadline stops the loop early (on a fake clock) with what that many steps give."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from services.kernels import fmd
 from services.kernels.checks import KernelInputError
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
 from services.kernels.fmd import protect
@@ -95,3 +97,73 @@ def test_uint8_images_are_refused(trained) -> None:
     model, x, _ = trained
     with pytest.raises(KernelInputError):
         protect(model, (x * 127 + 128).to(torch.uint8))
+
+
+class FakeClock:
+    """``fmd.monotonic`` replaced: every run of the model's stem costs one second."""
+
+    def __init__(self, model: Classifier) -> None:
+        self.now = 0.0
+        self.handle = model.stages["stem"].register_forward_hook(self.tick)
+
+    def tick(self, *_: object) -> None:
+        self.now += 1.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(trained, monkeypatch) -> Iterator[FakeClock]:
+    fake = FakeClock(trained[0])
+    monkeypatch.setattr(fmd, "monotonic", fake)
+    yield fake
+    fake.handle.remove()
+
+
+def test_no_deadline_runs_every_step(trained) -> None:
+    model, x, y = trained
+    assert protect(model, x, y, iterations=3)[1].steps == 3
+    assert protect(model, x, y, iterations=3, time_budget_s=1e6)[1].steps == 3
+
+
+def test_a_budget_stops_before_the_step_that_would_overrun_it(trained, clock) -> None:
+    """The two clean passes take 2 s, so the first step is estimated at 3 s (a step ≈ three
+    forwards) and fits in 10 s; each step then costs 1 s (one pass; the CE term's gradient
+    moves x* = x, so no escape pass) and ends at 3, 4, …, 10 s. The ninth would end at
+    11 s: not started. The result is exactly that of 8 iterations."""
+    model, x, y = trained
+    protected, stats = protect(model, x, y, iterations=50, time_budget_s=10.0)
+    assert stats.steps == 8
+    assert clock.now == 12.0  # the loop ended at 10 s; the final stats take two passes
+    replay, replay_stats = protect(model, x, y, iterations=8)
+    assert torch.equal(protected, replay)
+    assert torch.equal(stats.feature_distortion, replay_stats.feature_distortion)
+    clock.now = 0.0  # 4 s: the first step, estimated to end at 5 s, is not started
+    assert protect(model, x, y, iterations=50, time_budget_s=4.0)[1].steps == 0
+
+
+def test_a_past_deadline_runs_no_step(trained) -> None:
+    model, x, y = trained
+    protected, stats = protect(model, x, y, iterations=5, deadline=fmd.monotonic() - 1.0)
+    assert stats.steps == 0 and torch.equal(protected, x)
+    assert protect(model, x, y, iterations=5, time_budget_s=0.0)[1].steps == 0
+
+
+def test_the_earlier_of_deadline_and_budget_wins(trained, clock) -> None:
+    model, x, y = trained
+    budget = protect(model, x, y, iterations=50, deadline=1e9, time_budget_s=10.0)[1].steps
+    clock.now = 0.0
+    deadline = protect(model, x, y, iterations=50, deadline=20.0, time_budget_s=1e9)[1].steps
+    assert (budget, deadline) == (8, 18)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"time_budget_s": -1.0}, {"time_budget_s": float("nan")}, {"deadline": "soon"}],
+    ids=["negative", "nan", "not-a-number"],
+)
+def test_bad_deadlines_are_typed(trained, kwargs) -> None:
+    model, x, _ = trained
+    with pytest.raises(KernelInputError):
+        protect(model, x, iterations=1, **kwargs)

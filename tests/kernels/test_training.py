@@ -12,11 +12,12 @@ from torch import nn
 
 from services.cli.models import add_models_parser
 from services.cli.train import add_train_parser
-from services.kernels.diffae import DiffAEConfig
+from services.kernels.checks import KernelInputError
+from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.store import ModelStore
 from services.kernels.training import EMA, TrainConfig, Trainer
 from services.kernels.training.data import load_table
-from services.kernels.training.diffae import train_diffae
+from services.kernels.training.diffae import task_labels, train_diffae
 
 DATA = "synthfaces://?n=64&seed=0"
 TINY_ARGS = [
@@ -185,3 +186,33 @@ def test_warm_start_adds_an_attribute_head_to_an_unsupervised_model(tmp_path: Pa
     assert manifest.config["attributes"] == ["male", "old", "dark_skin", "glasses", "smiling"]
     assert manifest.config["attribute_weight"] == 0.1
     assert weights["attribute_head.weight"].shape == (5, 8)
+
+
+def test_task_labels_follow_the_config() -> None:
+    table = load_table(DATA, 16, cache_dir=None)
+    base = {"resolution": 16, "z_dim": 8, "encoder_channels": (8,), "unet_channels": (8, 8),
+            "norm_groups": 4, "attention": False}  # fmt: skip
+    indices = torch.tensor([3, 0, 7])
+    assert task_labels(DiffAE(DiffAEConfig(**base)), table, indices) is None
+    supervised = DiffAE(DiffAEConfig(**base, task_classes=3, task_weight=0.1))
+    assert torch.equal(task_labels(supervised, table, indices), table.tasks[indices])
+    with pytest.raises(KernelInputError, match="3 classes"):
+        task_labels(DiffAE(DiffAEConfig(**base, task_classes=4)), table, indices)
+
+
+def test_warm_start_adds_a_task_head_to_an_attribute_supervised_model(tmp_path: Path) -> None:
+    common = ["--out", str(tmp_path / "store"), "--data", DATA,
+              "--cache-dir", str(tmp_path / "cache"), *TINY_ARGS, "--attribute-weight", "0.1",
+              "--z-dim", "8", "--encoder-channels", "32", "--unet-channels", "32,32"]  # fmt: skip
+    first = ["train", "diffae", "--name", "base", *common,
+             "--checkpoint-dir", str(tmp_path / "ckpt-a")]  # fmt: skip
+    assert _veil(first) == 0
+    second = ["train", "diffae", "--name", "pose", "--init-from", "base", "--task-weight", "0.3",
+              *common, "--checkpoint-dir", str(tmp_path / "ckpt-b")]  # fmt: skip
+    assert _veil(second) == 0
+    store = ModelStore(tmp_path / "store")
+    manifest, weights = store.load("pose")
+    assert manifest.config["task_classes"] == 3 and manifest.config["task_weight"] == 0.3
+    assert weights["task_head.weight"].shape == (3, 8)
+    assert "--task-weight 0.3" in manifest.command.split(" && ")[1]
+    assert "task_head.weight" not in store.load("base")[1]

@@ -12,6 +12,7 @@ import torch
 
 from services.kernels.classifiers import ClassifierConfig, build_classifier
 from services.kernels.diffae import DiffAE, DiffAEConfig
+from services.kernels.protector import ProtectorConfig, build_protector
 from services.kernels.store import ModelStore
 from services.serving.contract import CLASSIFIER, MODELS
 from services.triton.repository import render
@@ -180,18 +181,24 @@ TINY_DIFFAE = DiffAEConfig(
     attention=False,
 )
 TINY_CLASSIFIER = ClassifierConfig(num_classes=3, resolution=16, width=8)
-DIFFAE_ENTRY, CLASSIFIER_ENTRY = "diffae", "task-resnet"
+DIFFAE_ENTRY, CLASSIFIER_ENTRY, PROTECTOR_ENTRY = "diffae", "task-resnet", "protector"
 
 
 def tiny_store(root: Path) -> Path:
-    """A model store with a random-init tiny DiffAE and task classifier (seed 0)."""
+    """A model store with a random-init tiny DiffAE, task classifier and fast-protection
+    generator (against that classifier) (seed 0)."""
     store = ModelStore(root)
     torch.manual_seed(0)
     diffae = DiffAE(TINY_DIFFAE)
     store.save(DIFFAE_ENTRY, "diffae", diffae.state_dict(), TINY_DIFFAE.to_dict(), seed=0)
     classifier = build_classifier(TINY_CLASSIFIER)
     config = TINY_CLASSIFIER.to_dict()
-    store.save(CLASSIFIER_ENTRY, "classifier", classifier.state_dict(), config, seed=0)
+    saved = store.save(CLASSIFIER_ENTRY, "classifier", classifier.state_dict(), config, seed=0)
+    protector_config = ProtectorConfig(
+        resolution=16, widths=(4, 8), blocks=1, authorized_sha256=saved.sha256
+    )
+    protector = build_protector(protector_config).state_dict()
+    store.save(PROTECTOR_ENTRY, "protector", protector, protector_config.to_dict(), seed=0)
     return root
 
 

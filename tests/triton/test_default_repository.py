@@ -54,7 +54,11 @@ def test_every_default_model_serves_like_the_local_backend(server):
             np.testing.assert_allclose(features, want_features, atol=1e-4)
             got = await triton.protect(images, params=params)
             want = await local.protect(images, params=params)
-            np.testing.assert_allclose(got[0], want[0], atol=1e-4)
+            np.testing.assert_allclose(got.protected, want.protected, atol=1e-4)
+            assert got.steps_run == want.steps_run == 2
+            fast = await triton.protect_fast(images)
+            want_fast = await local.protect_fast(images)
+            np.testing.assert_allclose(fast.protected, want_fast.protected, atol=1e-4)
         finally:
             await local.close()
             await triton.close()

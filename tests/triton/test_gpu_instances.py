@@ -63,8 +63,12 @@ def test_gpu_repository_serves_every_model_like_the_cpu(tmp_path: Path) -> None:
             np.testing.assert_allclose(decoded, await cpu.decode(z, x_t, 3), atol=1e-2)
             logits, _ = await gpu.classify(images)
             np.testing.assert_allclose(logits, (await cpu.classify(images))[0], atol=1e-3)
-            protected, _ = await gpu.protect(images)
-            assert np.abs(protected - images).max() <= 2 * 16 / 255 + 1e-5
+            out = await gpu.protect(images, time_budget_s=30.0)
+            assert np.abs(out.protected - images).max() <= 2 * 16 / 255 + 1e-5
+            assert 0 < out.steps_run <= 100
+            fast = await gpu.protect_fast(images)
+            want = await cpu.protect_fast(images)
+            np.testing.assert_allclose(fast.protected, want.protected, atol=1e-4)
         finally:
             await gpu.close()
             await cpu.close()

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.serving.contract import CLASSIFIER, MODELS, TensorSpec
+from services.serving.contract import CLASSIFIER, MODELS, PROTECT, TensorSpec
 from services.triton.settings import REPO_ROOT
 
 REPOSITORY = REPO_ROOT / "triton_models"
@@ -24,7 +24,12 @@ def load(name: str) -> model_config_pb2.ModelConfig:
 def as_specs(tensors) -> list[TensorSpec]:
     kinds = model_config_pb2.DataType
     return [
-        TensorSpec(t.name, kinds.Name(t.data_type).removeprefix("TYPE_"), tuple(t.dims))
+        TensorSpec(
+            t.name,
+            kinds.Name(t.data_type).removeprefix("TYPE_"),
+            tuple(t.dims),
+            optional=t.optional if hasattr(t, "optional") else False,  # outputs have none
+        )
         for t in tensors
     ]
 
@@ -54,7 +59,15 @@ def test_config_matches_the_contract(name: str) -> None:
 def test_weights_come_from_the_store(name: str) -> None:
     parameters = load(name).parameters
     assert "store" in parameters and parameters["store"].string_value == ""
-    assert parameters["model_name"].string_value in ("diffae", "task-resnet")
+    assert parameters["model_name"].string_value in ("diffae", "task-resnet", "protector")
+
+
+def test_only_the_time_budget_is_optional() -> None:
+    """Clients of this package always send it; an older client that does not still gets
+    an answer (no limit)."""
+    optional = [(n, t.name) for n, m in MODELS.items() for t in m.inputs if t.optional]
+    assert optional == [(PROTECT, "TIME_BUDGET_S")]
+    assert [t.name for t in load(PROTECT).input if t.optional] == ["TIME_BUDGET_S"]
 
 
 def test_classifier_keeps_two_versions() -> None:
@@ -68,7 +81,7 @@ def test_model_files_follow_add_sub() -> None:
         assert part in text, f"{shared}: {part}"
     assert "TritonError" in text
     models = sorted(REPOSITORY.glob("*/1/model.py"))
-    assert len(models) == 4
+    assert len(models) == len(MODELS)
     for model in models:
         source = model.read_text()
         assert "from services.serving.triton_model import TritonPythonModel" in source, model

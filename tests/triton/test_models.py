@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from services.kernels.store import ModelStore
-from services.serving.contract import CLASSIFIER, DECODER, ENCODER, MODELS, PROTECT
+from services.serving.contract import CLASSIFIER, DECODER, ENCODER, MODELS, PROTECT, PROTECTOR
 from services.triton.server import TritonServer, TritonStartError
 from tests.support.triton import DIFFAE_ENTRY, light_triton
 
@@ -109,11 +109,36 @@ def test_protect_keeps_the_bound(client) -> None:
         infer_input("ITERATIONS", (one * 3).astype(np.int32), "INT32"),
         infer_input("CE_WEIGHT", one.astype(np.float32), "FP32"),
     ]
-    result = client.infer(PROTECT, inputs, client_timeout=60)
+    result = client.infer(PROTECT, inputs, client_timeout=60)  # no TIME_BUDGET_S: optional
     protected = result.as_numpy("PROTECTED")
     assert np.abs(protected - x).max() <= 2 * np.float32(8 / 255) + 1e-6
     assert protected.min() >= -1 and protected.max() <= 1
     assert (result.as_numpy("FEATURE_DISTORTION") > 0).all()
+    assert result.as_numpy("STEPS_RUN").tolist() == [[3], [3]]
+
+
+def test_protect_time_budget_stops_the_loop(client) -> None:
+    x = images(1)
+    inputs = [
+        infer_input("IMAGE", x, "FP32"),
+        infer_input("LABEL", np.full((1, 1), -1, np.int64), "INT64"),
+        infer_input("EPSILON", np.full((1, 1), 8 / 255, np.float32), "FP32"),
+        infer_input("STEP_SIZE", np.full((1, 1), 2 / 255, np.float32), "FP32"),
+        infer_input("ITERATIONS", np.full((1, 1), 10_000, np.int32), "INT32"),
+        infer_input("CE_WEIGHT", np.ones((1, 1), np.float32), "FP32"),
+        infer_input("TIME_BUDGET_S", np.full((1, 1), 0.5, np.float32), "FP32"),
+    ]
+    result = client.infer(PROTECT, inputs, client_timeout=60)
+    assert 0 <= int(result.as_numpy("STEPS_RUN")[0, 0]) < 10_000
+
+
+def test_protector_keeps_the_bound(client) -> None:
+    x = images(3)
+    result = client.infer(PROTECTOR, [infer_input("IMAGE", x, "FP32")], client_timeout=30)
+    protected = result.as_numpy("PROTECTED")
+    assert protected.shape == x.shape
+    assert np.abs(protected - x).max() <= 2 * np.float32(16 / 255) + 1e-6
+    assert result.as_numpy("FEATURE_DISTORTION").shape == (3, 1)
 
 
 def test_missing_weights_fail_initialize_with_the_reason(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, se
 
 
 def labels_for(table: ImageTable, config: ClassifierConfig) -> torch.Tensor:
-    """The column a classifier predicts: the task labels, or one attribute."""
-    if config.role == "task":
+    """The column a classifier predicts: the task labels (the authorized model and the
+    unauthorized ones), or one attribute (an attacker)."""
+    if config.role != "attacker":
         return table.tasks
     if config.target not in table.attribute_names:
         raise InvalidArgument(

@@ -37,12 +37,30 @@ def attribute_labels(
     return table.attributes[indices][:, columns]
 
 
+def task_labels(model: DiffAE, table: ImageTable, indices: torch.Tensor) -> torch.Tensor | None:
+    """The task labels if ``model`` supervises the task (None if not)."""
+    if not model.config.task_classes:
+        return None
+    if table.num_task_classes != model.config.task_classes:
+        raise KernelInputError(
+            f"the data's task has {table.num_task_classes} classes; the model supervises"
+            f" {model.config.task_classes}"
+        )
+    return table.tasks[indices]
+
+
+def _labels(
+    model: DiffAE, table: ImageTable, indices: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return attribute_labels(model, table, indices), task_labels(model, table, indices)
+
+
 def heldout_loss(model: DiffAE, held: ImageTable, seed: int = 0) -> float:
     """Training loss on held-out images with fixed noise (comparable across runs)."""
     gen = torch.Generator().manual_seed(seed)
     indices = torch.arange(min(len(held), EVAL_SAMPLES))
     with torch.no_grad():
-        return float(model.loss(held.batch(indices), gen, attribute_labels(model, held, indices)))
+        return float(model.loss(held.batch(indices), gen, *_labels(model, held, indices)))
 
 
 def reconstruction(
@@ -84,7 +102,7 @@ def train_diffae(
 
     def step_loss(net: nn.Module, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         assert isinstance(net, DiffAE)
-        return net.loss(train.batch(indices), gen, attribute_labels(net, train, indices))
+        return net.loss(train.batch(indices), gen, *_labels(net, train, indices))
 
     def evaluate(ema: nn.Module) -> dict[str, float]:
         assert isinstance(ema, DiffAE)

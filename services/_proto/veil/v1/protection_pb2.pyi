@@ -1,11 +1,21 @@
 from services._proto.veil.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ProtectionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTECTION_MODE_UNSPECIFIED: _ClassVar[ProtectionMode]
+    PROTECTION_MODE_FMD: _ClassVar[ProtectionMode]
+    PROTECTION_MODE_FAST: _ClassVar[ProtectionMode]
+PROTECTION_MODE_UNSPECIFIED: ProtectionMode
+PROTECTION_MODE_FMD: ProtectionMode
+PROTECTION_MODE_FAST: ProtectionMode
 
 class FmdParams(_message.Message):
     __slots__ = ("epsilon", "step_size", "iterations", "ce_weight", "feature_layer")
@@ -22,23 +32,25 @@ class FmdParams(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., step_size: _Optional[float] = ..., iterations: _Optional[int] = ..., ce_weight: _Optional[float] = ..., feature_layer: _Optional[str] = ...) -> None: ...
 
 class ProtectRequest(_message.Message):
-    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id")
+    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id", "mode")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     image: _common_pb2.Image
     authorized_model: _common_pb2.ModelRef
     params: FmdParams
     label: int
     request_id: str
-    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    mode: ProtectionMode
+    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ...) -> None: ...
 
 class ProtectResponse(_message.Message):
-    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error")
+    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LINF_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DISTORTION_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +58,11 @@ class ProtectResponse(_message.Message):
     AUTHORIZED_PREDICTION_AFTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STEPS_RUN_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PSNR_DB_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     linf: float
     feature_distortion: float
@@ -53,7 +70,12 @@ class ProtectResponse(_message.Message):
     authorized_prediction_after: int
     request_id: str
     error: _common_pb2.ItemError
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+    steps_run: int
+    early_stopped: bool
+    mode: ProtectionMode
+    psnr_db: float
+    authorized_model: _common_pb2.ModelRef
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class LabeledImage(_message.Message):
     __slots__ = ("original", "protected", "label")

@@ -1,0 +1,96 @@
+"""Protobuf ↔ the protection service's domain objects (no logic beyond the mapping)."""
+
+from __future__ import annotations
+
+import math
+
+from services._proto.veil.v1 import common_pb2
+from services._proto.veil.v1 import protection_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.protection.core import Evaluation, Pair, Params, Protected, ProtectJob, with_defaults
+
+MODE_NAMES: dict[int, str] = {
+    pb.PROTECTION_MODE_UNSPECIFIED: "",
+    pb.PROTECTION_MODE_FMD: "fmd",
+    pb.PROTECTION_MODE_FAST: "fast",
+}
+MODE_OF: dict[str, str] = {"fmd": "PROTECTION_MODE_FMD", "fast": "PROTECTION_MODE_FAST"}
+
+
+def _finite(value: float, field: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"{field} must be a finite number >= 0", details={"field": field})
+    return float(value)
+
+
+def params_from_pb(params: pb.FmdParams) -> Params:
+    if params.iterations < 0:
+        raise InvalidArgument(
+            "params.iterations must be >= 0", details={"field": "params.iterations"}
+        )
+    return with_defaults(
+        Params(
+            epsilon=_finite(params.epsilon, "params.epsilon"),
+            step_size=_finite(params.step_size, "params.step_size"),
+            iterations=int(params.iterations),
+            ce_weight=(
+                _finite(params.ce_weight, "params.ce_weight")
+                if params.HasField("ce_weight")
+                else Params().ce_weight
+            ),
+            feature_layer=params.feature_layer,
+        )
+    )
+
+
+def job_from_pb(request: pb.ProtectRequest, time_budget_s: float | None) -> ProtectJob:
+    if not request.image.data:
+        raise InvalidArgument("image is required", details={"field": "image"})
+    return ProtectJob(
+        image=request.image.data,
+        label=int(request.label) if request.HasField("label") else None,
+        mode=MODE_NAMES.get(request.mode, ""),
+        params=params_from_pb(request.params),
+        model=request.authorized_model.name,
+        version=int(request.authorized_model.version),
+        request_id=request.request_id,
+        time_budget_s=time_budget_s,
+    )
+
+
+def protected_to_pb(out: Protected, fmt: str) -> pb.ProtectResponse:
+    return pb.ProtectResponse(
+        image=common_pb2.Image(data=out.image, format_hint=fmt.lower()),
+        linf=out.linf,
+        feature_distortion=out.feature_distortion,
+        authorized_label=out.authorized_label,
+        authorized_prediction_after=out.authorized_prediction_after,
+        request_id=out.request_id,
+        steps_run=out.steps_run,
+        early_stopped=out.early_stopped,
+        mode=MODE_OF[out.mode],
+        psnr_db=out.psnr_db if math.isfinite(out.psnr_db) else 0.0,
+        authorized_model=common_pb2.ModelRef(name=out.model, version=out.version),
+    )
+
+
+def pairs_from_pb(request: pb.EvaluateRequest) -> list[Pair]:
+    return [Pair(p.original.data, p.protected.data, int(p.label)) for p in request.images]
+
+
+def evaluation_to_pb(out: Evaluation) -> pb.EvaluateResponse:
+    return pb.EvaluateResponse(
+        authorized_accuracy_original=out.authorized_original,
+        authorized_accuracy_protected=out.authorized_protected,
+        unauthorized=[
+            pb.ModelAccuracy(
+                model=common_pb2.ModelRef(name=a.model, version=a.version),
+                accuracy_original=a.original,
+                accuracy_protected=a.protected,
+            )
+            for a in out.unauthorized
+        ],
+        mean_linf=out.mean_linf,
+        mean_psnr_db=out.mean_psnr_db if math.isfinite(out.mean_psnr_db) else 0.0,
+        image_count=out.count,
+    )

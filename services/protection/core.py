@@ -1,0 +1,344 @@
+"""The protection service's core: protect images for one authorized model, evaluate how
+well protection works, without any transport.
+
+A photo of any size is protected at the authorized model's resolution R: it is resized to
+R×R, perturbed there (FMD or the fast generator, ‖δ‖∞ ≤ ε), and the perturbation δ is
+resized back (bilinear: every value stays within [−ε, ε]) and added to the photo at its own
+resolution, which is kept. The result is rounded to 8 bits and clipped again to the ε-ball
+around the original, so ``linf`` ≤ ε holds for the bytes returned. For an R×R image the
+perturbation is exactly the kernel's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.imaging import ImageLimits, decode_image, encode_image
+from services.inference.backend import InferenceBackend, ProtectParams
+from services.inference.catalog import ClassifierInfo
+from services.protection.metrics import ProtectionMetrics
+from services.protection.settings import ProtectionSettings
+
+Offload = Callable[..., Any]
+MODES = ("fmd", "fast")
+
+
+@dataclass(frozen=True)
+class Params:
+    """FMD parameters in [0, 1] pixel units; zero values were filled with defaults."""
+
+    epsilon: float = 16 / 255
+    step_size: float = 4 / 255
+    iterations: int = 100
+    ce_weight: float = 1.0
+    feature_layer: str = ""
+
+
+@dataclass(frozen=True)
+class ProtectJob:
+    image: bytes
+    label: int | None = None
+    mode: str = ""
+    params: Params = field(default_factory=Params)
+    model: str = ""
+    version: int = 0
+    request_id: str = ""
+    time_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Protected:
+    image: bytes
+    linf: float
+    feature_distortion: float
+    authorized_label: int
+    authorized_prediction_after: int
+    steps_run: int
+    early_stopped: bool
+    mode: str
+    psnr_db: float
+    model: str
+    version: int
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Pair:
+    original: bytes
+    protected: bytes
+    label: int
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    model: str
+    version: int
+    original: float
+    protected: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    authorized_original: float
+    authorized_protected: float
+    unauthorized: list[Accuracy]
+    mean_linf: float
+    mean_psnr_db: float
+    count: int
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def to_model(pixels: np.ndarray, resolution: int) -> np.ndarray:
+    """(H, W, 3) uint8 → (3, R, R) float32 in [-1, 1] (area resize when shrinking)."""
+    if pixels.shape[:2] != (resolution, resolution):
+        shrink = pixels.shape[0] > resolution or pixels.shape[1] > resolution
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        pixels = cv2.resize(pixels, (resolution, resolution), interpolation=interpolation)
+    return (pixels.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
+def apply_perturbation(original: np.ndarray, delta: np.ndarray, epsilon: float) -> np.ndarray:
+    """The original (H, W, 3) uint8 plus δ (3, R, R) in [-1, 1] units, resized to the
+    original, rounded, and clipped to the ε-ball ([0, 1] units) and to [0, 255]."""
+    height, width = original.shape[:2]
+    step = np.asarray(delta.transpose(1, 2, 0) * 127.5, dtype=np.float32)  # pixel units
+    if step.shape[:2] != (height, width):
+        step = np.asarray(
+            cv2.resize(step, (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32
+        )
+    bound = math.floor(epsilon * 255 + 1e-9)
+    step = np.clip(np.rint(step), -bound, bound)
+    return np.clip(original.astype(np.int16) + step.astype(np.int16), 0, 255).astype(np.uint8)
+
+
+class Protection:
+    """Protect and evaluate; one instance per server."""
+
+    def __init__(
+        self,
+        settings: ProtectionSettings,
+        backend: Callable[[], InferenceBackend],
+        authorized: ClassifierInfo,
+        evaluation: Callable[[], InferenceBackend],
+        unauthorized: dict[str, ClassifierInfo],
+        metrics: ProtectionMetrics,
+        offload: Offload,
+        limits: ImageLimits | None = None,
+    ) -> None:
+        self.settings = settings
+        self._backend = backend
+        self._evaluation = evaluation
+        self.authorized = authorized
+        self.unauthorized = unauthorized
+        self.metrics = metrics
+        self._offload = offload
+        self.limits = limits or ImageLimits()
+
+    # -- validation ------------------------------------------------------------------------
+
+    def check_model(self, name: str, version: int) -> int:
+        """The authorized model's resolved version; NOT_FOUND for another model or version."""
+        if name and name != self.authorized.name:
+            raise NotFound(
+                f"authorized model {name!r} is not loaded; this server protects for "
+                f"{self.authorized.name!r} (versions {list(self.authorized.versions)})"
+            )
+        if version < 0:
+            raise InvalidArgument("version must be >= 0", details={"field": "authorized_model"})
+        if version and version not in self.authorized.versions:
+            raise NotFound(
+                f"{self.authorized.name!r} has no version {version}; loaded: "
+                f"{list(self.authorized.versions)}"
+            )
+        return version or max(self.authorized.versions)
+
+    def check_params(self, params: Params, mode: str) -> Params:
+        s = self.settings
+        if not 0 < params.epsilon <= s.max_epsilon:
+            raise InvalidArgument(
+                f"params.epsilon must be in (0, {s.max_epsilon:.4f}]; got {params.epsilon!r}",
+                details={"field": "params.epsilon"},
+            )
+        if not 0 < params.step_size <= 1:
+            raise InvalidArgument(
+                "params.step_size must be in (0, 1]", details={"field": "params.step_size"}
+            )
+        if not 1 <= params.iterations <= s.max_iterations:
+            raise InvalidArgument(
+                f"params.iterations must be in [1, {s.max_iterations}]; got {params.iterations}",
+                details={"field": "params.iterations"},
+            )
+        if not (math.isfinite(params.ce_weight) and 0 <= params.ce_weight <= 1e6):
+            raise InvalidArgument(
+                "params.ce_weight must be in [0, 1e6]", details={"field": "params.ce_weight"}
+            )
+        if mode not in MODES:
+            raise InvalidArgument(f"mode must be one of {MODES}", details={"field": "mode"})
+        return params
+
+    def check_label(self, label: int | None) -> int | None:
+        if label is None or label < 0:
+            return None
+        if label >= self.authorized.num_classes:
+            raise InvalidArgument(
+                f"label must be in [0, {self.authorized.num_classes}) or unset",
+                details={"field": "label"},
+            )
+        return label
+
+    # -- protect ---------------------------------------------------------------------------
+
+    async def protect(self, job: ProtectJob) -> Protected:
+        start = time.perf_counter()
+        mode = job.mode or self.settings.default_mode
+        params = self.check_params(job.params, mode)
+        version = self.check_model(job.model, job.version)
+        label = self.check_label(job.label)
+        resolution = self.authorized.resolution
+        pixels = (await self._offload(decode_image, job.image, self.limits)).pixels
+        x = to_model(pixels, resolution)[None]
+        backend = self._backend()
+        if mode == "fast":
+            out = await backend.protect_fast(x)
+            steps, early = 0, False
+        else:
+            budget = None
+            if job.time_budget_s is not None:
+                # Keep room to verify, encode and answer: the margin, or a quarter of the
+                # time left when that is more (a loaded machine is slower at both).
+                reserve = max(self.settings.deadline_margin_s, 0.25 * job.time_budget_s)
+                budget = max(job.time_budget_s - reserve, 1e-3)
+            kernel = ProtectParams(
+                epsilon=params.epsilon,
+                step_size=params.step_size,
+                iterations=params.iterations,
+                ce_weight=params.ce_weight,
+            )
+            labels = None if label is None else np.array([label])
+            out = await backend.protect(x, labels, kernel, time_budget_s=budget)
+            steps = int(np.asarray(out.steps_run).reshape(-1)[0])
+            early = steps < params.iterations
+            self.metrics.steps.observe(steps)
+            if early:
+                self.metrics.early_stops.inc()
+        protected_model = np.asarray(out.protected, dtype=np.float32)
+        delta = protected_model[0] - x[0]
+        result = await self._offload(apply_perturbation, pixels, delta, params.epsilon)
+        check = np.stack([x[0], to_model(result, resolution)])
+        logits, _ = await backend.classify(check, model=self.authorized.name, version=version)
+        before, after = (int(v) for v in np.asarray(logits).argmax(1))
+        data = await self._offload(encode_image, result, self.settings.output_format)
+        linf = float(np.abs(result.astype(np.int16) - pixels.astype(np.int16)).max()) / 255
+        self.metrics.protections.labels(mode=mode).inc()
+        self.metrics.latency.labels(mode=mode).observe(time.perf_counter() - start)
+        return Protected(
+            image=data,
+            linf=linf,
+            feature_distortion=float(np.asarray(out.feature_distortion).reshape(-1)[0]),
+            authorized_label=before if label is None else label,
+            authorized_prediction_after=after,
+            steps_run=steps,
+            early_stopped=early,
+            mode=mode,
+            psnr_db=psnr(pixels, result),
+            model=self.authorized.name,
+            version=version,
+            request_id=job.request_id,
+        )
+
+    # -- evaluate --------------------------------------------------------------------------
+
+    def known_unauthorized(self, names: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        if not names:
+            return [(name, 1) for name in self.unauthorized]
+        out = []
+        for name, version in names:
+            if name not in self.unauthorized:
+                raise InvalidArgument(
+                    f"unknown unauthorized model {name!r}; known: {sorted(self.unauthorized)}",
+                    details={"field": "unauthorized_models"},
+                )
+            if version not in (0, *self.unauthorized[name].versions):
+                raise NotFound(f"{name!r} has no version {version}")
+            out.append((name, version or max(self.unauthorized[name].versions)))
+        return out
+
+    async def evaluate(
+        self,
+        pairs: Sequence[Pair],
+        model: str,
+        version: int,
+        unauthorized: Sequence[tuple[str, int]],
+    ) -> Evaluation:
+        if not pairs:
+            raise InvalidArgument("give at least one labelled pair", details={"field": "images"})
+        if len(pairs) > 1024:
+            raise InvalidArgument("at most 1024 pairs per call", details={"field": "images"})
+        version = self.check_model(model, version)
+        others = self.known_unauthorized(unauthorized)
+
+        def decode(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+            a = decode_image(pair.original, self.limits).pixels
+            b = decode_image(pair.protected, self.limits).pixels
+            if a.shape != b.shape:
+                raise InvalidArgument("an original and its protected image differ in size")
+            return a, b
+
+        decoded = await asyncio.gather(*(self._offload(decode, p) for p in pairs))
+        labels = np.array([p.label for p in pairs])
+        linf = [float(np.abs(a.astype(int) - b.astype(int)).max()) / 255 for a, b in decoded]
+        psnrs = [psnr(a, b) for a, b in decoded]
+
+        async def accuracy(
+            backend: InferenceBackend, info: ClassifierInfo, v: int
+        ) -> tuple[float, float]:
+            res = info.resolution
+            originals = np.stack([to_model(a, res) for a, _ in decoded])
+            protected = np.stack([to_model(b, res) for _, b in decoded])
+            before, _ = await backend.classify(originals, model=info.name, version=v)
+            after, _ = await backend.classify(protected, model=info.name, version=v)
+            return (
+                float(np.mean(np.asarray(before).argmax(1) == labels)),
+                float(np.mean(np.asarray(after).argmax(1) == labels)),
+            )
+
+        auth = await accuracy(self._backend(), self.authorized, version)
+        results = []
+        for name, v in others:
+            info = self.unauthorized[name]
+            original, protected = await accuracy(self._evaluation(), info, v)
+            results.append(Accuracy(name, v, original, protected))
+        self.metrics.evaluations.inc()
+        finite = [p for p in psnrs if math.isfinite(p)]
+        return Evaluation(
+            authorized_original=auth[0],
+            authorized_protected=auth[1],
+            unauthorized=results,
+            mean_linf=float(np.mean(linf)),
+            mean_psnr_db=float(np.mean(finite)) if finite else math.inf,
+            count=len(pairs),
+        )
+
+
+def with_defaults(params: Params) -> Params:
+    """Zero values of the wire's FmdParams mean the paper's defaults."""
+    d = Params()
+    return replace(
+        params,
+        epsilon=params.epsilon or d.epsilon,
+        step_size=params.step_size or d.step_size,
+        iterations=params.iterations or d.iterations,
+    )
