@@ -67,7 +67,11 @@ def test_serve_accountant_answers_and_stops_on_sigterm(accountant_env):
 @pytest.mark.slow
 def test_up_runs_the_stack_and_stops_it_on_sigint(accountant_env):
     env, port, _ = accountant_env
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env)
+    # The accountant alone: with the services that call the kernels, `up` first waits for
+    # tritonserver (test_demo_command runs that whole stack).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--services", "accountant"], env=env
+    )
     try:
         wait_until_ready(f"127.0.0.1:{port}")
         proc.send_signal(signal.SIGINT)
