@@ -1,4 +1,5 @@
-"""``veil``: serve one service, bring the local stack up, run Triton, train, check the ledger."""
+"""``veil``: serve one service, bring the local stack up, run Triton, train, check the ledger,
+audit the sanitizer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 
 from services import __version__
+from services.cli.audit import add_audit_parser
 from services.cli.ledger import add_ledger_parser
 from services.cli.models import add_models_parser
 from services.cli.serve import add_serve_parser
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_models_parser(sub)
     add_ledger_parser(sub)
+    add_audit_parser(sub)
     return parser
 
 
@@ -39,7 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "models"):
+    if args.command in ("train", "models", "audit"):
         # Idle OpenMP workers sleep instead of spinning: on a small shared machine a
         # spinning pool steals the core another process (or the trainer's own data
         # preparation) needs. Only effective before torch is imported, as here.

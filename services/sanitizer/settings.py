@@ -40,9 +40,9 @@ class SanitizerSettings(BaseSettings):
     """Most DDIM steps a request may ask for (the decoder's cost grows with them)."""
     default_complement: Literal["keep", "erase"] = "erase"
     """What to do with (I − P)z when a request does not say. ``erase`` by measurement
-    (``python -m bench.sanitizer``, ε = 1): the committed attackers' mean accuracy 0.557
-    (keep 0.584), a fresh linear probe on the released codes 0.556 (keep 0.695; chance
-    0.600), at PSNR 14.9 dB (keep 15.6 dB)."""
+    (``python -m bench.sanitizer``, ε = 1): the committed attackers' mean accuracy 0.508
+    (keep 0.543), a fresh linear probe on the released codes 0.512 (keep 0.644; chance
+    0.600), pose kept alike (0.910 / 0.906), at PSNR 15.0 dB (keep 15.7 dB)."""
     max_strengths: int = Field(default=8, ge=1, le=64)
     """Most candidates one CreatePreview may ask for."""
     preview_ttl_s: float = Field(default=900.0, gt=0)
