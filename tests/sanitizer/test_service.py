@@ -170,7 +170,11 @@ def test_preview_then_fresh_release(
         pb.CreatePreviewRequest(**whole(face_png, strengths=[0.5], seed=3)),
         metadata=bearer(SUBJECT_TOKEN),
     )
-    assert again.candidates[0].image.data == preview.candidates[0].image.data
+    # Same noise and x_T; the decoder's float arithmetic may differ by batch size, so
+    # compare pixels, not bytes.
+    first = decode_image(preview.candidates[0].image.data).pixels.astype(int)
+    repeat = decode_image(again.candidates[0].image.data).pixels.astype(int)
+    assert np.abs(first - repeat).max() <= 2
     out = stub.Release(
         pb.ReleaseRequest(session_id=preview.session_id, epsilon=2.0, idempotency_key="r"),
         metadata=bearer(SUBJECT_TOKEN),
