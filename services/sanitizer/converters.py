@@ -63,20 +63,9 @@ def epsilon_from_pb(value: float, field: str) -> float:
     return float(value)
 
 
-def request_from_preview(request: pb.CreatePreviewRequest) -> Request:
-    return Request(
-        dataset=request.dataset_id,
-        subject=request.subject_id,
-        image=request.image.data,
-        weights=weights_from_pb(request.weights),
-        delta=float(request.delta),
-        steps=int(request.ddim_steps),
-        complement=complement_from_pb(request.complement),
-        face=face_from_pb(request.face, request.HasField("face")),
-    )
-
-
-def request_from_sanitize(request: pb.SanitizeRequest) -> Request:
+def request_from_pb(request: pb.CreatePreviewRequest | pb.SanitizeRequest) -> Request:
+    """The image, people and settings a preview or a one-shot release asks for (both
+    messages carry them under the same names)."""
     return Request(
         dataset=request.dataset_id,
         subject=request.subject_id,
@@ -93,7 +82,7 @@ def item_from_pb(item: pb.SanitizeBatchRequest) -> BatchItem:
     request = item.request
     return BatchItem(
         item_id=item.item_id,
-        request=request_from_sanitize(request),
+        request=request_from_pb(request),
         epsilon=epsilon_from_pb(request.epsilon, "epsilon"),
         key=request.idempotency_key,
     )

@@ -62,7 +62,7 @@ class SanitizerServicer(sanitizer_pb2_grpc.SanitizerServicer):
         strengths = [cv.epsilon_from_pb(e, "strengths") for e in request.strengths]
         seed = request.seed if request.HasField("seed") else None
         preview = await self.core.create_preview(
-            caller, cv.request_from_preview(request), strengths, seed
+            caller, cv.request_from_pb(request), strengths, seed
         )
         return cv.preview_to_pb(preview, self.format)
 
@@ -88,7 +88,7 @@ class SanitizerServicer(sanitizer_pb2_grpc.SanitizerServicer):
         caller = _caller(request.tenant_id)
         epsilon = cv.epsilon_from_pb(request.epsilon, "epsilon")
         released = await self.core.sanitize(
-            caller, cv.request_from_sanitize(request), epsilon, request.idempotency_key
+            caller, cv.request_from_pb(request), epsilon, request.idempotency_key
         )
         return cv.released_to_pb(released, self.format)
 
