@@ -152,8 +152,9 @@ SERIES = (
 
 
 def plot(report: Report, path: Path) -> None:
-    """Lower bounds vs the claimed ε (log₂ axis); the claim itself as the dashed diagonal.
-    Real faces (hollow markers) are not covered by the proof."""
+    """Lower bounds vs the claimed ε (log₂ axis); the claim itself as the dashed diagonal,
+    the largest bound the black-box releases can give as a dotted grey line. Real faces
+    (hollow markers) are not covered by the proof."""
     from PIL import Image, ImageDraw, ImageFont
 
     try:
@@ -191,6 +192,12 @@ def plot(report: Report, path: Path) -> None:
                        a[0] + q * (b[0] - a[0]), a[1] + q * (b[1] - a[1])),
                       fill="black", width=2)  # fmt: skip
     legend = [("claim (dashed)", (0, 0, 0), True)]
+    black = next((t for r in report.rows if (t := r.get(TESTS[2]))), None)
+    if black is not None and black.ceiling is not None:
+        level = at(1.0, black.ceiling)[1]
+        for dash in range(x0, x1, 8):
+            draw.line((dash, level, min(dash + 3, x1), level), fill=(150, 150, 150), width=1)
+        legend.append((f"black-box ceiling ({black.samples} releases)", (150, 150, 150), True))
     for name, colour in SERIES:
         points = [at(r.claim, t.bound.epsilon) for r in report.rows if (t := r.get(name))]
         if not points:
@@ -257,8 +264,8 @@ async def run(args: argparse.Namespace) -> int:
     plot(report, args.plot)
     print(f"command: python -m bench.audit {shlex.join(args.argv)}".rstrip())
     print(f"faces: {report.face}")
-    print(f"threads {args.threads}; wall time {time.perf_counter() - began:.1f} s "
-          f"(audit {report.seconds:.1f} s)")  # fmt: skip
+    print(f"threads {args.threads}; wall time {time.perf_counter() - began:.1f} s (audit "
+          f"{report.seconds:.1f} s), CPU time {time.process_time():.0f} s")  # fmt: skip
     main_table(report)
     if ladders:
         canary_table(ladders, args.repeats)

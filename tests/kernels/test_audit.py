@@ -1,10 +1,10 @@
 """The audit can fail: deliberately broken mechanisms are flagged, the real one is not.
 
 Reduced sample sizes (the full audit is ``python -m bench.audit``); each canary is flagged
-with a margin at these sizes (its canary table: the smallest bound of 3 runs at ε = 1 was
-1.56 for halved noise at 1 000 000 batched samples, 2.4 for a skipped clip, 4.9 for a
-fixed seed at 1 000 per-release samples). The black-box test's own canary (x_T reused from
-the original) runs through the sanitizer's pipeline in tests/cli/test_audit.py."""
+with a margin at these sizes (its canary table, two runs of 3 at ε = 1: the smallest bound
+was 1.49 for halved noise at 1 000 000 batched samples, 1.95 for a skipped clip at 200 000,
+4.91 for a fixed seed at 1 000 per-release samples). The black-box test's own canary (x_T
+reused from the original) runs through the sanitizer's pipeline in tests/cli/test_audit.py."""
 
 from __future__ import annotations
 
