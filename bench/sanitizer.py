@@ -25,6 +25,10 @@ What each figure measures:
   ceiling at this size.
 - **probe**: logistic regression (``services.kernels.probes.fit_logistic``) on the codes of
   the released images re-encoded, same split: what is still linearly readable in z-space.
+- **bal.**: the committed attackers' balanced accuracy (mean recall over the two classes),
+  whose chance is 0.5 whatever the labels' balance: an attacker that reads nothing and
+  always says "no glasses" scores the majority rate in raw accuracy, one biased the other
+  way scores below it, and both score 0.5 balanced.
 - **chance**: the majority rate of the labels evaluated (all n; the test part for
   adaptive and probe).
 - **task**: ``task-resnet`` (pose, 3 classes) on the releases; **PSNR / SSIM** against the
@@ -243,6 +247,16 @@ def probe_accuracy(z: torch.Tensor, y: torch.Tensor, cut: int) -> np.ndarray:
     return np.array(accs)
 
 
+def balanced_accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean recall over the classes present in ``truth``: 0.5 for any guess that ignores the
+    image on two classes, however biased, where raw accuracy ranges from 1 − majority rate
+    (always the minority class) to the majority rate."""
+    recalls = [
+        float((predicted[truth == c] == c).double().mean()) for c in torch.unique(truth).tolist()
+    ]
+    return sum(recalls) / len(recalls)
+
+
 def majority(labels: torch.Tensor) -> float:
     return float(labels.bincount().max()) / max(len(labels), 1)
 
@@ -259,6 +273,8 @@ class Row:
     epsilon: float
     noise: str = "-"
     committed: dict[str, float] = field(default_factory=dict)
+    balanced: dict[str, float] = field(default_factory=dict)
+    """The committed attackers' balanced accuracy (mean recall over the classes; chance 0.5)."""
     outside: dict[str, float] = field(default_factory=dict)
     adaptive: dict[str, float] = field(default_factory=dict)
     probe: dict[str, float] = field(default_factory=dict)
@@ -296,7 +312,9 @@ async def evaluate(ctx: Context, row: Row, pixels: np.ndarray, z: np.ndarray | N
     """Fill ``row`` with every figure for ``pixels``; ``z``: their codes when known."""
     x, args = to_tensor(pixels), ctx.args
     for name, (attr, model) in ctx.attackers.items():
-        row.committed[name] = float((model.predict(x) == ctx.column(attr)).double().mean())
+        predicted, truth = model.predict(x), ctx.column(attr)
+        row.committed[name] = float((predicted == truth).double().mean())
+        row.balanced[name] = balanced_accuracy(predicted, truth)
     for outside in ctx.outside:
         hits = outside.predict(pixels) == ctx.column(outside.target).numpy()
         row.outside[outside.name] = float(hits.mean())
@@ -432,11 +450,12 @@ def attribute_table(ctx: Context, rows: list[Row], a: int, name: str) -> None:
     table(
         f"{name}: attacker accuracy (chance {majority(ctx.labels[:, a]):.3f} on all "
         f"{len(ctx.labels)}; {majority(test):.3f} on the {len(test)} test images of adaptive "
-        "and probe)",
-        ["release", "ε", *[m.rsplit("-", 1)[-1] for m in committed], *outside, "adaptive",
-         "probe"],
+        "and probe; balanced accuracy, chance 0.5, for the committed attackers)",
+        ["release", "ε", *[m.rsplit("-", 1)[-1] for m in committed],
+         *[m.rsplit("-", 1)[-1] + " bal." for m in committed], *outside, "adaptive", "probe"],
         [[r.mechanism, r.eps_label, *[r.committed[m] for m in committed],
-          *[r.outside[o] for o in outside], r.adaptive[name], r.probe[name]] for r in rows],
+          *[r.balanced[m] for m in committed], *[r.outside[o] for o in outside],
+          r.adaptive[name], r.probe[name]] for r in rows],
     )  # fmt: skip
 
 
@@ -444,9 +463,11 @@ def utility_table(ctx: Context, rows: list[Row]) -> None:
     table(
         f"utility (task chance {majority(ctx.tasks):.3f}) and attacker accuracy, mean over "
         f"attributes (chance {mean([majority(c) for c in ctx.labels.T]):.3f})",
-        ["release", "ε", "noise", "task", "PSNR dB", "SSIM", "resnet+vgg", "adaptive", "probe"],
+        ["release", "ε", "noise", "task", "PSNR dB", "SSIM", "resnet+vgg", "balanced",
+         "adaptive", "probe"],
         [[r.mechanism, r.eps_label, r.noise, r.task, number(r.psnr, 2), number(r.ssim),
-          mean(r.committed), mean(r.adaptive), mean(r.probe)] for r in rows],
+          mean(r.committed), mean(r.balanced), mean(r.adaptive), mean(r.probe)]
+         for r in rows],
     )  # fmt: skip
 
 

@@ -60,7 +60,18 @@ def test_a_quick_run_prints_every_table_and_writes_the_plot(
     assert out.startswith("command: python -m bench.sanitizer --quick")
     for heading in ("calibration", "male: attacker accuracy", "smiling: attacker", "utility"):
         assert heading in out
+    for column in ("resnet bal.", "vgg bal.", "balanced"):
+        assert column in out
     for row in ("original", "no noise", "keep", "DP-Pix", "Gaussian"):
         assert f"  {row}  " in out
     assert "speed:" not in out
     assert plot.stat().st_size > 1000
+
+
+def test_balanced_accuracy_is_a_half_for_any_guess_that_ignores_the_image() -> None:
+    truth = torch.tensor([0] * 30 + [1] * 10)
+    assert sanitizer.balanced_accuracy(torch.zeros(40, dtype=torch.long), truth) == 0.5
+    assert sanitizer.balanced_accuracy(torch.ones(40, dtype=torch.long), truth) == 0.5
+    assert sanitizer.balanced_accuracy(truth.clone(), truth) == 1.0
+    half_right = torch.tensor([0] * 15 + [1] * 15 + [1] * 10)
+    assert sanitizer.balanced_accuracy(half_right, truth) == pytest.approx(0.75)
