@@ -53,13 +53,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import math
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -485,7 +483,7 @@ def header(args: argparse.Namespace, ctx: Context, wall: float) -> str:
         f"DDIM steps {args.steps}; ε ∈ {{{', '.join(f'{e:g}' for e in args.epsilons)}}}, "
         f"δ = {args.delta:g}; complements: {', '.join(args.complements)}; adaptive: ResNet "
         f"width {args.adaptive_width}, {args.adaptive_steps} steps; threads {args.threads}",
-        f"wall time: {wall:.1f} s",
+        f"wall time of the evaluation: {wall:.1f} s",
     ]
     return "\n".join(lines)
 
@@ -646,6 +644,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--speed-calls", type=int, help="at least this many calls (default 8)")
     p.add_argument("--speed-releases", type=int, help="and this many releases (default 48)")
     p.add_argument("--triton-url", help="HOST:PORT of Triton's gRPC endpoint: time it too")
+    p.add_argument(
+        "--triton-timeout",
+        type=float,
+        default=300.0,
+        help="seconds per Triton call (a loaded machine needs more than 30)",
+    )
     p.add_argument("--attacker", type=Path, action="append", default=[],
                    help="an outside ONNX attacker (repeatable); the options below: once for "
                    "every --attacker, or once each")  # fmt: skip
@@ -740,48 +744,49 @@ async def context(args: argparse.Namespace, backend: LocalBackend) -> Context:
     )
 
 
-async def run(args: argparse.Namespace, began: float) -> str:
-    """Every row, the speed section, the plot; the report as text."""
+async def run(args: argparse.Namespace, began: float) -> None:
+    """Every row and the plot, printed as soon as they are done; then the speed section (a
+    failed speed run, e.g. a Triton deadline on a loaded machine, loses no evaluation)."""
     backend = LocalBackend(InferenceSettings(store=args.store, diffae=args.diffae))
     try:
         ctx = await context(args, backend)
         rows = await run_rows(ctx, backend, began)
-        timings = await speed("local", ctx.pipeline, ctx.originals, args) if args.speed else []
-    finally:
-        await backend.close()
-    if args.speed and args.triton_url:
-        remote = create_backend(InferenceSettings(backend="triton", triton_url=args.triton_url))
-        try:
-            triton = Pipeline(lambda: remote, ctx.pipeline.model)
-            timings += await speed("triton", triton, ctx.originals, args)
-        finally:
-            await remote.close()
-    chance = mean([majority(c[ctx.cut :]) for c in ctx.labels.T])
-    plot(rows, chance, majority(ctx.tasks), args.plot)
-    out = io.StringIO()
-    with redirect_stdout(out):
+        chance = mean([majority(c[ctx.cut :]) for c in ctx.labels.T])
+        plot(rows, chance, majority(ctx.tasks), args.plot)
+        print(header(args, ctx, time.perf_counter() - began))
         if "erase" not in args.complements:
             print("erase: not available (probes carry no eraser)")
         calibration_table(ctx)
         for a, name in enumerate(ctx.names):
             attribute_table(ctx, rows, a, name)
         utility_table(ctx, rows)
-        if timings:
-            table(
-                "speed: whole release calls (prepare, encode, mechanism at ε = 1, decode)",
-                ["backend", "DDIM steps", "batch", "calls", "releases/s", "p50 s/call",
-                 "p99 s/call"],
-                timings,
-            )  # fmt: skip
-        print(f"\nplot → {args.plot}")
-    return header(args, ctx, time.perf_counter() - began) + "\n" + out.getvalue()
+        print(f"\nplot → {args.plot}", flush=True)
+        timings = await speed("local", ctx.pipeline, ctx.originals, args) if args.speed else []
+    finally:
+        await backend.close()
+    if args.speed and args.triton_url:
+        settings = InferenceSettings(
+            backend="triton", triton_url=args.triton_url, timeout_s=args.triton_timeout
+        )
+        remote = create_backend(settings)
+        try:
+            triton = Pipeline(lambda: remote, ctx.pipeline.model)
+            timings += await speed("triton", triton, ctx.originals, args)
+        finally:
+            await remote.close()
+    if timings:
+        table(
+            "speed: whole release calls (prepare, encode, mechanism at ε = 1, decode)",
+            ["backend", "DDIM steps", "batch", "calls", "releases/s", "p50 s/call",
+             "p99 s/call"],
+            timings,
+        )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    began = time.perf_counter()
-    print(asyncio.run(run(args, began)), end="")
+    asyncio.run(run(args, time.perf_counter()))
 
 
 if __name__ == "__main__":
