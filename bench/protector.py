@@ -51,13 +51,15 @@ def _seconds(run: Run, batch: torch.Tensor, repeats: int) -> float:
     return statistics.median(took)
 
 
-def _paired_times(runs: Sequence[tuple[Run, int]], x: torch.Tensor) -> list[float]:
+def _paired_times(
+    runs: Sequence[tuple[Run, int]], x: torch.Tensor, batch: int = BATCH
+) -> list[float]:
     """Seconds per image of each run (median of its repeats per batch), timed batch by batch
     in turn, so that a shared machine's load swings hit every run alike."""
     totals = [0.0] * len(runs)
-    for start in range(0, len(x), BATCH):
+    for start in range(0, len(x), batch):
         for i, (run, repeats) in enumerate(runs):
-            totals[i] += _seconds(run, x[start : start + BATCH], repeats)
+            totals[i] += _seconds(run, x[start : start + batch], repeats)
     return [t / len(x) for t in totals]
 
 

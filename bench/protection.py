@@ -1,0 +1,712 @@
+"""Authorized-inference protection, evaluated: who still reads a protected face, at what cost.
+
+    python -m bench.protection [--images 256] [--fmd-images 64] [--steps 10,30,100]
+        [--ce-weight L] [--feature-layer NAME] [--time-images 8] [--time-batches 1]
+        [--adaptive-images 128] [--adaptive-steps 150] [--adaptive-model unauth-vgg]
+        [--no-robustness] [--threads 1] [--quick]
+        [--model FILE.onnx --model-labels pose|ATTR [--model-size 32] [--model-mean 0.5]
+         [--model-std 0.5] [--model-label-map 0,1,2]] [--plot bench/figures/protection.png]
+
+Faces: synthfaces of seed 7, which no model saw (the authorized ``task-resnet`` and the
+attribute attackers were trained on seed 0, the unauthorized pose models on seed 3). The fast
+mode (the ``protector`` generator, as ``veil_protector`` serves it) protects all ``--images``;
+FMD (:func:`services.kernels.fmd.protect`, ε = 16/255, α = 4/255, y = the authorized model's
+own prediction, λ and feature layer from ``--ce-weight`` / ``--feature-layer`` or fmd's
+defaults) the first ``--fmd-images`` at each N of ``--steps``. Every protected image is
+rounded to 8 bits, as the service returns it.
+
+What each figure measures:
+
+- **authorized**: ``task-resnet`` (pose, 3 classes) on the originals → on the protected images.
+- **same task**: every store classifier with role ``unauthorized`` (``unauth-vgg``,
+  ``unauth-wide-resnet``, ``unauth-mixer``: other architectures, seeds and data): the
+  black-box pose models the protection must defeat; "avg" is their mean, to be compared with
+  chance (the majority rate of the labels).
+- **other task**: the attribute attackers (``attacker-<attr>-{resnet,vgg}``), each on its own
+  attribute: models of another task, whose accuracy the protection should also lower.
+- **PSNR / SSIM** of the protected images against the originals
+  (``services.kernels.metrics``).
+- **time**: ms per image at batch 16 (the first 16 · ``--time-batches`` faces) and at batch 1
+  (the first ``--time-images``), every mode's calls timed in turn as ``bench.protector`` does,
+  so that a shared machine's load swings hit them alike; the fast mode's is the served path
+  (generator + the two authorized passes that measure the distortion), median of five.
+- **robustness**: the protected images re-encoded as JPEG (Pillow, quality 90 and 75) or
+  shifted by 2 pixels right and down (edge pixels repeated); the originals' row under the same
+  transform says what the transform alone costs.
+- **adaptive**: a copy of ``--adaptive-model`` fine-tuned (Adam, lr 3e-4, batch 32,
+  ``--adaptive-steps`` steps) on ``--adaptive-images`` faces of seed 8 protected by the same
+  mode, with their true labels (what FaceCure did to Fawkes), then tested on the protected
+  held-out faces. It sees the protection's output, never its code or the authorized model.
+- **--model**: any ONNX classifier (inputs [0, 1] pixels resized to ``--model-size``, then
+  (x − mean) / std; output i means label ``--model-label-map[i]``), reported in its own
+  column, outside the committed models' averages.
+
+What it does not prove: an unauthorized model's accuracy says what *that* model reads, not
+what any model could; the adaptive attacker is one short fine-tune, a lower bound on what an
+adaptive attacker does. With n images an accuracy has a standard error of about 0.5/√n
+(0.06 at n = 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import io
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.nn import functional as F
+
+from bench.protector import BATCH, FRESH, _paired_times
+from services.kernels import fmd
+from services.kernels.classifiers import Classifier, build_classifier
+from services.kernels.metrics import psnr, ssim
+from services.kernels.models import load_classifier, load_protector
+from services.kernels.protector import Protector, protect_fast
+from services.kernels.store import ModelStore
+from services.kernels.training.data import ImageTable, load_table
+
+ADAPTIVE_POOL = "synthfaces://?n={n}&seed=8"
+PLOT = Path(__file__).resolve().parent / "figures" / "protection.png"
+TRANSFORMS = ("none", "JPEG 90", "JPEG 75", "shift 2px")
+Protect = Callable[[torch.Tensor], torch.Tensor]
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+def to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats rounded to the nearest 8-bit level (what a PNG carries)."""
+    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Each image encoded as a JPEG of ``quality`` by Pillow and decoded back."""
+    pixels = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    out = []
+    for p in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(p).save(buffer, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def shift(x: torch.Tensor, pixels: int = 2) -> torch.Tensor:
+    """Moved ``pixels`` right and down; the top and left edges repeated into the gap."""
+    side = x.shape[-1]
+    return F.pad(x, (pixels, 0, pixels, 0), mode="replicate")[..., :side, :side]
+
+
+def transform(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "none":
+        return x
+    if name.startswith("JPEG"):
+        return jpeg(x, int(name.split()[1]))
+    return shift(x, int(name.split()[1].removesuffix("px")))
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+@dataclass
+class OnnxClassifier:
+    """An ONNX classifier from outside the project (``--model``), predicting ``labels``."""
+
+    path: Path
+    labels: str
+    size: int
+    mean: np.ndarray
+    std: np.ndarray
+    label_map: tuple[int, ...] = ()
+    """Output i means label ``label_map[i]``; empty: output i means label i."""
+    session: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(
+            str(self.path), providers=["CPUExecutionProvider"]
+        )
+
+    @property
+    def name(self) -> str:
+        return f"onnx:{self.path.stem}"
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels (B,) of images (B, 3, R, R) in [-1, 1]."""
+        x = (x + 1) / 2
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        arr = ((x.numpy() - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
+        spec = self.session.get_inputs()[0]
+        step = spec.shape[0] if isinstance(spec.shape[0], int) else len(arr)
+        outs = [self.session.run(None, {spec.name: arr[i : i + step]})[0]
+                for i in range(0, len(arr), step)]  # fmt: skip
+        index = np.concatenate(outs).reshape(len(arr), -1).argmax(1)
+        if self.label_map:
+            index = np.asarray(self.label_map)[index]
+        return torch.from_numpy(index).long()
+
+
+Predictor = Classifier | OnnxClassifier
+
+
+@dataclass
+class Context:
+    """The held-out faces and every model the protected images are shown to."""
+
+    faces: ImageTable
+    x: torch.Tensor
+    authorized: Classifier
+    protector: Protector
+    same: dict[str, Predictor]
+    """Same-task (pose) models: the committed unauthorized ones first, then ONNX ones."""
+    other: dict[str, tuple[str, Predictor]]
+    """Other-task models: name → (attribute, model)."""
+    committed: set[str]
+    """Names of the store's models (the averages are over these only)."""
+    args: argparse.Namespace
+
+    def labels(self, attribute: str) -> torch.Tensor:
+        if attribute == "pose":
+            return self.faces.tasks
+        return self.faces.attributes[:, self.faces.attribute_names.index(attribute)]
+
+
+def accuracy(model: Predictor, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model.predict(x) == y[: len(x)]).double().mean())
+
+
+def majority(labels: torch.Tensor) -> float:
+    return float(labels.bincount().max()) / max(len(labels), 1)
+
+
+# -- protection and figures ------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One protection mode on its images, and what every model made of them."""
+
+    mode: str
+    n: int
+    protected: torch.Tensor = field(repr=False)
+    ms_batch16: float = math.nan
+    ms_batch1: float = math.nan
+    psnr: float = math.nan
+    ssim: float = math.nan
+    clean: dict[str, float] = field(default_factory=dict)
+    after: dict[str, dict[str, float]] = field(default_factory=dict)
+    """transform → model name → accuracy on the protected images so transformed."""
+    transformed_clean: dict[str, dict[str, float]] = field(default_factory=dict)
+    adaptive: dict[str, float] = field(default_factory=dict)
+
+
+def fmd_protect(args: argparse.Namespace, model: Classifier, steps: int) -> Protect:
+    extra = {k: v for k, v in (("ce_weight", args.ce_weight),
+                               ("feature_layer", args.feature_layer)) if v is not None}  # fmt: skip
+    return lambda x: fmd.protect(model, x, iterations=steps, **extra)[0]
+
+
+def fast_protect(ctx: Context) -> Protect:
+    return lambda x: protect_fast(ctx.protector, ctx.authorized, x)[0]
+
+
+def modes(ctx: Context) -> list[tuple[str, int, Protect]]:
+    """(name, images, protect) of the fast mode and of FMD at each N."""
+    args = ctx.args
+    out = [("fast", len(ctx.x), fast_protect(ctx))]
+    out += [(f"FMD-{s}", args.fmd_images, fmd_protect(args, ctx.authorized, s)) for s in args.steps]
+    return out
+
+
+def run_mode(ctx: Context, name: str, n: int, protect: Protect) -> Row:
+    """Protect the first ``n`` faces in batches of 16, timed; 8-bit result."""
+    x = ctx.x[:n]
+    protected = to_8bit(torch.cat([protect(x[s : s + BATCH]) for s in range(0, n, BATCH)]))
+    return Row(name, n, protected, psnr=float(psnr(protected, x).mean()),
+               ssim=float(ssim(protected, x).mean()))  # fmt: skip
+
+
+def score(ctx: Context, x: torch.Tensor) -> dict[str, float]:
+    """Accuracy of every model on ``x`` (the first len(x) faces)."""
+    out = {"authorized": accuracy(ctx.authorized, x, ctx.faces.tasks)}
+    out |= {name: accuracy(m, x, ctx.faces.tasks) for name, m in ctx.same.items()}
+    out |= {name: accuracy(m, x, ctx.labels(a)) for name, (a, m) in ctx.other.items()}
+    return out
+
+
+def evaluate(ctx: Context, row: Row, transforms: Sequence[str]) -> None:
+    clean = ctx.x[: row.n]
+    row.clean = score(ctx, clean)
+    for name in transforms:
+        row.after[name] = score(ctx, transform(row.protected, name))
+        if name != "none":
+            row.transformed_clean[name] = score(ctx, transform(clean, name))
+
+
+def time_modes(ctx: Context, rows: list[Row], protects: list[Protect]) -> None:
+    """ms per image of every mode at batch 16 (the first 16 · ``--time-batches`` faces) and
+    at batch 1 (the first ``--time-images``), timed call by call in turn (bench.protector's
+    pairing: a shared machine's load swings hit every mode alike); the fast mode's calls are
+    the median of five."""
+    args = ctx.args
+    runs = [(lambda b, p=p: (p(b), b), 5 if r.mode == "fast" else 1)
+            for r, p in zip(rows, protects, strict=True)]  # fmt: skip
+    for protect in protects:
+        protect(ctx.x[:1])  # warm-up: first calls allocate
+    b16 = _paired_times(runs, ctx.x[: BATCH * args.time_batches])
+    b1 = _paired_times(runs, ctx.x[: args.time_images], batch=1)
+    for row, t16, t1 in zip(rows, b16, b1, strict=True):
+        row.ms_batch16, row.ms_batch1 = t16 * 1e3, t1 * 1e3
+
+
+def fine_tune(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int
+) -> Classifier:
+    """A copy of ``model`` fine-tuned on (x, y): Adam, lr 3e-4, batch 32, no augmentation (a
+    mirror would change the pose)."""
+    net = build_classifier(model.config)
+    net.load_state_dict(model.state_dict())
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4)
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (min(32, len(x)),), generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(net(x[idx]), y[idx]).backward()
+        optimizer.step()
+    return net.eval()
+
+
+def adaptive(ctx: Context, row: Row, protect: Protect) -> None:
+    """Fine-tune ``--adaptive-model`` on protected faces of seed 8; test on ``row``'s."""
+    args = ctx.args
+    pool = load_table(ADAPTIVE_POOL.format(n=args.adaptive_images), ctx.x.shape[-1], None)
+    x = pool.batch(torch.arange(len(pool)))
+    began = time.perf_counter()
+    protected = to_8bit(torch.cat([protect(x[s : s + BATCH]) for s in range(0, len(x), BATCH)]))
+    made = time.perf_counter()
+    base = ctx.same[args.adaptive_model]
+    assert isinstance(base, Classifier)
+    net = fine_tune(base, protected, pool.tasks, args.adaptive_steps, seed=0)
+    y = ctx.faces.tasks
+    row.adaptive = {
+        "before": row.after["none"][args.adaptive_model],
+        "after": accuracy(net, row.protected, y),
+        "clean after": accuracy(net, ctx.x[: row.n], y),
+        "protect s": made - began,
+        "train s": time.perf_counter() - made,
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def averages(ctx: Context, scores: dict[str, float]) -> tuple[float, float]:
+    """(same-task average, other-task average) over the committed models."""
+    same = [scores[m] for m in ctx.same if m in ctx.committed]
+    other = [scores[m] for m in ctx.other if m in ctx.committed]
+    return mean(same), mean(other)
+
+
+def markdown(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    print(f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in r) + " |")
+
+
+def arrow(before: float, after: float) -> str:
+    return f"{before:.3f} → {after:.3f}"
+
+
+def accuracy_table(ctx: Context, rows: list[Row], chance: float, other_chance: float) -> None:
+    extra = [m for m in (*ctx.same, *ctx.other) if m not in ctx.committed]
+    same = [m for m in ctx.same if m in ctx.committed]
+    table_rows = []
+    for r in rows:
+        before, after = r.clean, r.after["none"]
+        avg0, avg1 = averages(ctx, before), averages(ctx, after)
+        table_rows.append([
+            r.mode, r.n, arrow(before["authorized"], after["authorized"]),
+            *[arrow(before[m], after[m]) for m in same], arrow(avg0[0], avg1[0]),
+            arrow(avg0[1], avg1[1]), *[arrow(before[m], after[m]) for m in extra],
+            f"{r.psnr:.2f}", f"{r.ssim:.3f}",
+        ])  # fmt: skip
+    markdown(
+        f"accuracy, original → protected (same-task chance {chance:.3f}; other-task chance, "
+        f"mean over attackers, {other_chance:.3f})",
+        ["mode", "images", "authorized", *same, "same-task avg", "other-task avg", *extra,
+         "PSNR dB", "SSIM"],
+        table_rows,
+    )  # fmt: skip
+
+
+def time_table(rows: list[Row]) -> None:
+    slowest = max((r for r in rows if r.mode != "fast"), key=lambda r: r.ms_batch16, default=None)
+    fast = next(r for r in rows if r.mode == "fast")
+    table_rows = []
+    for r in rows:
+        ratio = "-"
+        if slowest is not None and r is fast:
+            ratio = (
+                f"{slowest.ms_batch16 / r.ms_batch16:.0f}x / {slowest.ms_batch1 / r.ms_batch1:.0f}x"
+            )
+        table_rows.append([r.mode, f"{r.ms_batch1:.1f}", f"{r.ms_batch16:.1f}", ratio])
+    name = slowest.mode if slowest else "FMD"
+    markdown("time per image (ms)", ["mode", "batch 1", "batch 16",
+                                     f"{name} / fast (b16 / b1)"], table_rows)  # fmt: skip
+
+
+def robustness_table(ctx: Context, rows: list[Row]) -> None:
+    same = [m for m in ctx.same if m in ctx.committed]
+    table_rows = []
+    for r in rows:
+        for t in r.after:
+            scores = r.after[t]
+            reference = r.transformed_clean.get(t, r.clean)
+            avg0, avg1 = averages(ctx, reference), averages(ctx, scores)
+            table_rows.append([
+                r.mode, t, arrow(reference["authorized"], scores["authorized"]),
+                *[arrow(reference[m], scores[m]) for m in same], arrow(avg0[0], avg1[0]),
+                arrow(avg0[1], avg1[1]),
+            ])  # fmt: skip
+    markdown(
+        "robustness: accuracy on the originals → on the protected images, both so transformed",
+        ["mode", "transform", "authorized", *same, "same-task avg", "other-task avg"],
+        table_rows,
+    )
+
+
+def adaptive_table(ctx: Context, rows: list[Row]) -> None:
+    args = ctx.args
+    table_rows = [
+        [r.mode, arrow(r.clean[args.adaptive_model], r.adaptive["before"]), r.adaptive["after"],
+         r.adaptive["clean after"], f"{r.adaptive['protect s']:.0f}",
+         f"{r.adaptive['train s']:.0f}"]
+        for r in rows if r.adaptive
+    ]  # fmt: skip
+    markdown(
+        f"adaptive: {args.adaptive_model} fine-tuned {args.adaptive_steps} steps on "
+        f"{args.adaptive_images} protected faces of seed 8 with their labels",
+        ["mode", "before: original → protected", "after: protected", "after: original",
+         "protect s", "train s"],
+        table_rows,
+    )  # fmt: skip
+
+
+def targets_table(ctx: Context, rows: list[Row], chance: float) -> None:
+    """The issue's done-when, checked on this run's figures."""
+    fast = next(r for r in rows if r.mode == "fast")
+    last = f"FMD-{max(ctx.args.steps)}"
+    checks = []
+    for r in rows:
+        if r.mode == "fast":
+            continue
+        drop = r.clean["authorized"] - r.after["none"]["authorized"]
+        same = averages(ctx, r.after["none"])[0]
+        ratio = r.ms_batch16 / fast.ms_batch16
+        speed = ("yes" if ratio >= 50 else "no") if r.mode == last else "-"
+        checks.append([r.mode, f"{drop * 100:+.1f} points", "yes" if drop <= 0.01 else "no",
+                       f"{same - chance:+.3f}", "yes" if abs(same - chance) <= 0.10 else "no",
+                       f"{ratio:.0f}x", speed])  # fmt: skip
+    markdown(
+        "targets: authorized drop <= 1 point; same-task avg within 0.10 of chance; fast >= 50x "
+        f"faster than {last} (batch 16)",
+        ["mode", "authorized drop", "ok", "same-task avg − chance", "ok", "slower than fast",
+         "ok"],
+        checks,
+    )  # fmt: skip
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+COLOURS = {
+    "authorized": (44, 160, 44),
+    "same-task avg": (214, 39, 40),
+    "other-task avg": (31, 119, 180),
+    "adaptive": (148, 103, 189),
+}
+
+
+def plot_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", 13)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def summary(ctx: Context, key: str, scores: dict[str, float]) -> float:
+    """``authorized``, ``same-task avg`` or ``other-task avg`` of one mode's scores."""
+    if key == "authorized":
+        return scores[key]
+    return averages(ctx, scores)[0 if key == "same-task avg" else 1]
+
+
+def plot(ctx: Context, rows: list[Row], chance: float, path: Path) -> None:
+    """Left: accuracy per mode (clean at the left end); right: same-task avg per transform."""
+    font = plot_font()
+    image = Image.new("RGB", (980, 420), "white")
+    draw = ImageDraw.Draw(image)
+    series: dict[str, list[float]] = {k: [] for k in COLOURS}
+    labels = ["original", *[r.mode for r in rows]]
+    first = rows[0].clean
+    for key in ("authorized", "same-task avg", "other-task avg"):
+        pick = partial(summary, ctx, key)
+        series[key] = [pick(first), *[pick(r.after["none"]) for r in rows]]
+    series["adaptive"] = [math.nan, *[r.adaptive.get("after", math.nan) for r in rows]]
+    panel(draw, font, (60, 40, 470, 340), "accuracy vs protection mode", labels, series, chance)
+    robust = [r for r in rows if len(r.after) > 1]
+    if robust:
+        trans = {t: [averages(ctx, r.after[t])[0] for r in robust] for t in TRANSFORMS}
+        bars(draw, font, (540, 40, 960, 340), [r.mode for r in robust], trans, chance)
+    x = 12.0
+    for label, colour in COLOURS.items():
+        draw.line((x, 380, x + 20, 380), fill=colour, width=3)
+        draw.text((x + 25, 373), label, fill="black", font=font)
+        x += 40 + draw.textlength(label, font=font)
+    draw.text((x, 373), "dashed: same-task chance", fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _axes(draw: ImageDraw.ImageDraw, font: Any, box: tuple, title: str) -> None:
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline="black")
+    draw.text((x0, y0 - 25), title, fill="black", font=font)
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = y1 - tick * (y1 - y0)
+        draw.line((x0, y, x1, y), fill=(230, 230, 230))
+        draw.text((x0 - 38, y - 7), f"{tick:.2f}", fill="black", font=font)
+
+
+def _chance(draw: ImageDraw.ImageDraw, box: tuple, chance: float) -> None:
+    """A dashed line at the same-task chance, drawn over the data."""
+    x0, y0, x1, y1 = box
+    y = y1 - chance * (y1 - y0)
+    for x in np.arange(x0, x1, 12.0):
+        draw.line((x, y, min(x + 6, x1), y), fill=(60, 60, 60), width=2)
+
+
+def panel(draw: ImageDraw.ImageDraw, font: Any, box: tuple, title: str, labels: list[str],
+          series: dict[str, list[float]], chance: float) -> None:  # fmt: skip
+    x0, y0, x1, y1 = box
+    _axes(draw, font, box, title)
+    xs = [x0 + 30 + i * (x1 - x0 - 60) / max(len(labels) - 1, 1) for i in range(len(labels))]
+    for x, label in zip(xs, labels, strict=True):
+        draw.text((x - draw.textlength(label, font=font) / 2, y1 + 6), label, fill="black",
+                  font=font)  # fmt: skip
+    for key, values in series.items():
+        points = [(x, y1 - v * (y1 - y0)) for x, v in zip(xs, values, strict=True)]
+        for a, b in pairwise(points):
+            if not (math.isnan(a[1]) or math.isnan(b[1])):  # no line across a missing point
+                draw.line((a, b), fill=COLOURS[key], width=2)
+        for x, y in points:
+            if not math.isnan(y):
+                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=COLOURS[key])
+    _chance(draw, box, chance)
+
+
+def bars(draw: ImageDraw.ImageDraw, font: Any, box: tuple, modes_: list[str],
+         values: dict[str, list[float]], chance: float) -> None:  # fmt: skip
+    """Same-task average per mode, one bar per transform (red: none, lighter: JPEG 90, 75;
+    grey: the shift)."""
+    x0, y0, x1, y1 = box
+    _axes(draw, font, box, "same-task avg: none / JPEG 90 / JPEG 75 / shift 2px")
+    group = (x1 - x0) / len(modes_)
+    shades = [(214, 39, 40), (230, 120, 100), (240, 170, 150), (120, 120, 120)]
+    for g, mode in enumerate(modes_):
+        gx = x0 + g * group
+        draw.text((gx + group / 2 - draw.textlength(mode, font=font) / 2, y1 + 6), mode,
+                  fill="black", font=font)  # fmt: skip
+        width = (group - 16) / len(values)
+        for t, (_, vals) in enumerate(values.items()):
+            if math.isnan(vals[g]):
+                continue
+            left = gx + 8 + t * width
+            draw.rectangle((left, y1 - vals[g] * (y1 - y0), left + width - 2, y1),
+                           fill=shades[t % len(shades)])  # fmt: skip
+    _chance(draw, box, chance)
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def numbers(kind: type) -> Callable[[str], tuple]:
+    return lambda text: tuple(kind(t) for t in text.split(",") if t.strip())
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.protection",
+                                description=__doc__.splitlines()[0])  # fmt: skip
+    p.add_argument("--store", type=Path, help="model store (default: packaged)")
+    p.add_argument("--authorized", default="task-resnet")
+    p.add_argument("--protector", default="protector")
+    p.add_argument("--images", type=int, help="held-out faces (default 256; --quick 32)")
+    p.add_argument("--fmd-images", type=int, help="of them, protected by FMD (default 64)")
+    p.add_argument("--steps", type=numbers(int), help="FMD N (default 10,30,100; --quick 2)")
+    p.add_argument("--ce-weight", type=float, help="FMD λ (default: fmd.protect's)")
+    p.add_argument("--feature-layer", help="FMD feature map (default: fmd.protect's)")
+    p.add_argument("--time-images", type=int, help="batch-1 timing images (default 8)")
+    p.add_argument("--time-batches", type=int, default=1, help="batch-16 timing batches")
+    p.add_argument("--adaptive-images", type=int, help="default 128 (--quick 16)")
+    p.add_argument("--adaptive-steps", type=int, help="default 150 (--quick 5)")
+    p.add_argument("--adaptive-model", default="unauth-vgg")
+    p.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="a smoke run on a few faces")
+    p.add_argument("--model", type=Path, action="append", default=[],
+                   help="an ONNX classifier (repeatable); the options below: once for every "
+                   "--model, or once each")  # fmt: skip
+    for flag, kind, text in (
+        ("--model-labels", str, "what it predicts: pose or an attribute name (required)"),
+        ("--model-size", int, "its input side in pixels (default: the faces' resolution)"),
+        ("--model-mean", numbers(float), "per-channel mean of [0, 1] pixels (default 0.5)"),
+        ("--model-std", numbers(float), "per-channel std (default 0.5: inputs in [-1, 1])"),
+        ("--model-label-map", numbers(int), "label of each output (default 0,1,…)"),
+    ):
+        p.add_argument(flag, type=kind, action="append", default=[], help=text)
+    p.add_argument("--plot", type=Path, default=PLOT)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    quick = args.quick
+    args.images = args.images or (32 if quick else 256)
+    args.fmd_images = min(args.fmd_images or (16 if quick else 64), args.images)
+    args.steps = args.steps or ((2,) if quick else (10, 30, 100))
+    args.time_images = args.time_images or (2 if quick else 8)
+    args.adaptive_images = args.adaptive_images or (16 if quick else 128)
+    args.adaptive_steps = args.adaptive_steps or (5 if quick else 150)
+    if args.model and len(args.model_labels) not in (1, len(args.model)):
+        p.error("--model needs --model-labels (once, or once per --model)")
+    return args
+
+
+def each(values: list, count: int, default: object, flag: str) -> list:
+    """A repeatable option's value for each --model: one for all, or one each."""
+    if not values:
+        return [default] * count
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise SystemExit(f"{flag}: give it once, or once per --model ({count})")
+    return values
+
+
+def onnx_models(args: argparse.Namespace, names: Sequence[str], res: int) -> list[OnnxClassifier]:
+    count = len(args.model)
+    labels = each(args.model_labels, count, "pose", "--model-labels")
+    unknown = sorted(set(labels) - {"pose", *names})
+    if unknown:
+        raise SystemExit(f"--model-labels {unknown}: not pose nor one of {list(names)}")
+    return [
+        OnnxClassifier(path, label, size, np.resize(np.array(m, float), 3),
+                       np.resize(np.array(s, float), 3), tuple(label_map))
+        for path, label, size, m, s, label_map in zip(
+            args.model, labels, each(args.model_size, count, res, "--model-size"),
+            each(args.model_mean, count, (0.5,), "--model-mean"),
+            each(args.model_std, count, (0.5,), "--model-std"),
+            each(args.model_label_map, count, (), "--model-label-map"), strict=True,
+        )
+    ]  # fmt: skip
+
+
+def context(args: argparse.Namespace) -> Context:
+    store = ModelStore(args.store)
+    authorized = load_classifier(args.authorized, store)
+    res = authorized.config.resolution
+    faces = load_table(FRESH.format(n=args.images), res, cache_dir=None)
+    same: dict[str, Predictor] = {}
+    other: dict[str, tuple[str, Predictor]] = {}
+    for m in store.list():
+        role = m.config.get("role") if m.kind == "classifier" else None
+        if role == "unauthorized" and m.config.get("target") == "pose":
+            same[m.name] = load_classifier(m.name, store)
+        elif role == "attacker":
+            other[m.name] = (m.config["target"], load_classifier(m.name, store))
+    committed = set(same) | set(other)
+    if args.adaptive_model not in same:
+        raise SystemExit(f"--adaptive-model {args.adaptive_model}: not among {sorted(same)}")
+    for o in onnx_models(args, faces.attribute_names, res):
+        if o.labels == "pose":
+            same[o.name] = o
+        else:
+            other[o.name] = (o.labels, o)
+    return Context(faces, faces.batch(torch.arange(len(faces))), authorized,
+                   load_protector(args.protector, store), same, other, committed, args)  # fmt: skip
+
+
+def fmd_settings(args: argparse.Namespace) -> str:
+    defaults = inspect.signature(fmd.protect).parameters
+    lam = args.ce_weight if args.ce_weight is not None else defaults["ce_weight"].default
+    layer = args.feature_layer or defaults["feature_layer"].default
+    eps, alpha = defaults["epsilon"].default * 255, defaults["step_size"].default * 255
+    return f"ε = {eps:.0f}/255, α = {alpha:.0f}/255, λ = {lam:g}, feature layer {layer}"
+
+
+def run(args: argparse.Namespace) -> tuple[Context, list[Row]]:
+    """Every mode protected, scored, timed and (fast and the largest N) attacked."""
+    ctx = context(args)
+    rows, protects = [], []
+    last = f"FMD-{max(args.steps)}"
+    for name, n, protect in modes(ctx):
+        started = time.perf_counter()
+        row = run_mode(ctx, name, n, protect)
+        evaluate(ctx, row, TRANSFORMS if args.robustness and name in ("fast", last) else ("none",))
+        if name in ("fast", last):
+            adaptive(ctx, row, protect)
+        rows.append(row)
+        protects.append(protect)
+        print(f"[{name}] {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    time_modes(ctx, rows, protects)
+    return ctx, rows
+
+
+def report(ctx: Context, rows: list[Row], wall: float) -> None:
+    args = ctx.args
+    chance = majority(ctx.faces.tasks)
+    other_chance = mean([majority(ctx.labels(a)) for a, _ in ctx.other.values()])
+    store = ModelStore(args.store)
+    names = (args.authorized, args.protector, *sorted(ctx.committed))
+    shas = ", ".join(f"{m} {store.manifest(m).sha256[:12]}" for m in names)
+    print(f"command: python -m bench.protection {shlex.join(args.argv)}".rstrip())
+    print(f"models: {shas}")
+    print(f"faces: synthfaces seed 7, {args.images} (FMD on the first {args.fmd_images}); "
+          f"FMD {fmd_settings(args)}; threads {args.threads}; wall time {wall:.0f} s")  # fmt: skip
+    accuracy_table(ctx, rows, chance, other_chance)
+    time_table(rows)
+    if args.robustness:
+        robustness_table(ctx, rows)
+    adaptive_table(ctx, rows)
+    targets_table(ctx, rows, chance)
+    plot(ctx, rows, chance, args.plot)
+    print(f"\nplot → {args.plot}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    ctx, rows = run(args)
+    report(ctx, rows, time.perf_counter() - began)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""``bench/protection.py``: the image transforms, an outside ONNX model, and a smoke run whose
+tables hold sane figures (an exported model agrees with the committed one it came from)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench import protection
+from services.kernels.models import load_classifier
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::torch.jit.TracerWarning",
+    "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning",
+    "ignore:The feature will be removed:DeprecationWarning",
+)
+PERMUTATION = (2, 0, 1)
+"""Output i of the exported model is class PERMUTATION[i]: the label map must undo it."""
+
+
+def faces(n: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=generator).float() / 127.5 - 1
+
+
+def test_8bit_rounding_keeps_the_range_and_lands_on_levels() -> None:
+    out = protection.to_8bit(faces() * 1.2)
+    levels = (out + 1) * 127.5
+    assert out.min() >= -1 and out.max() <= 1
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+
+
+def test_jpeg_changes_the_pixels_less_at_a_higher_quality() -> None:
+    x = protection.to_8bit(torch.nn.functional.avg_pool2d(faces(), 3, 1, 1))
+    err90 = float((protection.jpeg(x, 90) - x).abs().mean())
+    err75 = float((protection.jpeg(x, 75) - x).abs().mean())
+    assert 0 < err90 < err75
+
+
+def test_the_shift_moves_the_picture_right_and_down() -> None:
+    x = faces(1)
+    out = protection.shift(x, 2)
+    assert torch.equal(out[..., 2:, 2:], x[..., :-2, :-2])
+    assert torch.equal(out[..., 0, 5], out[..., 2, 5])  # the top edge repeated
+
+
+class Permuted(nn.Module):
+    """A committed classifier whose outputs come out in another order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, list(PERMUTATION)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (a dev dep)")
+    path = tmp_path_factory.mktemp("onnx") / "vgg.onnx"
+    torch.onnx.export(
+        Permuted(load_classifier("unauth-vgg")), (torch.zeros(1, 3, 32, 32),), str(path),
+        dynamo=False, input_names=["image"], output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}},
+    )  # fmt: skip
+    return path
+
+
+def test_an_exported_model_predicts_like_the_committed_one(exported: Path) -> None:
+    outside = protection.OnnxClassifier(
+        exported, "pose", 32, np.full(3, 0.5), np.full(3, 0.5), PERMUTATION
+    )
+    x = faces(8)
+    assert torch.equal(outside.predict(x), load_classifier("unauth-vgg").predict(x))
+
+
+def rows_of(out: str, title: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the markdown table under the line starting with ``title``."""
+    lines = out[out.index("\n" + title) :].splitlines()[3:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    end = next((i for i, c in enumerate(cells) if len(c) < 2), len(cells))
+    return cells[0], cells[2:end]
+
+
+def pair(cell: str) -> tuple[float, float]:
+    before, after = cell.split(" → ")
+    return float(before), float(after)
+
+
+def test_a_quick_run_prints_sane_tables_and_writes_the_plot(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "protection.png"
+    assert protection.main([
+        "--quick", "--images", "16", "--fmd-images", "16", "--steps", "1",
+        "--time-images", "1", "--adaptive-images", "16", "--adaptive-steps", "2",
+        "--model", str(exported), "--model-labels", "pose",
+        "--model-label-map", ",".join(map(str, PERMUTATION)), "--plot", str(plot),
+    ]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("command: python -m bench.protection --quick")
+    header, rows = rows_of(out, "accuracy, original → protected")
+    assert [r[0] for r in rows] == ["fast", "FMD-1"]
+    onnx = header.index("onnx:vgg")
+    for row in rows:
+        for cell in row[2 : header.index("PSNR dB")]:
+            assert all(0.0 <= v <= 1.0 for v in pair(cell))
+        assert row[onnx] == row[header.index("unauth-vgg")]
+        assert math.isfinite(float(row[-2])) and 0 < float(row[-1]) <= 1
+        assert pair(row[2])[0] >= 0.75  # the authorized model on the originals
+    _, times = rows_of(out, "time per image (ms)")
+    assert all(float(v) > 0 for r in times for v in r[1:3])
+    _, robust = rows_of(out, "robustness:")
+    assert {(r[0], r[1]) for r in robust} == {
+        (m, t) for m in ("fast", "FMD-1") for t in protection.TRANSFORMS
+    }
+    _, adaptive = rows_of(out, "adaptive:")
+    assert [r[0] for r in adaptive] == ["fast", "FMD-1"]
+    assert all(0.0 <= float(r[2]) <= 1.0 for r in adaptive)
+    _, targets = rows_of(out, "targets:")
+    assert [r[0] for r in targets] == ["FMD-1"]
+    assert plot.stat().st_size > 1000
+    assert re.search(r"λ = [\d.]+, feature layer \w+", out)
