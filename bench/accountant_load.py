@@ -10,6 +10,10 @@ file; with VEIL_TEST_POSTGRES_DSN set, a PostgreSQL row follows (a fresh schema)
 are ``grpc.aio`` calls from this process; each spend charges the tenant, the dataset and
 one of 64 subjects (a Gaussian with σ = 1000, so no budget runs out). CPU per spend is the
 server process's user+system time over the spends of a phase (/proc/<pid>/stat).
+
+A ``health Check`` row (one client) measures the gRPC layer alone: the same server, the
+same interceptors, an RPC that does no work. A second table gives each server's resident
+memory right after it answered ready (VmRSS, before any spend).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, text
 
 from services._proto.veil.v1 import accountant_pb2 as pb
@@ -48,6 +53,13 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def start_server(source: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -108,6 +120,18 @@ async def spend_phase(
     return latencies
 
 
+async def health_phase(channel: grpc.aio.Channel, duration: float) -> list[float]:
+    """Latencies of health Check at one client: what a call costs with no work in it."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    latencies: list[float] = []
+    stop = time.monotonic() + duration
+    while time.monotonic() < stop:
+        start = time.perf_counter()
+        await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
 async def batch_phase(stub: accountant_pb2_grpc.AccountantStub, rounds: int) -> float:
     """Charges per second of ChargeBatch with 100 items."""
     start = time.perf_counter()
@@ -126,24 +150,33 @@ def quantile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-async def run(source: Path, url: str, clients: list[int], duration: float, batch: bool) -> None:
+def row(source: Path, url: str, call: str, n: int, lat: list[float], cpu: float, s: float) -> str:
+    return (
+        f"| {source.name} | {url.split(':')[0]} | {call} | {n} | {len(lat) / s:7.1f} "
+        f"| {1000 * quantile(lat, 50):7.2f} | {1000 * quantile(lat, 99):7.2f} "
+        f"| {1000 * cpu / len(lat):6.2f} |"
+    )
+
+
+async def run(
+    source: Path, url: str, clients: list[int], duration: float, batch: bool, rss: list[str]
+) -> None:
     proc, target = start_server(source, url)
+    rss.append(f"| {source.name} | {url.split(':')[0]} | {rss_mb(proc.pid):.1f} |")
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             stub = accountant_pb2_grpc.AccountantStub(channel)
             await setup(stub)
             await spend_phase(stub, 1, 1.0)  # warm-up
+            before = cpu_seconds(proc.pid)
+            lat = await health_phase(channel, duration)
+            cpu = cpu_seconds(proc.pid) - before
+            print(row(source, url, "health Check", 1, lat, cpu, duration), flush=True)
             for n in clients:
                 before = cpu_seconds(proc.pid)
                 lat = await spend_phase(stub, n, duration)
                 cpu = cpu_seconds(proc.pid) - before
-                db = url.split(":")[0]
-                print(
-                    f"| {source.name} | {db} | spend | {n} | {len(lat) / duration:7.1f} "
-                    f"| {1000 * quantile(lat, 50):7.1f} | {1000 * quantile(lat, 99):7.1f} "
-                    f"| {1000 * cpu / len(lat):6.2f} |",
-                    flush=True,
-                )
+                print(row(source, url, "spend", n, lat, cpu, duration), flush=True)
             if batch:
                 before = cpu_seconds(proc.pid)
                 rate = await batch_phase(stub, 10)
@@ -185,11 +218,14 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     print("| server | db | call | clients | charges/s | p50 ms | p99 ms | CPU ms/charge |")
     print("|---|---|---|---|---|---|---|---|")
+    rss: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for source in sources:
             has_batch = "ChargeBatch" in (source / "proto/veil/v1/accountant.proto").read_text()
             for url in databases(Path(tmp)):
-                asyncio.run(run(source.resolve(), url, clients, args.duration, has_batch))
+                asyncio.run(run(source.resolve(), url, clients, args.duration, has_batch, rss))
+    print("\n| server | db | RSS after start MB |\n|---|---|---|")
+    print("\n".join(rss))
 
 
 if __name__ == "__main__":

@@ -161,19 +161,54 @@ def _times(curve: np.ndarray, n: int) -> np.ndarray:
 
 
 def atom_rdp(atom: Atom, count: int) -> np.ndarray:
-    """RDP curve over :data:`ORDERS` of ``count`` compositions of one atom."""
-    return _times(_unit_rdp(atom), check_atom(atom, count))
+    """RDP curve over :data:`ORDERS` of ``count`` compositions of one atom (read-only)."""
+    if type(count) is not int:  # never cached: a bool or float count is refused below
+        return _times(_unit_rdp(atom), check_atom(atom, count))
+    return _atom_rdp(atom, count)
+
+
+@functools.lru_cache(maxsize=4096)
+def _atom_rdp(atom: Atom, count: int) -> np.ndarray:
+    """Cached: spends repeat a few mechanisms and counts (only valid ones are cached)."""
+    curve = _times(_unit_rdp(atom), check_atom(atom, count))
+    curve.setflags(write=False)
+    return curve
 
 
 def eps_from_rdp(curve: np.ndarray, delta: float) -> float:
     """RDP → (ε, δ) by Balle et al. 2020, Thm. 21 (= Canonne, Kamath & Steinke 2020,
-    Prop. 12), via dp_accounting's ``compute_epsilon``, minimised over :data:`ORDERS`."""
+    Prop. 12), minimised over :data:`ORDERS`: dp_accounting's ``compute_epsilon``, evaluated
+    over the whole curve at once (the library's loop over 150 orders was the largest CPU
+    cost of a spend; tests/accountant/test_accounting.py pins the two together).
+
+    The library's branches, in its order: a negative order's value (numerical noise) gives
+    ε = 0; δ² + expm1(−r) > 0 (the KL bound already meets δ) gives 0, and as expm1(−r)
+    falls with r, some order meets it exactly when the least r does; else, for α > 1.01,
+    ε(α) = r + log1p(−1/α) − log(δα)/(α−1), with the same two per-order terms and the same
+    order of operations as the library, so every float is the library's; else +∞.
+    """
     delta = check_delta(delta)
     if not np.any(curve):
         return 0.0
     curve = np.where(np.isnan(curve), np.inf, curve)
-    eps, _ = rdp_lib.compute_epsilon(ORDERS, curve, delta)
-    return max(0.0, float(eps))
+    least = float(curve.min())
+    if least < 0 or delta**2 + math.expm1(-least) > 0:
+        return 0.0
+    log1p_terms, log_terms = _conversion_terms(delta)
+    with np.errstate(invalid="ignore"):  # ∞ − ∞ cannot occur: the terms are finite
+        eps = (curve + log1p_terms) - log_terms
+    return max(0.0, float(eps.min()))
+
+
+@functools.lru_cache(maxsize=256)
+def _conversion_terms(delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """log1p(−1/α) and log(δα)/(α−1) per order, by ``math`` as dp_accounting computes them
+    (+∞ and 0 for α ≤ 1.01, where the library gives ε = +∞); read-only, cached per δ."""
+    first = np.array([math.log1p(-1 / a) if a > 1.01 else math.inf for a in ORDERS])
+    second = np.array([math.log(delta * a) / (a - 1) if a > 1.01 else 0.0 for a in ORDERS])
+    first.setflags(write=False)
+    second.setflags(write=False)
+    return first, second
 
 
 def eps_from_rdp_classic(curve: np.ndarray, delta: float) -> float:
@@ -181,7 +216,14 @@ def eps_from_rdp_classic(curve: np.ndarray, delta: float) -> float:
     delta = check_delta(delta)
     if not np.any(curve):
         return 0.0
-    return float(np.min(curve + math.log(1 / delta) / (_ALPHAS - 1)))
+    return float(np.min(curve + _classic_terms(delta)))
+
+
+@functools.lru_cache(maxsize=256)
+def _classic_terms(delta: float) -> np.ndarray:
+    terms = math.log(1 / delta) / (_ALPHAS - 1)
+    terms.setflags(write=False)
+    return terms
 
 
 def basic_epsilon(atoms: Iterable[tuple[Atom, int]], delta: float) -> float:

@@ -1,10 +1,12 @@
-"""Writing many charges in one transaction: what :meth:`Ledger.charge_batch` decides, and the
-few bulk statements that store it.
+"""Writing many charges in one transaction: what :meth:`Ledger.charge_batch` and a group of
+concurrent spends (:mod:`services.accountant.group`) decide, and the few bulk statements
+that store it.
 
 The decisions run in memory over the running composition of every touched budget, item by
-item (each sees the items accepted before it), so a batch of n items costs one transaction,
-one lock of each touched budget, one INSERT of the events, one of their budget links and
-one UPDATE per touched budget — not n of each.
+item (each sees the items accepted before it), so n items cost one transaction, one lock of
+each touched budget, one INSERT of the events (returning their ids), one of their budget
+links and one UPDATE of the touched budgets — not n of each. The statements are built once
+(here, at import): building one costs more CPU than running it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
@@ -29,12 +32,23 @@ def item_key(batch_key: str, index: int) -> str:
 
 @dataclass
 class Running:
-    """One touched budget during a batch: its row and its composition so far."""
+    """One touched budget during a batch: its row, its composition so far and the version
+    it will be stored with (a batch is one change of a budget; each spend of a group is
+    one, as if they had come one after the other)."""
 
     row: BudgetRow
     comp: Composition
     event_count: int
     changed: bool = False
+    version: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version = self.row.version
+
+    def now(self) -> BudgetRow:
+        """The row as the next item sees it."""
+        row = self.row
+        return BudgetRow(row.id, row.budget, self.version, self.comp, self.event_count)
 
 
 @dataclass
@@ -47,21 +61,52 @@ class Pending:
     spend_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-def existing_events(conn: Connection, tenant_id: str, keys: Iterable[str]) -> dict[str, object]:
-    """Events already stored under ``keys`` (a retried batch), by key."""
-    wanted = list(keys)
+class StoredEvent(NamedTuple):
+    """The fields of a stored event that a replay reads (an ``events`` row has them too)."""
+
+    spend_id: str
+    charge: str
+    committed_at: float
+
+
+_EXISTING = select(
+    events.c.idempotency_key, events.c.spend_id, events.c.charge, events.c.committed_at
+).where(
+    events.c.tenant_id == bindparam("tenant"),
+    events.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+)
+_INSERT_EVENTS = insert(events).returning(events.c.id, sort_by_parameter_order=True)
+_INSERT_LINKS = insert(event_budgets)
+_UPDATE_BUDGETS = (
+    update(budgets)
+    .where(budgets.c.id == bindparam("b_id"))
+    .values(
+        rdp=bindparam("b_rdp"),
+        atoms=bindparam("b_atoms"),
+        version=bindparam("b_version"),
+        event_count=bindparam("b_count"),
+        updated_at=bindparam("b_updated"),
+    )
+)
+
+
+def existing_events(conn: Connection, tenant_id: str, keys: Iterable[str]) -> dict[str, Any]:
+    """Events already stored under ``keys`` (a retry), by key, as :class:`StoredEvent`."""
+    wanted = sorted(set(keys))
     if not wanted:
         return {}
-    q = select(events).where(events.c.tenant_id == tenant_id, events.c.idempotency_key.in_(wanted))
-    return {row.idempotency_key: row for row in conn.execute(q)}
+    rows = conn.execute(_EXISTING, {"tenant": tenant_id, "keys": wanted})
+    return {key: StoredEvent(spend_id, charge, at) for key, spend_id, charge, at in rows}
 
 
-def accept(running: list[Running], atoms: Counter[Atom]) -> None:
-    """Compose an accepted item into every budget it touches."""
+def accept(running: list[Running], atoms: Counter[Atom], *, version_each: bool = False) -> None:
+    """Compose an accepted item into every budget it touches; ``version_each``: the item is
+    a change of its own (a spend of a group), else the whole batch is one."""
     for r in running:
         r.comp = r.comp.add(atoms)
         r.event_count += 1
         r.changed = True
+        r.version = r.version + 1 if version_each else r.row.version + 1
 
 
 def write(conn: Connection, pending: list[Pending], touched: Iterable[Running], now: float) -> None:
@@ -79,38 +124,24 @@ def write(conn: Connection, pending: list[Pending], touched: Iterable[Running], 
         }
         for p in pending
     ]
-    conn.execute(insert(events), rows)
-    q = select(events.c.spend_id, events.c.id).where(
-        events.c.spend_id.in_([p.spend_id for p in pending])
-    )
-    ids = dict(conn.execute(q).all())
+    # One statement, ids back in the order of the rows (INSERT … RETURNING, batched).
+    ids = conn.execute(_INSERT_EVENTS, rows).scalars().all()
     links = [
-        {"event_id": ids[p.spend_id], "budget_id": budget_id}
-        for p in pending
+        {"event_id": event_id, "budget_id": budget_id}
+        for p, event_id in zip(pending, ids, strict=True)
         for budget_id in p.budget_ids
     ]
-    conn.execute(insert(event_budgets), links)
+    conn.execute(_INSERT_LINKS, links)
     changes = [
         {
             "b_id": r.row.id,
             "b_rdp": dumps(r.comp.rdp.tolist()),
             "b_atoms": atoms_to_json(r.comp.atoms),
-            "b_version": r.row.version + 1,
+            "b_version": r.version,
             "b_count": r.event_count,
             "b_updated": now,
         }
         for r in touched
         if r.changed
     ]
-    stmt = (
-        update(budgets)
-        .where(budgets.c.id == bindparam("b_id"))
-        .values(
-            rdp=bindparam("b_rdp"),
-            atoms=bindparam("b_atoms"),
-            version=bindparam("b_version"),
-            event_count=bindparam("b_count"),
-            updated_at=bindparam("b_updated"),
-        )
-    )
-    conn.execute(stmt, changes)
+    conn.execute(_UPDATE_BUDGETS, changes)

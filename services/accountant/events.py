@@ -8,6 +8,7 @@ are what the ledger stores and the audit export writes; they never change meanin
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -225,9 +226,10 @@ class Charge:
         if len(set(self.subject_ids)) != len(self.subject_ids):
             raise InvalidArgument("subject_ids must be distinct")
 
-    @property
+    @functools.cached_property
     def scopes(self) -> tuple[Scope, ...]:
-        """Every budget this charge touches: tenant, dataset, then each subject."""
+        """Every budget this charge touches: tenant, dataset, then each subject (computed
+        once per charge: the ledger asks several times)."""
         tenant, dataset = self.tenant_id, self.dataset_id
         if not dataset:
             return (Scope(tenant),)

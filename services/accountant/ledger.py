@@ -5,6 +5,8 @@ Every write runs in one transaction that first locks the budgets it touches (SQL
 idempotency key, the live reservations and the running compositions, decides, and writes
 the event, its budget links and the new running state together — or nothing. The cost of
 a spend is independent of the number of past events: it touches one row per budget.
+Concurrent spends share that transaction: one writer thread decides the spends waiting
+together in order and commits them at once (group commit, :mod:`services.accountant.group`).
 
 Every method takes the caller's tenant explicitly; a charge for another tenant is
 PermissionDenied, and another tenant's reservation is NotFound (its existence is private).
@@ -19,8 +21,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
@@ -37,6 +40,7 @@ from services.accountant.events import (
     Scope,
     SubjectDefault,
 )
+from services.accountant.group import GroupWriter, Ticket, settle
 from services.accountant.limits import Limits, check_charge, check_scope, check_text
 from services.accountant.metrics import AccountantMetrics
 from services.accountant.policy import Policy, TightNeeded, charge_cost
@@ -80,6 +84,12 @@ T = TypeVar("T")
 WARM_ATTEMPTS = 3
 """Write attempts that may not compute a tight figure under their lock (each failed one
 warms the memo outside it) before one that may."""
+ALONE = object()
+"""A group's verdict on a spend whose group's transaction failed on a conflict (e.g. a key
+another replica stored meanwhile): the spend runs again on its own."""
+WARM = object()
+"""A group's verdict on a spend whose decision needs a tight figure that it may not compute
+under the lock: it is computed outside (memoised) and the spend queued again."""
 
 
 class Ledger:
@@ -98,6 +108,8 @@ class Ledger:
         engine: Engine | None = None,
         limits: Limits | None = None,
         tight_pool: TightPool | None = None,
+        group_max: int = 64,
+        spend_queue: int = 1024,
     ) -> None:
         self._engine = engine or make_engine(url)
         self._writer = threading.Lock() if self._engine.dialect.name == "sqlite" else None
@@ -111,6 +123,16 @@ class Ledger:
         self.default_lease_s, self.max_lease_s = default_lease_s, max_lease_s
         self._clock, self._metrics = clock, metrics
         self.queries = LedgerQueries(self._tx, clock, self.policy, self.limits)
+        self._spends: GroupWriter[_Spend] = GroupWriter(
+            self._spend_group,
+            max_items=group_max,
+            max_weight=max(group_max, self.limits.max_subjects + 2),
+            max_queued=spend_queue,
+        )
+        """Group commit of spends (:mod:`services.accountant.group`)."""
+        self._alone: ThreadPoolExecutor | None = None
+        """Where a spend that its group handed back runs on its own (started on need)."""
+        self._alone_lock = threading.Lock()
         if metrics is not None:
             metrics.reservations_outstanding.set_function(self.live_reservations)
 
@@ -132,6 +154,8 @@ class Ledger:
             max_lease_s=settings.max_lease_s,
             limits=settings.limits,
             tight_pool=pool,
+            group_max=settings.group_max,
+            spend_queue=settings.spend_queue,
         )
 
     def _now(self) -> float:
@@ -156,6 +180,11 @@ class Ledger:
             return False
 
     def close(self) -> None:
+        self._spends.close()  # the queued spends are decided first
+        with self._alone_lock:
+            alone, self._alone = self._alone, None
+        if alone is not None:
+            alone.shutdown(wait=True)
         self._engine.dispose()
         if self._tight_pool is not None:
             self._tight_pool.close()
@@ -312,12 +341,77 @@ class Ledger:
         Same idempotency key and same charge → the original receipt with ``replayed=True``;
         same key, other charge → AlreadyExists; a budget too small → BudgetExhausted.
         """
+        return self.start_spend(caller_tenant, charge).result()
+
+    def start_spend(self, caller_tenant: str, charge: Charge) -> Future[Receipt]:
+        """:meth:`spend` without waiting: the charge is checked now and queued for the group
+        commit; the future resolves with its receipt or error once its group is committed.
+
+        Spends waiting together are decided in queue order in one transaction, each against
+        the state the ones before it left (so exactly as one after the other: statuses,
+        versions and refusals), and committed together; a replay or a refusal is that
+        spend's answer alone. If the group's transaction fails, nothing of it is stored: a
+        database outage is each caller's UNAVAILABLE, any other failure (a key another
+        replica stored meanwhile) sends each spend through the path of a spend alone.
+        """
         _authorize(caller_tenant, charge.tenant_id)
         check_charge(charge, self.limits)
-        started = time.perf_counter()
+        spend = _Spend(charge, time.perf_counter(), 0)
+        return self._spends.submit(spend, weight=len(charge.scopes))
+
+    def _spend_group(self, tickets: list[Ticket[_Spend]]) -> None:
+        """The writer's work: decide and commit one group, then answer each caller."""
+        if self._metrics is not None:
+            self._metrics.spend_group_size.observe(len(tickets))
+        try:
+            outcomes = self._decide_group([t.item for t in tickets])
+        except Unavailable as exc:
+            outcomes = [Unavailable(exc.message, details=exc.details) for _ in tickets]
+        except Exception:  # e.g. IntegrityError: nothing was committed; each goes alone
+            outcomes = [ALONE] * len(tickets)
+        for ticket, outcome in zip(tickets, outcomes, strict=True):
+            if outcome is ALONE or outcome is WARM:
+                self._hand_back(ticket, warm=outcome is WARM)
+                continue
+            if isinstance(outcome, Receipt):
+                self._record(outcome, ticket.item.started, "spend")
+            elif isinstance(outcome, BudgetExhausted):
+                self._refused("budget_exhausted")
+            settle(ticket, outcome)
+
+    def _hand_back(self, ticket: Ticket[_Spend], *, warm: bool) -> None:
+        """Off the writer thread: ``warm``, compute the tight figure the spend's decision
+        needs (outside any lock, memoised) and queue it again, allowed to compute it under
+        the lock after :data:`WARM_ATTEMPTS` (as :meth:`_outside_lock_first`); else run the
+        spend on its own."""
+        spend = ticket.item
+
+        def again() -> None:
+            try:
+                if not warm:
+                    settle(ticket, self._spend_alone(spend.charge, spend.started))
+                    return
+                with suppress(VeilError):
+                    self._warm(spend.charge)
+                retry = replace(spend, attempt=spend.attempt + 1)
+                future = self._spends.submit(retry, weight=ticket.weight)
+                future.add_done_callback(lambda f: settle(ticket, f.exception() or f.result()))
+            except BaseException as exc:
+                settle(ticket, exc)
+
+        try:
+            with self._alone_lock:
+                if self._alone is None:
+                    self._alone = ThreadPoolExecutor(2, thread_name_prefix="ledger-alone")
+                self._alone.submit(again)
+        except RuntimeError:  # shut down meanwhile
+            settle(ticket, Unavailable("the ledger is shutting down; retry"))
+
+    def _spend_alone(self, charge: Charge, started: float) -> Receipt:
+        """One spend in its own transaction(s): a tight figure is computed outside the lock."""
         try:
             receipt = self._outside_lock_first(
-                lambda allow: self._spend_once(charge, allow), caller_tenant, charge
+                lambda allow: self._spend_once(charge, allow), charge.tenant_id, charge
             )
         except IntegrityError as exc:
             receipt = self._replay_after_race(charge, exc)
@@ -326,6 +420,64 @@ class Ledger:
             raise
         self._record(receipt, started, "spend")
         return receipt
+
+    def _decide_group(self, spends: list[_Spend]) -> list[Any]:
+        """Decide ``spends`` in order in one transaction and commit the accepted ones;
+        each outcome is a Receipt, the spend's VeilError, or :data:`WARM`."""
+        charges = [s.charge for s in spends]
+        now = self._clock()
+        with self._tx() as conn:
+            scopes = {s for c in charges for s in c.scopes}
+            found, created = self._lock_creating(conn, scopes, now)
+            by_scope = {r.budget.scope: batch.Running(r, r.comp, r.event_count) for r in found}
+            held: dict[int, Counter[Atom]] = {}
+            done: dict[tuple[str, str], Any] = {}
+            for tenant in sorted({c.tenant_id for c in charges}):
+                ids = [r.id for r in found if r.budget.scope.tenant_id == tenant]
+                held |= live_reservation_atoms(conn, tenant, ids, now)
+                keys = (c.idempotency_key for c in charges if c.tenant_id == tenant)
+                stored = batch.existing_events(conn, tenant, keys)
+                done |= {(tenant, key): row for key, row in stored.items()}
+            pending: list[batch.Pending] = []
+            outcomes = [self._group_item(s, by_scope, held, done, pending, now) for s in spends]
+            batch.write(conn, pending, by_scope.values(), now)
+            used = {budget_id for p in pending for budget_id in p.budget_ids}
+            drop_budgets(conn, (b for b in created if b not in used))
+        return outcomes
+
+    def _group_item(
+        self,
+        spend: _Spend,
+        by_scope: dict[Scope, batch.Running],
+        held: dict[int, Counter[Atom]],
+        done: dict[tuple[str, str], Any],
+        pending: list[batch.Pending],
+        now: float,
+    ) -> Any:
+        """Decide one spend of a group against the running state, as :meth:`_spend_in`
+        would (missing budget, then replay, then the verdict), and queue its write."""
+        charge = spend.charge
+        missing = [s for s in charge.scopes if s not in by_scope]
+        if missing:
+            return not_found(missing[0])
+        key = (charge.tenant_id, charge.idempotency_key)
+        try:
+            if (existing := done.get(key)) is not None:
+                return self._replay_or_conflict(existing, charge)
+            running = sorted((by_scope[s] for s in charge.scopes), key=lambda r: r.row.id)
+            atoms = atoms_of(charge)
+            allow = spend.attempt >= WARM_ATTEMPTS
+            statuses = self._verdict([r.now() for r in running], held, atoms, allow_tight=allow)
+        except TightNeeded:
+            return WARM
+        except VeilError as exc:
+            return exc
+        cost = charge_cost(charge, min(r.row.budget.delta for r in running)).epsilon
+        item = batch.Pending(charge, [r.row.id for r in running], cost)
+        batch.accept(running, atoms, version_each=True)
+        pending.append(item)
+        done[key] = batch.StoredEvent(item.spend_id, dumps(charge.to_json()), now)
+        return Receipt(item.spend_id, charge, now, statuses)
 
     def _spend_once(self, charge: Charge, allow_tight: bool) -> Receipt:
         with self._tx() as conn:
@@ -388,15 +540,7 @@ class Ledger:
         now = self._clock()
         with self._tx() as conn:
             scopes = {s for c in charges.values() for s in c.scopes}
-            found, missing = find_budgets(conn, scopes, lock=True)
-            created: list[int] = []
-            by_dataset: dict[tuple[str, str | None], list[Scope]] = {}
-            for scope in missing:
-                by_dataset.setdefault((scope.tenant_id, scope.dataset_id), []).append(scope)
-            for group in by_dataset.values():
-                created += create_subjects(conn, group, now)
-            if missing:  # again: see charge_budgets
-                found, _ = find_budgets(conn, scopes, lock=True)
+            found, created = self._lock_creating(conn, scopes, now)
             by_scope = {r.budget.scope: batch.Running(r, r.comp, r.event_count) for r in found}
             held = live_reservation_atoms(conn, caller_tenant, [r.id for r in found], now)
             done = batch.existing_events(
@@ -414,6 +558,24 @@ class Ledger:
             elif isinstance(result, BudgetExhausted):
                 self._refused("budget_exhausted")
         return [r if r is not None else InvalidArgument("no result") for r in results]
+
+    @staticmethod
+    def _lock_creating(
+        conn: Connection, scopes: Iterable[Scope], now: float
+    ) -> tuple[list[BudgetRow], list[int]]:
+        """The budgets of ``scopes``, locked, in id order, after creating the missing subject
+        budgets whose dataset has a subject default; and the ids created."""
+        scopes = set(scopes)
+        found, missing = find_budgets(conn, scopes, lock=True)
+        created: list[int] = []
+        by_dataset: dict[tuple[str, str | None], list[Scope]] = {}
+        for scope in missing:
+            by_dataset.setdefault((scope.tenant_id, scope.dataset_id), []).append(scope)
+        for group in by_dataset.values():
+            created += create_subjects(conn, group, now)
+        if missing:  # again: see charge_budgets
+            found, _ = find_budgets(conn, scopes, lock=True)
+        return found, created
 
     def _batch_item(
         self,
@@ -582,7 +744,11 @@ class Ledger:
         statuses: dict[int, BudgetStatus] = {}
         for row in sorted(rows, key=lambda r: order[r.budget.scope.kind]):
             status = self.policy.status(
-                row.budget, _after(row, held, atoms), row.version, allow_tight=allow_tight
+                row.budget,
+                _after(row, held, atoms),
+                row.version,
+                allow_tight=allow_tight,
+                event_count=row.event_count + 1,
             )
             if status.exceeds:
                 current = self.policy.status(
@@ -592,7 +758,7 @@ class Ledger:
                     allow_tight=allow_tight,
                 )
                 raise _exhausted(row, status, current)
-            statuses[row.id] = replace(status, event_count=row.event_count + 1)
+            statuses[row.id] = status
         return tuple(statuses[row.id] for row in rows)
 
     def _project(
@@ -699,6 +865,16 @@ class Ledger:
     def _refused(self, reason: str) -> None:
         if self._metrics:
             self._metrics.refused(reason)
+
+
+@dataclass(frozen=True)
+class _Spend:
+    """A queued spend: its charge, when it was asked for (latency metric) and how many times
+    it was queued again to compute a tight figure first."""
+
+    charge: Charge
+    started: float
+    attempt: int
 
 
 def _after(row: BudgetRow, held: dict[int, Counter[Atom]], atoms: Counter[Atom]) -> Composition:

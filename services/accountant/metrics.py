@@ -48,6 +48,13 @@ class AccountantMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
+        self.spend_group_size = Histogram(
+            "veil_accountant_spend_group_size_spends",
+            "Spends decided and committed together in one transaction (group commit).",
+            registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+
     def dataset_label(self, dataset_id: str) -> str:
         return dataset_id if dataset_id in self._datasets else "other"
 

@@ -71,12 +71,14 @@ class Policy:
         want_tight: bool = False,
         allow_tight: bool = True,
         known_tight: tuple[float | None] | None = None,
+        event_count: int = 0,
     ) -> BudgetStatus:
         """Figures of ``comp`` against ``budget`` (``exceeds`` if the enforced ε > limit).
 
         ``allow_tight=False``: raise :class:`TightNeeded` instead of computing the tight
         figure when the decision needs it. ``known_tight``: the tight figure of ``comp``
         computed before (``(None,)``: it could not be), used instead of computing it.
+        ``event_count``: the events the status counts (the caller knows them).
         """
         delta, limit = budget.delta, budget.epsilon
         cheap = best_epsilon(comp, delta, tight=None)
@@ -112,6 +114,7 @@ class Policy:
             epsilon_basic=figures.basic,
             enforced_by=enforced_by,
             tight_state=state,
+            event_count=event_count,
         )
 
     def _with_tight(

@@ -223,6 +223,13 @@ def scope_key_details(scope: Scope) -> dict[str, str]:
     return {"scope": scope.kind, **{k: v for k, v in scope.to_json().items() if v is not None}}
 
 
+_LIVE = select(reservations.c.id, reservations.c.charge, reservations.c.budget_ids).where(
+    reservations.c.tenant_id == bindparam("tenant"),
+    reservations.c.status == "live",
+    reservations.c.expires_at > bindparam("now"),
+)
+
+
 def live_reservation_atoms(
     conn: Connection,
     tenant_id: str,
@@ -233,12 +240,7 @@ def live_reservation_atoms(
     """Atoms held by live (unexpired) reservations, per budget id among ``budget_ids``."""
     wanted = set(budget_ids)
     held: dict[int, Counter[Atom]] = {b: Counter() for b in wanted}
-    query = select(reservations.c.id, reservations.c.charge, reservations.c.budget_ids).where(
-        reservations.c.tenant_id == tenant_id,
-        reservations.c.status == "live",
-        reservations.c.expires_at > now,
-    )
-    for rid, charge_text, ids_text in conn.execute(query):
+    for rid, charge_text, ids_text in conn.execute(_LIVE, {"tenant": tenant_id, "now": now}):
         if rid == exclude:
             continue
         touched = wanted.intersection(json.loads(ids_text))

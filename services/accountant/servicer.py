@@ -2,7 +2,9 @@
 
 The ledger is synchronous (SQLAlchemy) and its accounting is CPU work; every call runs on
 the server's bounded worker pool (:class:`services.runtime.workers.WorkerPool`) so the event
-loop keeps serving health checks and other RPCs while a spend waits on a database lock.
+loop keeps serving health checks and other RPCs while a spend waits on a database lock. A
+spend is queued for the ledger's group commit instead (its own writer thread and bounded
+queue), and awaited there.
 """
 
 from __future__ import annotations
@@ -90,8 +92,12 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
     async def Spend(self, request: pb.SpendRequest, context) -> pb.Receipt:
         tenant = require_tenant(request.charge.tenant_id)
         charge = cv.charge_from_pb(request.charge, tenant)
-        receipt = await self._run(self.ledger.spend, tenant, charge)
-        cost = await self._run(self._cost, receipt.charge, receipt.statuses)
+        # Queued for the ledger's group commit: awaited without holding a worker thread.
+        receipt = await asyncio.wrap_future(self.ledger.start_spend(tenant, charge))
+        if receipt.statuses:  # the charge's own cost: memoised, no database read
+            cost = self._cost(receipt.charge, receipt.statuses)
+        else:
+            cost = await self._run(self._cost, receipt.charge, receipt.statuses)
         return cv.receipt_to_pb(receipt, cost, self.tight)
 
     async def ChargeBatch(self, request: pb.ChargeBatchRequest, context):

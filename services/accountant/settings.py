@@ -43,6 +43,13 @@ class AccountantSettings(BaseSettings):
     max_lease_s: float = Field(default=600.0, gt=0)
     """Longest lease a caller may ask for (a held reservation blocks other spends)."""
 
+    group_max: int = Field(default=64, ge=1)
+    """Most spends decided and committed in one transaction by the group commit (spends that
+    arrive together wait for one writer; a group of one under no concurrency)."""
+
+    spend_queue: int = Field(default=1024, ge=1)
+    """Spends that may wait for the ledger's writer; one more is RESOURCE_EXHAUSTED."""
+
     limits: Limits = Field(default_factory=Limits)
     """Caps on ids, keys and charge sizes (JSON, e.g. ``{"max_subjects": 500}``); see
     :class:`services.accountant.limits.Limits`."""

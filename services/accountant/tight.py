@@ -68,6 +68,8 @@ def _bad(name: str, why: str) -> InvalidArgument:
 
 
 def _positive(name: str, value: object) -> float:
+    if type(value) is float and 0 < value < math.inf:  # the common case, without the ABCs
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _bad(name, "must be a number")
     if not math.isfinite(float(value)) or value <= 0:
@@ -77,7 +79,11 @@ def _positive(name: str, value: object) -> float:
 
 def check_atom(atom: Atom, count: object) -> int:
     """Validate one (atom, count) pair, naming the bad field; returns the count (int ≥ 0)."""
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+    if type(count) is not int and (
+        isinstance(count, bool) or not isinstance(count, numbers.Integral)
+    ):
+        raise _bad("count", "must be an integer >= 0")
+    if count < 0:
         raise _bad("count", "must be an integer >= 0")
     names = _FIELDS.get(str(atom[0])) if atom else None
     if names is None or len(atom) != 1 + len(names):
