@@ -56,6 +56,7 @@ SERVICES = {
             "WatchJob",
             "ListModelVersions",
             "GetModelVersion",
+            "RollbackModel",
         },
     ),
     "protection": ("Protection", {"Protect", "ProtectBatch", "Evaluate"}),

@@ -94,6 +94,31 @@ def test_readme_sanitizer_example_runs_against_real_servers(tmp_path):
                 assert "  male: ε=" in out.stdout
 
 
+def test_readme_unlearning_example_runs_against_a_real_service(tmp_path):
+    from services.unlearning.app import build_app
+    from tests.unlearning.conftest import BASE_URI, settings, tiny_store
+
+    blocks = ci_blocks("unlearning")
+    assert blocks, "the README lost its unlearning example"
+    store = tiny_store(tmp_path / "store")
+    config = settings(tmp_path, store, tokens={"readme-token": {"tenant": "acme"}})
+    with serve(build_app(config)) as running:
+        env = dict(
+            os.environ,
+            VEIL_UNLEARNING=running.target,
+            VEIL_TOKEN="readme-token",
+            VEIL_BASE_DATA=BASE_URI,
+        )
+        for block in blocks:
+            out = subprocess.run(
+                [sys.executable, "-c", block], env=env, capture_output=True, text=True, timeout=120
+            )
+            assert out.returncode == 0, out.stderr
+            assert "JOB_STATE_SUCCEEDED" in out.stdout
+            assert "serving veil_classifier v2 (feature of v1)" in out.stdout
+            assert "rolled back: v3 serves v1's weights" in out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_demo_command(tmp_path):
@@ -105,6 +130,10 @@ def test_demo_command(tmp_path):
         VEIL_SANITIZER_PORT=str(free_port()),
         VEIL_SANITIZER_METRICS_PORT=str(free_port()),
         VEIL_SANITIZER_DATABASE_URL=f"sqlite:///{tmp_path}/sessions.sqlite",
+        VEIL_UNLEARNING_PORT=str(free_port()),
+        VEIL_UNLEARNING_METRICS_PORT=str(free_port()),
+        VEIL_UNLEARNING_DATABASE_URL=f"sqlite:///{tmp_path}/unlearning.sqlite",
+        VEIL_DATA_DIR=str(tmp_path / "data"),
         VEIL_DEMO_OUT=str(tmp_path / "out"),
         VEIL_TRITON_GRPC_PORT="0",
         VEIL_TRITON_HTTP_PORT="0",
@@ -115,7 +144,7 @@ def test_demo_command(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr
     assert "WhoAmI          tenant=demo service=accountant" in out.stdout
@@ -127,4 +156,7 @@ def test_demo_command(tmp_path):
     assert "RESOURCE_EXHAUSTED: the accountant:" in out.stdout
     assert out.stdout.count("SanitizeBatch   lfw-") == 4
     assert (tmp_path / "out" / "released.png").is_file()
+    assert "SubmitJob       " in out.stdout
+    assert "WatchJob        SUCCEEDED" in out.stdout
+    assert "GetModelVersion veil_classifier v2 READY (feature of v1)" in out.stdout
     assert "stack stopped (exit 0)" in out.stdout

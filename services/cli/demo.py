@@ -52,6 +52,10 @@ async def _wait_ready(client: VeilClient, timeout: float = 60) -> None:
         await asyncio.sleep(0.2)
 
 
+REFERENCE_STEPS = "20"
+"""Steps of the demo's retrained reference (unless VEIL_UNLEARNING_REFERENCE_STEPS says)."""
+
+
 async def _talk() -> None:
     accountant = SERVICES["accountant"].settings()
     async with VeilClient(f"{accountant.host}:{accountant.port}", token=DEMO_TOKEN) as veil:
@@ -79,6 +83,68 @@ async def _talk() -> None:
     ):
         await _wait_ready(backend, timeout=180)
         await _sanitize(backend, alice, ledger)
+    unlearning = SERVICES["unlearning"].settings()
+    async with VeilClient(f"{unlearning.host}:{unlearning.port}", token=DEMO_TOKEN) as veil:
+        await _wait_ready(veil, timeout=180)
+        await _unlearn(veil)
+
+
+async def _unlearn(veil: VeilClient) -> None:
+    """The dataset the served classifier was trained on is revised (200 faces replaced by
+    copies whose perceived gender is redrawn); a feature-unlearning job makes the next
+    version, watched to completion, then served; its report sits beside retraining's."""
+    from services._proto.veil.v1 import unlearning_pb2 as upb
+    from services.kernels.store import ModelStore
+
+    base = ModelStore().manifest("task-resnet").data["uri"]
+    seed = base.split("seed=")[-1].split("&")[0]
+    revision = upb.DatasetRevision(
+        dataset_uri=f"{base}&resample=male&resample_seed=1",
+        replaced_sample_ids=[f"synth-{seed}-{i:06d}" for i in range(200)],
+    )
+    job = await veil.unlearning.SubmitJob(
+        upb.SubmitJobRequest(
+            base_model=common_pb2.ModelRef(name="veil_classifier"),
+            revision=revision,
+            forget_attributes=["male"],
+            method=upb.UNLEARNING_METHOD_FEATURE,
+            options={"steps": "20", "fit_samples": "500"},
+            idempotency_key=f"demo-{uuid.uuid4().hex[:8]}",
+        )
+    )
+    print(f"SubmitJob       {job.status.job_id[:8]}… feature unlearning of 'male', 200 replaced")
+    last = ""
+    async for event in veil.unlearning.WatchJob(upb.WatchJobRequest(job_id=job.status.job_id)):
+        state = common_pb2.JobState.Name(event.status.state).removeprefix("JOB_STATE_")
+        if f"{state}/{event.phase}" != last:
+            last = f"{state}/{event.phase}"
+            print(f"WatchJob        {state:<9} {event.phase:<10} {event.status.progress:4.0%}")
+        if event.status.state == common_pb2.JOB_STATE_FAILED:
+            print(f"WatchJob        failed: {event.status.message}")
+            return
+    done = await veil.unlearning.GetJob(upb.GetJobRequest(job_id=job.status.job_id))
+    served = await veil.unlearning.GetModelVersion(
+        upb.GetModelVersionRequest(ref=common_pb2.ModelRef(name="veil_classifier"))
+    )
+    state = upb.ModelVersionState.Name(served.state).removeprefix("MODEL_VERSION_STATE_")
+    print(f"GetModelVersion veil_classifier v{served.ref.version} {state} ({served.method} of v1)")
+    report, ref = done.report, done.report.retrain_reference
+    leak = {x.attribute: x.probe_accuracy for x in report.leakage}
+    ref_leak = {x.attribute: x.probe_accuracy for x in ref.leakage}
+    print("report          method      task acc  'male' probe  MIA AUC  wall s")
+    print(
+        f"                feature     {report.task_accuracy:8.3f}  {leak['male']:12.3f}  "
+        f"{report.membership_inference_auc:7.3f}  {report.wall_seconds:6.1f}"
+    )
+    print(
+        f"                retrain*    {ref.task_accuracy:8.3f}  {ref_leak['male']:12.3f}  "
+        f"{ref.membership_inference_auc:7.3f}  {ref.wall_seconds:6.1f}"
+    )
+    steps = os.environ.get("VEIL_UNLEARNING_REFERENCE_STEPS", REFERENCE_STEPS)
+    print(
+        f"                * retraining cut to {steps} steps to keep the demo short, so its "
+        "accuracy is no reference here; `python -m bench.unlearning` has the real one"
+    )
 
 
 async def _ledger(veil: VeilClient) -> None:
@@ -251,6 +317,9 @@ def main() -> int:
         ),
     )
     env.setdefault("VEIL_SANITIZER_ACCOUNTANT_TOKEN", SANITIZER_TOKEN)
+    env.setdefault("VEIL_UNLEARNING_TOKENS", json.dumps({DEMO_TOKEN: {"tenant": "demo"}}))
+    # A short retrained reference: the demo compares against it, it does not need a good one.
+    env.setdefault("VEIL_UNLEARNING_REFERENCE_STEPS", REFERENCE_STEPS)
     stack = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env)
     try:
         asyncio.run(_talk())

@@ -43,6 +43,9 @@ SERVICES: dict[str, ServiceEntry] = {
     "protection": ServiceEntry(
         "services.protection.app", port=50054, metrics_port=9464, inference=True
     ),
+    "unlearning": ServiceEntry(
+        "services.unlearning.app", port=50055, metrics_port=9465, inference=True
+    ),
 }
 """Services that can be served today; the others join as they land."""
 

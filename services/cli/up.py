@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from services.cli.registry import SERVICES, uses_inference
@@ -42,6 +43,25 @@ def service_environment(
     return env
 
 
+def unlearning_models(root: Path) -> tuple[Path, Path]:
+    """(store, repository) that the unlearning service publishes versions into under
+    ``root``: a copy of the packaged model store (entries already there are kept) and a
+    rendering of ``triton_models/`` whose ``store`` parameter points at it (kept once made:
+    it holds the published ``veil_classifier/<N>/`` directories). Neither is the source
+    tree, which stays clean."""
+    import shutil
+
+    from services.kernels.store import DEFAULT_ROOT
+    from services.triton.repository import render
+    from services.triton.settings import REPO_ROOT
+
+    store, repository = root / "store", root / "triton_models"
+    shutil.copytree(DEFAULT_ROOT, store, dirs_exist_ok=True)
+    if not repository.exists():
+        render(REPO_ROOT / "triton_models", repository, parameters={"store": str(store)})
+    return store, repository
+
+
 def run_up(names: list[str], backend: str = "triton") -> int:
     """Start Triton if a service needs it, then each service as a child process; on
     SIGINT/SIGTERM or any child's (or Triton's) exit, stop all: services first, then Triton."""
@@ -58,12 +78,24 @@ def run_up(names: list[str], backend: str = "triton") -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     triton = None
+    models: tuple[Path, Path] | None = None
+    if "unlearning" in names:
+        from services.common.db import data_dir
+
+        models = unlearning_models(data_dir() / "unlearning")
     if backend == "triton" and uses_inference(names):
         from services.triton.server import TritonServer, TritonStartError
         from services.triton.settings import TritonSettings
 
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        triton = TritonServer(TritonSettings())
+        overrides: dict[str, Any] = {}
+        if models is not None:  # new versions are loaded through Triton's repository API
+            overrides = {
+                "model_repository": models[1],
+                "model_control_mode": "explicit",
+                "load_models": ["*"],
+            }
+        triton = TritonServer(TritonSettings(**overrides))
         try:
             triton.start()
         except TritonStartError as exc:
@@ -71,6 +103,11 @@ def run_up(names: list[str], backend: str = "triton") -> int:
             return 1
     url = triton.grpc_url if triton is not None else None
     env = service_environment(dict(os.environ), backend, url)
+    if models is not None:
+        env.setdefault("VEIL_UNLEARNING_STORE", str(models[0]))
+        env.setdefault("VEIL_INFERENCE_STORE", str(models[0]))
+        if triton is not None:
+            env.setdefault("VEIL_UNLEARNING_MODEL_REPOSITORY", str(models[1]))
     if "accountant" in names and "sanitizer" in names:
         # The sanitizer charges the accountant this stack starts (unless told otherwise).
         accountant = SERVICES["accountant"].settings()

@@ -158,6 +158,11 @@ class InferenceBackend(abc.ABC):
         )
 
     @abc.abstractmethod
+    async def load_model(self, model: str, version: int) -> None:
+        """Make version ``version`` of ``model`` servable after it was written to the model
+        store (and, for Triton, to the model repository); ModelNotReady when it cannot be."""
+
+    @abc.abstractmethod
     async def ready(self) -> bool:
         """True when every model this backend serves can answer now (never raises)."""
 

@@ -74,6 +74,16 @@ class LocalBackend(InferenceBackend):
             self._executor, self._run, model, version, arrays, submitted
         )
 
+    async def load_model(self, model: str, version: int) -> None:
+        """Build version ``version``'s kernel now (its weights checked), so the first call
+        does not pay for it and a broken version fails here."""
+        if self._executor is None:
+            raise ModelNotReady("the local inference backend is closed")
+        with self._lock:
+            self._kernels.pop((model, version), None)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._kernel, model, version)
+
     async def ready(self) -> bool:
         if self._executor is None:
             return False

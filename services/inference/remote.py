@@ -152,6 +152,21 @@ class TritonBackend(InferenceBackend):
             parts.append(await self._infer(model, {**chunk, BUDGET: column}, version, timeout))
         return parts
 
+    async def load_model(self, model: str, version: int) -> None:
+        """Triton's explicit model control: (re)load ``model`` from its repository (its
+        version policy picks the versions), then check that ``version`` answers ready.
+        Needs ``--model-control-mode=explicit``; under ``poll`` Triton finds it alone."""
+        timeout = self.settings.timeout_s
+        try:
+            await self.client.load_model(model, client_timeout=timeout)
+            ready = await self.client.is_model_ready(model, str(version), client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise ModelNotReady(
+                f"Triton could not load {model} version {version}: {exc.message() or exc}"
+            ) from None
+        if not ready:
+            raise ModelNotReady(f"{model} version {version} is not ready on Triton after load")
+
     async def ready(self) -> bool:
         """Triton is ready and so is every model the services call (never raises)."""
         timeout = self.settings.ready_timeout_s

@@ -1,6 +1,7 @@
 """Open any dataset from one URI, so settings and CLIs take a single string.
 
     synthfaces://?n=50000&seed=0[&attributes=male,old][&cache=/dir]
+        [&correlate=male:0.9,old:0.9][&resample=male,old&resample_seed=1]   (data/revision.py)
     lfw://                          astronaut://
     celeba:///path/to/root[?split=train&attributes=Male,Young&task=Mouth_Slightly_Open]
     folder:///path/to/root[?csv=labels.csv&attributes=a,b&task=c]
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from services.common.errors import InvalidArgument
 from services.common.imaging import ImageLimits
-from services.kernels.data import celeba, folder, packaged, synthfaces
+from services.kernels.data import celeba, folder, packaged, revision, synthfaces
 from services.kernels.data.base import FaceDataset
 
 FORMS = (
@@ -49,6 +50,9 @@ def _synthfaces(path: str, q: dict[str, str], res: int, _: ImageLimits | None) -
         resolution=res,
         attributes=_names(q, "attributes") or synthfaces.SENSITIVE_ATTRIBUTES,
         cache_dir=q.get("cache"),
+        correlate=revision.parse_strengths(q.get("correlate", "")),
+        resample=_names(q, "resample") or (),
+        resample_seed=_int(q, "resample_seed", 1),
     )
 
 

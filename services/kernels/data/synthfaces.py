@@ -14,13 +14,13 @@ or all at once by :meth:`SynthFaces.materialize` (cached to an ``.npz`` when ask
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.kernels.data import synthrender
+from services.kernels.data import revision, synthrender
 from services.kernels.data.base import FaceDataset
 
 ALL_ATTRIBUTES = (
@@ -49,14 +49,25 @@ class SynthFaces(FaceDataset):
         resolution: int = 64,
         attributes: Sequence[str] = SENSITIVE_ATTRIBUTES,
         cache_dir: str | Path | None = None,
+        correlate: Mapping[str, float] | None = None,
+        resample: Sequence[str] = (),
+        resample_seed: int = 1,
     ) -> None:
+        """``correlate`` and ``resample`` make the unlearning variants of
+        :mod:`services.kernels.data.revision` (correlation first, then the redraw)."""
         if not 0 < n <= 10_000_000 or seed < 0:
             raise InvalidArgument(f"synthfaces needs 0 < n <= 1e7 and seed >= 0; got {n}, {seed}")
         unknown = sorted(set(attributes) - set(ALL_ATTRIBUTES))
         if unknown:
             raise InvalidArgument(f"unknown attributes {unknown}; synthfaces has {ALL_ATTRIBUTES}")
         self.seed = seed
-        self._uniforms = synthrender.draw_uniforms(seed, np.arange(n)).astype(np.float32)
+        uniforms = synthrender.draw_uniforms(seed, np.arange(n))
+        if correlate:
+            uniforms = revision.correlate(uniforms, seed, correlate)
+        if resample:
+            uniforms = revision.resample(uniforms, seed, resample, resample_seed)
+        self.variant = revision.variant_tag(correlate or {}, tuple(resample), resample_seed)
+        self._uniforms = uniforms.astype(np.float32)
         labels = synthrender.labels(self._uniforms)
         super().__init__(
             sample_ids=[f"synth-{seed}-{i:06d}" for i in range(n)],
@@ -95,6 +106,7 @@ class SynthFaces(FaceDataset):
         path = None
         if cache_dir is not None:
             name = f"synthfaces-v{synthrender.RENDER_VERSION}-s{self.seed}-n{len(self)}"
+            name += self.variant
             path = Path(cache_dir) / f"{name}-r{self.resolution}.npz"
             if path.is_file():
                 with np.load(path) as cached:

@@ -17,6 +17,7 @@ class UnlearningMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNLEARNING_METHOD_RETRAIN: _ClassVar[UnlearningMethod]
     UNLEARNING_METHOD_FINETUNE: _ClassVar[UnlearningMethod]
     UNLEARNING_METHOD_FEATURE: _ClassVar[UnlearningMethod]
+    UNLEARNING_METHOD_SCRUB: _ClassVar[UnlearningMethod]
 
 class ModelVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ UNLEARNING_METHOD_UNSPECIFIED: UnlearningMethod
 UNLEARNING_METHOD_RETRAIN: UnlearningMethod
 UNLEARNING_METHOD_FINETUNE: UnlearningMethod
 UNLEARNING_METHOD_FEATURE: UnlearningMethod
+UNLEARNING_METHOD_SCRUB: UnlearningMethod
 MODEL_VERSION_STATE_UNSPECIFIED: ModelVersionState
 MODEL_VERSION_STATE_LOADING: ModelVersionState
 MODEL_VERSION_STATE_READY: ModelVersionState
@@ -169,7 +171,7 @@ class JobEvent(_message.Message):
     def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., phase: _Optional[str] = ..., report: _Optional[_Union[UnlearningReport, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("ref", "state", "parent_job_id", "created_at", "metrics")
+    __slots__ = ("ref", "state", "parent_job_id", "created_at", "metrics", "parent_version", "method")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,12 +184,16 @@ class ModelVersion(_message.Message):
     PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     ref: _common_pb2.ModelRef
     state: ModelVersionState
     parent_job_id: str
     created_at: _timestamp_pb2.Timestamp
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., parent_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    parent_version: int
+    method: str
+    def __init__(self, ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., parent_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parent_version: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
 
 class ListModelVersionsRequest(_message.Message):
     __slots__ = ("tenant_id", "model_name", "page")
@@ -214,3 +220,15 @@ class GetModelVersionRequest(_message.Message):
     tenant_id: str
     ref: _common_pb2.ModelRef
     def __init__(self, tenant_id: _Optional[str] = ..., ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+
+class RollbackModelRequest(_message.Message):
+    __slots__ = ("tenant_id", "target", "reason", "idempotency_key")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    target: _common_pb2.ModelRef
+    reason: str
+    idempotency_key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...

@@ -70,6 +70,11 @@ class UnlearningStub:
                 request_serializer=veil_dot_v1_dot_unlearning__pb2.GetModelVersionRequest.SerializeToString,
                 response_deserializer=veil_dot_v1_dot_unlearning__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/veil.v1.Unlearning/RollbackModel',
+                request_serializer=veil_dot_v1_dot_unlearning__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=veil_dot_v1_dot_unlearning__pb2.ModelVersion.FromString,
+                _registered_method=True)
 
 
 class UnlearningServicer:
@@ -98,7 +103,8 @@ class UnlearningServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Asks a job to stop; returns it as it stands. Cancelling a terminal job is a no-op.
+        """Asks a job to stop; returns it as it stands (CANCELLED when it had not started; a
+        running job stops at its next step). Cancelling a terminal job is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +127,15 @@ class UnlearningServicer:
 
     def GetModelVersion(self, request, context):
         """One model version (version 0 = the latest READY one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Rolls a model back to an earlier version in one call: the target's weights are
+        published as a new version (so "latest" serves them) and the versions between are
+        RETIRED. Returns the new version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,6 +177,11 @@ def add_UnlearningServicer_to_server(servicer, server):
             'GetModelVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelVersion,
                     request_deserializer=veil_dot_v1_dot_unlearning__pb2.GetModelVersionRequest.FromString,
+                    response_serializer=veil_dot_v1_dot_unlearning__pb2.ModelVersion.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=veil_dot_v1_dot_unlearning__pb2.RollbackModelRequest.FromString,
                     response_serializer=veil_dot_v1_dot_unlearning__pb2.ModelVersion.SerializeToString,
             ),
     }
@@ -354,6 +374,33 @@ class Unlearning:
             target,
             '/veil.v1.Unlearning/GetModelVersion',
             veil_dot_v1_dot_unlearning__pb2.GetModelVersionRequest.SerializeToString,
+            veil_dot_v1_dot_unlearning__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veil.v1.Unlearning/RollbackModel',
+            veil_dot_v1_dot_unlearning__pb2.RollbackModelRequest.SerializeToString,
             veil_dot_v1_dot_unlearning__pb2.ModelVersion.FromString,
             options,
             channel_credentials,

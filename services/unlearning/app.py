@@ -1,0 +1,79 @@
+"""The unlearning service's server: settings, the job store, the runner, the servicer.
+
+Ready when the job database answers and the inference backend serves the model it
+publishes versions of. Jobs run on this process's own bounded pool of job threads
+(``max_running_jobs``), never on the event loop or the RPC worker pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services._proto.veil.v1 import unlearning_pb2_grpc
+from services.inference.attach import attach_backend
+from services.inference.backend import InferenceSettings
+from services.runtime.diagnostics import diagnostics_mount
+from services.runtime.server import Mount, ServiceApp
+from services.runtime.settings import ServiceSettings
+from services.unlearning.core import Unlearning
+from services.unlearning.jobs import JobStore
+from services.unlearning.metrics import UnlearningMetrics
+from services.unlearning.publishing import Publisher
+from services.unlearning.servicer import UnlearningServicer
+from services.unlearning.settings import UnlearningSettings
+from services.unlearning.training import store_root
+
+
+def _inference() -> InferenceSettings:
+    return InferenceSettings(models=["veil_classifier"])
+
+
+class Settings(ServiceSettings, UnlearningSettings):
+    """Unlearning server settings (environment prefix ``VEIL_UNLEARNING_``; the inference
+    backend's under ``VEIL_INFERENCE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_UNLEARNING_", extra="ignore")
+    port: int = 50055
+    metrics_port: int | None = 9465
+    inference: InferenceSettings = Field(default_factory=_inference)
+
+
+def build_app(settings: Settings) -> ServiceApp:
+    app = ServiceApp(name="unlearning", settings=settings, mounts=[])
+    metrics = UnlearningMetrics(app.registry)
+    store = JobStore(settings.database_url)
+    entry = settings.inference.classifiers.get(settings.model_name, "task-resnet")
+    publisher = Publisher(
+        store_root(settings.store or settings.inference.store),
+        entry,
+        settings.model_name,
+        settings.model_repository,
+    )
+    handle = None
+
+    async def load(model: str, version: int) -> None:
+        assert handle is not None
+        await handle.backend.load_model(model, version)
+
+    core = Unlearning(settings, store, publisher, load, metrics)
+    app.mounts += [
+        Mount(
+            "veil.v1.Unlearning",
+            UnlearningServicer(core),
+            unlearning_pb2_grpc.add_UnlearningServicer_to_server,
+        ),
+        diagnostics_mount("unlearning", settings.image_limits),
+    ]
+
+    async def stop() -> None:
+        await core.stop()
+        await asyncio.to_thread(store.close)
+
+    app.on_start.append(core.start)
+    app.on_stop.append(stop)
+    app.ready = core.ready
+    handle = attach_backend(app, settings.inference)
+    return app
