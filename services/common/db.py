@@ -139,3 +139,33 @@ def create_schema(engine: Engine, metadata: MetaData) -> None:
             f"the database is unavailable ({type(exc.orig).__name__}); retry",
             details={"backend": engine.url.get_backend_name()},
         ) from None
+
+
+class TableStore:
+    """A service's tables (``metadata``) on one engine: the schema, a liveness probe and
+    short transactions; the sanitizer's sessions and the unlearning jobs build on it."""
+
+    metadata: MetaData
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.engine = engine or make_engine(url)
+
+    def create_schema(self) -> None:
+        create_schema(self.engine, self.metadata)
+
+    def ping(self) -> bool:
+        """Whether the database answers a trivial query."""
+        try:
+            with transaction(self.engine, readonly=True) as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, readonly: bool = False) -> Iterator[Connection]:
+        with transaction(self.engine, readonly=readonly) as conn:
+            yield conn

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +38,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import create_schema, make_engine, transaction
+from services.common.db import TableStore
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 
 metadata = MetaData()
@@ -111,30 +108,10 @@ class StoredRelease:
     image: bytes
 
 
-class SessionStore:
+class SessionStore(TableStore):
     """The sanitizer's tables on one engine; every method is one short transaction."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
-        self.engine = engine or make_engine(url)
-
-    def create_schema(self) -> None:
-        create_schema(self.engine, metadata)
-
-    def ping(self) -> bool:
-        try:
-            with transaction(self.engine, readonly=True) as conn:
-                conn.exec_driver_sql("SELECT 1")
-            return True
-        except Exception:
-            return False
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _tx(self, readonly: bool = False) -> Iterator[Connection]:
-        with transaction(self.engine, readonly=readonly) as conn:
-            yield conn
+    metadata = metadata
 
     # -- sessions --------------------------------------------------------------------------
 

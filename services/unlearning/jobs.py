@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,10 +43,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import delete as sql_delete
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import create_schema, make_engine, transaction
+from services.common.db import TableStore
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 
 metadata = MetaData()
@@ -203,30 +201,10 @@ def _version(row: Row[Any]) -> Version:
     )
 
 
-class JobStore:
+class JobStore(TableStore):
     """The unlearning tables on one engine; every method is one short transaction."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
-        self.engine = engine or make_engine(url)
-
-    def create_schema(self) -> None:
-        create_schema(self.engine, metadata)
-
-    def ping(self) -> bool:
-        try:
-            with transaction(self.engine, readonly=True) as conn:
-                conn.exec_driver_sql("SELECT 1")
-            return True
-        except Exception:
-            return False
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _tx(self, readonly: bool = False) -> Iterator[Connection]:
-        with transaction(self.engine, readonly=readonly) as conn:
-            yield conn
+    metadata = metadata
 
     # -- jobs: callers ---------------------------------------------------------------------
 
