@@ -40,7 +40,9 @@ What each figure measures:
   ``calibrate_mu``). Their neighbour relations differ from the sanitizer's (m pixels; any
   two images; any two faces in the attribute coordinates), so equal ε is not equal meaning.
 - **speed**: releases/s and the latency of one release call (p50, p99; at batch 16 every
-  release of a call waits for the whole call), encode + mechanism + decode, no PNG.
+  release of a call waits for the whole call), encode + mechanism + decode, no PNG; with
+  ``--triton-url`` the in-process and Triton calls alternate, so that a shared machine's
+  load swings hit both alike.
 
 What it does not prove: an attacker's accuracy bounds what *that* attacker reads, not what
 any attacker could; accuracy near chance is evidence, not a guarantee. The (ε, δ) proof covers
@@ -379,33 +381,40 @@ async def run_rows(ctx: Context, backend: InferenceBackend, began: float) -> lis
 # -- speed -----------------------------------------------------------------------------------
 
 
-async def release_calls(
-    pipeline: Pipeline, faces: np.ndarray, cal: Calibration, steps: int, batch: int, calls: int
-) -> np.ndarray:
-    """Seconds of ``calls`` whole release calls of ``batch`` faces (prepare, encode,
-    mechanism, decode; no PNG), after one warm-up call."""
-    chosen = faces[np.arange(batch) % len(faces)]
-    times = []
-    for _ in range(calls + 1):
-        start = time.perf_counter()
-        z = await pipeline.encode([pipeline.prepare_pixels(p, WHOLE) for p in chosen])
-        await pipeline.generate(z, [Draw(cal, release_rng()) for _ in chosen], steps, "keep")
-        times.append(time.perf_counter() - start)
-    return np.array(times[1:])
+async def release_call(
+    pipeline: Pipeline, chosen: np.ndarray, cal: Calibration, steps: int
+) -> float:
+    """Seconds of one whole release call of ``chosen`` faces (prepare, encode, mechanism,
+    decode; no PNG)."""
+    start = time.perf_counter()
+    z = await pipeline.encode([pipeline.prepare_pixels(p, WHOLE) for p in chosen])
+    await pipeline.generate(z, [Draw(cal, release_rng()) for _ in chosen], steps, "keep")
+    return time.perf_counter() - start
 
 
 async def speed(
-    label: str, pipeline: Pipeline, faces: np.ndarray, args: argparse.Namespace
+    pipelines: dict[str, Pipeline], faces: np.ndarray, args: argparse.Namespace
 ) -> list[list[object]]:
-    """Rows (backend, steps, batch, calls, releases/s, p50, p99 s per call) at ε = 1."""
-    cal = calibrate(pipeline.space, 1.0, args.delta, {})
+    """Rows (backend, steps, batch, calls, releases/s, p50, p99 s per call) at ε = 1.
+
+    The backends' calls alternate (one warm-up call each first), so that the load swings of
+    a shared machine hit them alike and their ratio is fair."""
+    cal = calibrate(next(iter(pipelines.values())).space, 1.0, args.delta, {})
     rows: list[list[object]] = []
     for steps in args.speed_steps:
         for batch in args.speed_batches:
             calls = max(args.speed_calls, args.speed_releases // batch)
-            t = await release_calls(pipeline, faces, cal, steps, batch, calls)
-            p50, p99 = np.percentile(t, [50, 99])
-            rows.append([label, steps, batch, calls, batch * len(t) / t.sum(), p50, p99])
+            chosen = faces[np.arange(batch) % len(faces)]
+            times: dict[str, list[float]] = {label: [] for label in pipelines}
+            for i in range(calls + 1):
+                for label, pipeline in pipelines.items():
+                    seconds = await release_call(pipeline, chosen, cal, steps)
+                    if i:
+                        times[label].append(seconds)
+            for label, values in times.items():
+                t = np.array(values)
+                p50, p99 = np.percentile(t, [50, 99])
+                rows.append([label, steps, batch, calls, batch * len(t) / t.sum(), p50, p99])
     return rows
 
 
@@ -761,19 +770,24 @@ async def run(args: argparse.Namespace, began: float) -> None:
             attribute_table(ctx, rows, a, name)
         utility_table(ctx, rows)
         print(f"\nplot → {args.plot}", flush=True)
-        timings = await speed("local", ctx.pipeline, ctx.originals, args) if args.speed else []
+        timings: list[list[object]] = []
+        if args.speed:
+            pipelines = {"local": ctx.pipeline}
+            remotes: list[InferenceBackend] = []
+            if args.triton_url:
+                settings = InferenceSettings(
+                    backend="triton", triton_url=args.triton_url, timeout_s=args.triton_timeout
+                )
+                remote = create_backend(settings)
+                remotes.append(remote)
+                pipelines["triton"] = Pipeline(lambda: remote, ctx.pipeline.model)
+            try:
+                timings = await speed(pipelines, ctx.originals, args)
+            finally:
+                for opened in remotes:
+                    await opened.close()
     finally:
         await backend.close()
-    if args.speed and args.triton_url:
-        settings = InferenceSettings(
-            backend="triton", triton_url=args.triton_url, timeout_s=args.triton_timeout
-        )
-        remote = create_backend(settings)
-        try:
-            triton = Pipeline(lambda: remote, ctx.pipeline.model)
-            timings += await speed("triton", triton, ctx.originals, args)
-        finally:
-            await remote.close()
     if timings:
         table(
             "speed: whole release calls (prepare, encode, mechanism at ε = 1, decode)",

@@ -75,3 +75,21 @@ def test_balanced_accuracy_is_a_half_for_any_guess_that_ignores_the_image() -> N
     assert sanitizer.balanced_accuracy(truth.clone(), truth) == 1.0
     half_right = torch.tensor([0] * 15 + [1] * 15 + [1] * 10)
     assert sanitizer.balanced_accuracy(half_right, truth) == pytest.approx(0.75)
+
+
+@pytest.mark.slow
+def test_the_speed_section_times_whole_release_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sanitizer.main([
+        "--quick", "--n", "16", "--epsilons", "1", "--steps", "2", "--adaptive-steps", "2",
+        "--speed-batches", "1,2", "--speed-calls", "2", "--plot", str(tmp_path / "s.png"),
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    speed = out[out.index("speed: whole release calls") :].splitlines()[3:]
+    rows = [line.split() for line in speed if line.strip()]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("local", "2", "1", "2"),
+        ("local", "2", "2", "2"),
+    ]
+    assert all(float(r[4]) > 0 and float(r[5]) <= float(r[6]) for r in rows)
