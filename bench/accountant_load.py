@@ -4,9 +4,12 @@ concurrent clients, the server's CPU per spend, and ChargeBatch against single s
     .venv/bin/python -m bench.accountant_load --duration 5 --clients 1,8,32
     .venv/bin/python -m bench.accountant_load --source /tmp/old-veil   # another checkout
 
-The server is a real ``veil serve accountant`` process (of this checkout, or of
+The server is a real ``veil serve accountant`` process (of this checkout, or of each
 ``--source``: the same bench against an older version, in the same run) on a fresh SQLite
-file; with VEIL_TEST_POSTGRES_DSN set, a PostgreSQL row follows (a fresh schema). Clients
+file; with VEIL_TEST_POSTGRES_DSN set, PostgreSQL rows follow (a fresh schema each). With
+several sources, their servers run side by side and take each phase in turn (source A's
+1-client phase, then B's, then A's 8-client phase…), so that a before/after pair is
+measured seconds apart, not minutes, on a machine whose load changes. Clients
 are ``grpc.aio`` calls from this process; each spend charges the tenant, the dataset and
 one of 64 subjects (a Gaussian with σ = 1000, so no budget runs out). CPU per spend is the
 server process's user+system time over the spends of a phase (/proc/<pid>/stat).
@@ -159,48 +162,76 @@ def row(source: Path, url: str, call: str, n: int, lat: list[float], cpu: float,
 
 
 async def run(
-    source: Path, url: str, clients: list[int], duration: float, batch: bool, rss: list[str]
+    sources: list[Path], url: str, clients: list[int], duration: float, rss: list[str]
 ) -> None:
-    proc, target = start_server(source, url)
-    rss.append(f"| {source.name} | {url.split(':')[0]} | {rss_mb(proc.pid):.1f} |")
+    """Every source's server on one database, phase by phase in turn: a phase of each
+    server runs right after the same phase of the one before, so a figure is never compared
+    with one taken minutes apart on a machine whose load changes."""
+    servers: list[tuple[Path, subprocess.Popen[bytes], grpc.aio.Channel, bool]] = []
     try:
-        async with grpc.aio.insecure_channel(target) as channel:
+        for i, source in enumerate(sources):
+            # A fresh database of the same backend for each server (its own schema/file).
+            proc, target = start_server(source, url if i == 0 else fresh(url))
+            rss.append(f"| {source.name} | {url.split(':')[0]} | {rss_mb(proc.pid):.1f} |")
+            channel = grpc.aio.insecure_channel(target)
+            has_batch = "ChargeBatch" in (source / "proto/veil/v1/accountant.proto").read_text()
+            servers.append((source, proc, channel, has_batch))
             stub = accountant_pb2_grpc.AccountantStub(channel)
             await setup(stub)
             await spend_phase(stub, 1, 1.0)  # warm-up
+        for source, proc, channel, _ in servers:
             before = cpu_seconds(proc.pid)
             lat = await health_phase(channel, duration)
             cpu = cpu_seconds(proc.pid) - before
             print(row(source, url, "health Check", 1, lat, cpu, duration), flush=True)
-            for n in clients:
+        for n in clients:
+            for source, proc, channel, _ in servers:
+                stub = accountant_pb2_grpc.AccountantStub(channel)
                 before = cpu_seconds(proc.pid)
                 lat = await spend_phase(stub, n, duration)
                 cpu = cpu_seconds(proc.pid) - before
                 print(row(source, url, "spend", n, lat, cpu, duration), flush=True)
-            if batch:
-                before = cpu_seconds(proc.pid)
-                rate = await batch_phase(stub, 10)
-                cpu = cpu_seconds(proc.pid) - before
-                print(
-                    f"| {source.name} | {url.split(':')[0]} | batch of 100 | 1 | {rate:7.1f} "
-                    f"| | | {1000 * cpu / 1000:6.2f} |",
-                    flush=True,
-                )
+        for source, proc, channel, has_batch in servers:
+            if not has_batch:
+                continue
+            stub = accountant_pb2_grpc.AccountantStub(channel)
+            before = cpu_seconds(proc.pid)
+            rate = await batch_phase(stub, 10)
+            cpu = cpu_seconds(proc.pid) - before
+            print(
+                f"| {source.name} | {url.split(':')[0]} | batch of 100 | 1 | {rate:7.1f} "
+                f"| | | {1000 * cpu / 1000:6.2f} |",
+                flush=True,
+            )
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for _, proc, channel, _ in servers:
+            await channel.close()
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def databases(tmp: Path) -> list[str]:
     urls = [f"sqlite:///{tmp / uuid.uuid4().hex}.sqlite"]
     dsn = os.environ.get("VEIL_TEST_POSTGRES_DSN", "")
     if dsn:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        with create_engine(dsn).begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        sep = "&" if "?" in dsn else "?"
-        urls.append(f"{dsn}{sep}options=-csearch_path%3D{schema}")
+        urls.append(postgres_schema(dsn))
     return urls
+
+
+def postgres_schema(dsn: str) -> str:
+    """``dsn`` with a fresh, empty schema first on its search path."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with create_engine(dsn).begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in dsn else "?"
+    return f"{dsn}{sep}options=-csearch_path%3D{schema}"
+
+
+def fresh(url: str) -> str:
+    """Another empty database of ``url``'s backend (a new file, or a new schema)."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).parent / uuid.uuid4().hex}.sqlite"
+    return postgres_schema(url.split("?options=")[0].split("&options=")[0])
 
 
 def main() -> None:
@@ -220,10 +251,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     rss: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for source in sources:
-            has_batch = "ChargeBatch" in (source / "proto/veil/v1/accountant.proto").read_text()
-            for url in databases(Path(tmp)):
-                asyncio.run(run(source.resolve(), url, clients, args.duration, has_batch, rss))
+        for url in databases(Path(tmp)):
+            resolved = [source.resolve() for source in sources]
+            asyncio.run(run(resolved, url, clients, args.duration, rss))
     print("\n| server | db | RSS after start MB |\n|---|---|---|")
     print("\n".join(rss))
 

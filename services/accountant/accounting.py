@@ -26,9 +26,8 @@ from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
-from dp_accounting import dp_event
-from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
+from services.accountant.dplib import dp_event, rdp_lib
 from services.accountant.events import Charge, Gaussian, Laplace, Mechanism, SubsampledGaussian
 from services.accountant.tight import (
     MAX_SELF_COMPOSITIONS,

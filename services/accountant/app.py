@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from pydantic_settings import SettingsConfigDict
 
@@ -40,6 +41,12 @@ def build_app(settings: Settings) -> ServiceApp:
 
     async def start() -> None:
         await asyncio.to_thread(ledger.create_schema)
+        # What start-up loaded (modules, protobuf descriptors, SQLAlchemy's tables: ~91 000
+        # objects) lives as long as the server: frozen, a full collection no longer walks
+        # it (60 ms of CPU each before, ~0 after, measured after importing this module),
+        # so none lands in some spend's latency.
+        gc.collect()
+        gc.freeze()
         # In the background: serving does not wait for the workers' imports.
         warm_up = asyncio.get_running_loop().run_in_executor(None, ledger.start_tight_pool)
         warm_up.add_done_callback(lambda f: f.exception())  # a failure resurfaces on use

@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from services.accountant import hotsql
 from services.accountant.accounting import Atom, Composition
 from services.accountant.events import Charge
-from services.accountant.rows import BudgetRow, atoms_to_json, dumps
+from services.accountant.rows import BudgetRow, atoms_to_json, dumps, remember
 from services.accountant.schema import budgets, event_budgets, events
 
 
@@ -95,7 +96,10 @@ def existing_events(conn: Connection, tenant_id: str, keys: Iterable[str]) -> di
     wanted = sorted(set(keys))
     if not wanted:
         return {}
-    rows = conn.execute(_EXISTING, {"tenant": tenant_id, "keys": wanted})
+    if hotsql.usable(conn):
+        rows: Iterable[Any] = hotsql.existing_events(conn, tenant_id, wanted)
+    else:
+        rows = conn.execute(_EXISTING, {"tenant": tenant_id, "keys": wanted})
     return {key: StoredEvent(spend_id, charge, at) for key, spend_id, charge, at in rows}
 
 
@@ -113,35 +117,45 @@ def write(conn: Connection, pending: list[Pending], touched: Iterable[Running], 
     """Store the accepted items and the new state of every budget they changed."""
     if not pending:
         return
-    rows = [
-        {
-            "spend_id": p.spend_id,
-            "tenant_id": p.charge.tenant_id,
-            "idempotency_key": p.charge.idempotency_key,
-            "charge": dumps(p.charge.to_json()),
-            "cost_epsilon": p.cost_epsilon,
-            "committed_at": now,
-        }
+    events_rows = [
+        (
+            p.spend_id,
+            p.charge.tenant_id,
+            p.charge.idempotency_key,
+            dumps(p.charge.to_json()),
+            p.cost_epsilon,
+            now,
+        )
         for p in pending
     ]
+    changes = []
+    for r in touched:
+        if r.changed:
+            rdp, atoms = dumps(r.comp.rdp.tolist()), atoms_to_json(r.comp.atoms)
+            remember(rdp, atoms, r.comp)  # the next spend reads this text: parsed already
+            changes.append((rdp, atoms, r.version, r.event_count, now, r.row.id))
+    if hotsql.usable(conn):
+        ids = hotsql.insert_events(conn, events_rows)
+        links = [
+            (event_id, budget_id)
+            for p, event_id in zip(pending, ids, strict=True)
+            for budget_id in p.budget_ids
+        ]
+        hotsql.insert_links(conn, links)
+        hotsql.update_budgets(conn, changes)
+        return
+    names = ("spend_id", "tenant_id", "idempotency_key", "charge", "cost_epsilon", "committed_at")
+    rows = [dict(zip(names, row, strict=True)) for row in events_rows]
     # One statement, ids back in the order of the rows (INSERT … RETURNING, batched).
-    ids = conn.execute(_INSERT_EVENTS, rows).scalars().all()
-    links = [
-        {"event_id": event_id, "budget_id": budget_id}
-        for p, event_id in zip(pending, ids, strict=True)
-        for budget_id in p.budget_ids
-    ]
-    conn.execute(_INSERT_LINKS, links)
-    changes = [
-        {
-            "b_id": r.row.id,
-            "b_rdp": dumps(r.comp.rdp.tolist()),
-            "b_atoms": atoms_to_json(r.comp.atoms),
-            "b_version": r.version,
-            "b_count": r.event_count,
-            "b_updated": now,
-        }
-        for r in touched
-        if r.changed
-    ]
-    conn.execute(_UPDATE_BUDGETS, changes)
+    stored = conn.execute(_INSERT_EVENTS, rows).scalars().all()
+    conn.execute(
+        _INSERT_LINKS,
+        [
+            {"event_id": event_id, "budget_id": budget_id}
+            for p, event_id in zip(pending, stored, strict=True)
+            for budget_id in p.budget_ids
+        ],
+    )
+    keys = ("b_rdp", "b_atoms", "b_version", "b_count", "b_updated", "b_id")
+    if changes:
+        conn.execute(_UPDATE_BUDGETS, [dict(zip(keys, c, strict=True)) for c in changes])

@@ -7,6 +7,7 @@ refusal reason and a dataset id only if it is listed as low-cardinality (else ``
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -16,6 +17,7 @@ class AccountantMetrics:
 
     def __init__(self, registry: CollectorRegistry, low_cardinality_datasets: Iterable[str] = ()):
         self._datasets = frozenset(low_cardinality_datasets)
+        self._children: dict[tuple[int, str], Any] = {}
         self.spends = Counter(
             "veil_accountant_spends_total", "Committed spends.", ["kind"], registry=registry
         )
@@ -59,9 +61,18 @@ class AccountantMetrics:
         return dataset_id if dataset_id in self._datasets else "other"
 
     def spent(self, kind: str, dataset_id: str, dataset_epsilon: float, seconds: float) -> None:
-        self.spends.labels(kind=kind).inc()
-        self.epsilon_spent.labels(dataset=self.dataset_label(dataset_id)).set(dataset_epsilon)
+        self._child(self.spends, kind).inc()
+        self._child(self.epsilon_spent, self.dataset_label(dataset_id)).set(dataset_epsilon)
         self.spend_latency.observe(seconds)
+
+    def _child(self, metric: Any, label: str) -> Any:
+        """``metric.labels(label)``, looked up once per label (labels are bounded): the
+        lookup takes a lock and parses its arguments on every call."""
+        key = (id(metric), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(label))
+        return child
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason=reason).inc()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from sqlalchemy import Connection, Select, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from services.accountant import hotsql
 from services.accountant.accounting import Atom, Composition, atoms_of
 from services.accountant.events import Budget, Charge, Scope, SubjectDefault
 from services.accountant.schema import budgets, reservations, subject_defaults, tight_figures
@@ -48,11 +50,58 @@ def scope_key(scope: Scope) -> tuple[str, str, str]:
     return scope.tenant_id, scope.dataset_id or "", scope.subject_id or ""
 
 
+_PARSED_MAX = 1024
+_parsed: OrderedDict[tuple[str, str], tuple[np.ndarray, Counter[Atom]]] = OrderedDict()
+_parsed_lock = threading.Lock()
+
+
+def composition(rdp_text: str, atoms_text: str) -> Composition:
+    """A stored composition, parsed once per distinct text (the budgets a spend touches
+    were mostly stored by the spend before it, here: :func:`remember`); the curve is
+    read-only (:meth:`Composition.add` copies), the multiset a fresh copy."""
+    key = (rdp_text, atoms_text)
+    with _parsed_lock:
+        hit = _parsed.get(key)
+        if hit is not None:
+            _parsed.move_to_end(key)
+    if hit is None:
+        curve = np.array(json.loads(rdp_text), dtype=float)
+        curve.setflags(write=False)
+        hit = (curve, atoms_from_json(atoms_text))
+        _remember(key, hit)
+    return Composition(hit[0], Counter(hit[1]))
+
+
+def remember(rdp_text: str, atoms_text: str, comp: Composition) -> None:
+    """``comp`` is what ``rdp_text``/``atoms_text`` (its stored form) parse to."""
+    curve = comp.rdp
+    if curve.flags.writeable:
+        curve = curve.copy()
+        curve.setflags(write=False)
+    _remember((rdp_text, atoms_text), (curve, Counter(comp.atoms)))
+
+
+def _remember(key: tuple[str, str], value: tuple[np.ndarray, Counter[Atom]]) -> None:
+    with _parsed_lock:
+        _parsed[key] = value
+        _parsed.move_to_end(key)
+        while len(_parsed) > _PARSED_MAX:
+            _parsed.popitem(last=False)
+
+
 def row_to_budget(row: Any) -> BudgetRow:
     scope = Scope(row.tenant_id, row.dataset_id or None, row.subject_id or None)
-    comp = Composition(np.array(json.loads(row.rdp), dtype=float), atoms_from_json(row.atoms))
+    comp = composition(row.rdp, row.atoms)
     budget = Budget(scope, row.epsilon, row.delta)
     return BudgetRow(row.id, budget, row.version, comp, int(row.event_count))
+
+
+def _driver_row_to_budget(row: tuple[Any, ...]) -> BudgetRow:
+    """:func:`row_to_budget` of a :func:`hotsql.budgets` row."""
+    id_, tenant, dataset, subject, epsilon, delta, version, count, rdp, atoms = row
+    scope = Scope(tenant, dataset or None, subject or None)
+    budget = Budget(scope, float(epsilon), float(delta))
+    return BudgetRow(int(id_), budget, int(version), composition(rdp, atoms), int(count))
 
 
 @functools.lru_cache(maxsize=32)
@@ -73,15 +122,10 @@ def _budgets_query(groups: int, lock: bool) -> Select[Any]:
     return query.with_for_update() if lock else query
 
 
-def find_budgets(
+def find_budgets_core(
     conn: Connection, scopes: Iterable[Scope], *, lock: bool
 ) -> tuple[list[BudgetRow], list[Scope]]:
-    """Budgets of ``scopes`` ordered by id, and the scopes that have none; ``lock`` takes
-    ``FOR UPDATE`` row locks.
-
-    Locking in id order means two spends touching overlapping budgets always lock them in
-    the same order, so PostgreSQL never deadlocks on them.
-    """
+    """:func:`find_budgets` through SQLAlchemy Core (the reference for the driver SQL)."""
     scopes = list(scopes)
     keys = [scope_key(s) for s in scopes]
     # One expanding IN list per (tenant, dataset), and the number of groups padded to a
@@ -99,6 +143,26 @@ def find_budgets(
     for i, ((t, d), subjects) in enumerate(items):
         params |= {f"t{i}": t, f"d{i}": d, f"s{i}": subjects}
     rows = [row_to_budget(r) for r in conn.execute(_budgets_query(shape, lock), params)]
+    found = {scope_key(r.budget.scope) for r in rows}
+    return rows, [scope for scope, key in zip(scopes, keys, strict=True) if key not in found]
+
+
+def find_budgets(
+    conn: Connection, scopes: Iterable[Scope], *, lock: bool
+) -> tuple[list[BudgetRow], list[Scope]]:
+    """Budgets of ``scopes`` ordered by id, and the scopes that have none; ``lock`` takes
+    ``FOR UPDATE`` row locks.
+
+    Locking in id order means two spends touching overlapping budgets always lock them in
+    the same order, so PostgreSQL never deadlocks on them. One fixed statement
+    (:func:`hotsql.budgets`) whatever the number of scopes; :func:`find_budgets_core` is
+    the same through SQLAlchemy.
+    """
+    if not hotsql.usable(conn):
+        return find_budgets_core(conn, scopes, lock=lock)
+    scopes = list(scopes)
+    keys = [scope_key(s) for s in scopes]
+    rows = [_driver_row_to_budget(r) for r in hotsql.budgets(conn, list(dict.fromkeys(keys)), lock)]
     found = {scope_key(r.budget.scope) for r in rows}
     return rows, [scope for scope, key in zip(scopes, keys, strict=True) if key not in found]
 
@@ -240,7 +304,11 @@ def live_reservation_atoms(
     """Atoms held by live (unexpired) reservations, per budget id among ``budget_ids``."""
     wanted = set(budget_ids)
     held: dict[int, Counter[Atom]] = {b: Counter() for b in wanted}
-    for rid, charge_text, ids_text in conn.execute(_LIVE, {"tenant": tenant_id, "now": now}):
+    if hotsql.usable(conn):
+        live: Iterable[Any] = hotsql.live_reservations(conn, tenant_id, now)
+    else:
+        live = conn.execute(_LIVE, {"tenant": tenant_id, "now": now})
+    for rid, charge_text, ids_text in live:
         if rid == exclude:
             continue
         touched = wanted.intersection(json.loads(ids_text))

@@ -27,16 +27,37 @@ import functools
 import math
 import numbers
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from dp_accounting import get_epsilon_gaussian
-from dp_accounting.pld import common, pld_pmf
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from dp_accounting.pld import privacy_loss_mechanism as plm
-from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution as Pld
-from scipy import special
 
+from services.accountant import dplib  # noqa: F401 (installs the lazy package)
 from services.common.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
+    from dp_accounting.pld import common, pld_pmf
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+    from dp_accounting.pld import privacy_loss_mechanism as plm
+    from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution as Pld
+    from scipy import special
+
+
+def load() -> None:
+    """Import the PLD libraries (dp_accounting.pld, scipy.stats via get_epsilon_gaussian:
+    ~50 MB, ~0.5 s) on the first tight figure, not at import: the server process computes
+    none (its :class:`~services.accountant.tightpool.TightPool` workers do, and import them
+    when the pool starts)."""
+    global common, pld_pmf, pld_lib, plm, Pld, special, get_epsilon_gaussian
+    if "plm" in globals():
+        return
+    from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
+    from dp_accounting.pld import common, pld_pmf
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+    from dp_accounting.pld import privacy_loss_mechanism as plm
+    from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution as Pld
+    from scipy import special
+
 
 #: An atom: (kind, *params) of one elementary mechanism; hashable and JSON-friendly.
 Atom = tuple[str | float, ...]
@@ -122,6 +143,7 @@ def gaussian_epsilon(precision: float, delta: float) -> float:
     """ε at δ of one Gaussian with (Δ/σ)² = ``precision`` (= Σ n/σ²): dp_accounting's exact
     ``get_epsilon_gaussian`` (Balle & Wang 2018, Thm. 8), raised by its root finder's
     tolerance (brentq: |ε − ε*| ≤ tol + 4·2⁻⁵²·ε*) so that it is an upper bound."""
+    load()
     if not 0 < precision < math.inf:
         return 0.0 if precision == 0 else math.inf
     with np.errstate(all="ignore"):
@@ -136,6 +158,7 @@ def _rate(atom: Atom) -> float:
 def _loss_range(atom: Atom, add: bool) -> tuple[float, float]:
     """The privacy losses dp_accounting lays on the grid: its connect-the-dots bounds (the
     Gaussian's truncated at mass e⁻⁵⁰), ±ε₀ for pure atoms; (−∞, ∞) where it fails."""
+    load()
     kind, p = atom[0], float(atom[1])
     if kind == "pure_epsilon":
         return -p, p
@@ -151,6 +174,7 @@ def _loss_range(atom: Atom, add: bool) -> tuple[float, float]:
 
 def _pmfs(pld: Pld) -> list[pld_pmf.PLDPmf]:
     """The REMOVE PMF, and the ADD one where it differs (dp_accounting has no accessor)."""
+    load()
     return [pld._pmf_remove] if pld._symmetric else [pld._pmf_remove, pld._pmf_add]
 
 
@@ -162,6 +186,7 @@ def _atom_pld(atom: Atom, step: float) -> Pld:
     Pure ε₀-DP is dominated by randomized response (losses ±ε₀, masses expit(±ε₀)): its exact
     hockey-stick curve δ(ε) = Σ_L p_L·(1 − e^{ε−L})₊ is connected on the grid. Unlike
     ``from_privacy_parameters``, which rounds ±ε₀ up to the grid, it stays tight for ε₀ ≪ Δ."""
+    load()
     kind, p = atom[0], float(atom[1])
     make = pld_lib.from_laplace_mechanism if kind == "laplace" else pld_lib.from_gaussian_mechanism
     options = {"sampling_prob": _rate(atom), "value_discretization_interval": step}
@@ -179,6 +204,7 @@ def _atom_pld(atom: Atom, step: float) -> Pld:
 def _points(pld: Pld, n: int) -> int:
     """Points ``pld.self_compose(n)`` will hold: the windows of dp_accounting's own Chernoff
     bounds (``self_compose`` makes the same call), or the FFT length where that is longer."""
+    load()
     if n == 1:
         return sum(pmf.size for pmf in _pmfs(pld))
     with np.errstate(all="ignore"):  # log 0 of an empty grid point; orders it skips
@@ -207,6 +233,7 @@ def _composed(rest: list[tuple[Atom, int]], step: float, cap: int) -> tuple[list
 def _plan(rest: list[tuple[Atom, int]], cap: int) -> list[tuple[Pld, int]] | None:
     """The self-compositions (:func:`_composed`) at the finest step, from 1e-4 (or the least
     ε₀ if all are pure), whose atoms fit :data:`PLD_MAX_ATOM_POINTS` and compositions ``cap``."""
+    load()
     if len(rest) > MAX_DISTINCT_ATOMS or any(n > MAX_SELF_COMPOSITIONS for _, n in rest):
         return None
     sides = {"subsampled_gaussian": (False, True)}  # ADD too where the PLD is asymmetric
@@ -236,6 +263,7 @@ def pld_epsilon(
     """PLD upper bound on ε at δ, or ``None`` when it does not fit ``max_points``: plain
     Gaussians alone exactly; else dp_accounting's PLDs at the planned step, composed, read at δ
     (REMOVE and ADD adjacencies apart, the larger ε reported)."""
+    load()
     delta = check_delta(delta)
     precision, rest = split_gaussians(atoms)
     if not rest:
