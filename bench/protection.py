@@ -1,7 +1,8 @@
 """Authorized-inference protection, evaluated: who still reads a protected face, at what cost.
 
     python -m bench.protection [--images 256] [--fmd-images 64] [--steps 10,30,100]
-        [--ce-weight L] [--feature-layer NAME] [--time-images 8] [--time-batches 1]
+        [--ce-weight L] [--feature-layer NAME] [--surrogates A,B|none] [--surrogate-weight M]
+        [--momentum MU] [--diversity PX] [--no-alone] [--time-images 8] [--time-batches 1]
         [--adaptive-images 128] [--adaptive-steps 150] [--adaptive-model unauth-vgg]
         [--no-robustness] [--threads 1] [--quick]
         [--model FILE.onnx --model-labels pose|ATTR [--model-size 32] [--model-mean 0.5]
@@ -12,7 +13,12 @@ attribute attackers were trained on seed 0, the unauthorized pose models on seed
 mode (the ``protector`` generator, as ``veil_protector`` serves it) protects all ``--images``;
 FMD (:func:`services.kernels.fmd.protect`, ε = 16/255, α = 4/255, y = the authorized model's
 own prediction, λ and feature layer from ``--ce-weight`` / ``--feature-layer`` or fmd's
-defaults) the first ``--fmd-images`` at each N of ``--steps``. Every protected image is
+defaults) the first ``--fmd-images`` at each N of ``--steps``. FMD attacks the committed
+surrogates too (``surrogate-{resnet,vgg,mlpmixer}``, role ``surrogate``: the defender's own pose
+models, trained on the authorized model's data, seed 0; ``--surrogates`` names others, ``none``
+for none) with momentum and input diversity (``fmd.Transfer``); the row "FMD-N alone" is
+DESIGN.md's FMD at the largest N, against the authorized model only, without momentum,
+diversity or the kept prediction (``--no-alone`` skips it). Every protected image is
 rounded to 8 bits, as the service returns it.
 
 What each figure measures:
@@ -71,6 +77,7 @@ from torch.nn import functional as F
 from bench.protector import BATCH, FRESH, _paired_times
 from services.kernels import fmd
 from services.kernels.classifiers import Classifier, build_classifier
+from services.kernels.defaults import DEFAULT_SURROGATES
 from services.kernels.metrics import psnr, ssim
 from services.kernels.models import load_classifier, load_protector
 from services.kernels.protector import Protector, protect_fast
@@ -170,6 +177,8 @@ class Context:
     x: torch.Tensor
     authorized: Classifier
     protector: Protector
+    surrogates: list[Classifier]
+    """What FMD attacks besides the authorized model (never one of the models scored)."""
     same: dict[str, Predictor]
     """Same-task (pose) models: the committed unauthorized ones first, then ONNX ones."""
     other: dict[str, tuple[str, Predictor]]
@@ -213,9 +222,21 @@ class Row:
     adaptive: dict[str, float] = field(default_factory=dict)
 
 
-def fmd_protect(args: argparse.Namespace, model: Classifier, steps: int) -> Protect:
-    extra = {k: v for k, v in (("ce_weight", args.ce_weight),
-                               ("feature_layer", args.feature_layer)) if v is not None}  # fmt: skip
+def fmd_protect(
+    args: argparse.Namespace,
+    model: Classifier,
+    steps: int,
+    surrogates: Sequence[Classifier] = (),
+    alone: bool = False,
+) -> Protect:
+    """FMD at N = ``steps``; ``alone``: DESIGN.md's loop (no surrogates, momentum, diversity
+    or kept prediction)."""
+    options = (("ce_weight", args.ce_weight), ("feature_layer", args.feature_layer),
+               ("surrogate_weight", args.surrogate_weight), ("momentum", args.momentum),
+               ("diversity", args.diversity))  # fmt: skip
+    extra: dict[str, Any] = {k: v for k, v in options if v is not None}
+    design = {"momentum": 0.0, "diversity": 0, "keep_prediction": False}
+    extra |= design if alone else {"surrogates": surrogates}
     return lambda x: fmd.protect(model, x, iterations=steps, **extra)[0]
 
 
@@ -227,7 +248,12 @@ def modes(ctx: Context) -> list[tuple[str, int, Protect]]:
     """(name, images, protect) of the fast mode and of FMD at each N."""
     args = ctx.args
     out = [("fast", len(ctx.x), fast_protect(ctx))]
-    out += [(f"FMD-{s}", args.fmd_images, fmd_protect(args, ctx.authorized, s)) for s in args.steps]
+    out += [(f"FMD-{s}", args.fmd_images, fmd_protect(args, ctx.authorized, s, ctx.surrogates))
+            for s in args.steps]  # fmt: skip
+    if args.alone and ctx.surrogates:
+        last = max(args.steps)
+        protect = fmd_protect(args, ctx.authorized, last, alone=True)
+        out.append((f"FMD-{last} alone", args.fmd_images, protect))
     return out
 
 
@@ -564,6 +590,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=numbers(int), help="FMD N (default 10,30,100; --quick 2)")
     p.add_argument("--ce-weight", type=float, help="FMD λ (default: fmd.protect's)")
     p.add_argument("--feature-layer", help="FMD feature map (default: fmd.protect's)")
+    p.add_argument("--surrogates", default=",".join(DEFAULT_SURROGATES),
+                   help="store entries FMD also attacks, comma-separated, or none "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--surrogate-weight", type=float, help="FMD μ (default: fmd.protect's)")
+    p.add_argument("--momentum", type=float, help="FMD momentum (default: fmd.protect's)")
+    p.add_argument("--diversity", type=int, help="FMD input diversity, px (default: fmd's)")
+    p.add_argument("--alone", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run DESIGN.md's FMD (no surrogates) at the largest N")  # fmt: skip
     p.add_argument("--time-images", type=int, help="batch-1 timing images (default 8)")
     p.add_argument("--time-batches", type=int, default=1, help="batch-16 timing batches")
     p.add_argument("--adaptive-images", type=int, help="default 128 (--quick 16)")
@@ -648,8 +682,14 @@ def context(args: argparse.Namespace) -> Context:
             same[o.name] = o
         else:
             other[o.name] = (o.labels, o)
+    names = [n for n in args.surrogates.split(",") if n.strip() and n.strip() != "none"]
+    scored = sorted(set(names) & (committed | {args.authorized}))
+    if scored:
+        raise SystemExit(f"--surrogates {scored}: FMD may not attack a model it is scored on")
+    surrogates = [load_classifier(n.strip(), store) for n in names]
     return Context(faces, faces.batch(torch.arange(len(faces))), authorized,
-                   load_protector(args.protector, store), same, other, committed, args)  # fmt: skip
+                   load_protector(args.protector, store), surrogates, same, other, committed,
+                   args)  # fmt: skip
 
 
 def fmd_settings(args: argparse.Namespace) -> str:
@@ -657,7 +697,16 @@ def fmd_settings(args: argparse.Namespace) -> str:
     lam = args.ce_weight if args.ce_weight is not None else defaults["ce_weight"].default
     layer = args.feature_layer or defaults["feature_layer"].default
     eps, alpha = defaults["epsilon"].default * 255, defaults["step_size"].default * 255
-    return f"ε = {eps:.0f}/255, α = {alpha:.0f}/255, λ = {lam:g}, feature layer {layer}"
+
+    def value(name: str) -> Any:
+        given = getattr(args, name)
+        return defaults[name].default if given is None else given
+
+    return (
+        f"ε = {eps:.0f}/255, α = {alpha:.0f}/255, λ = {lam:g}, feature layer {layer}; "
+        f"surrogates {args.surrogates} (μ = {value('surrogate_weight'):g}), momentum "
+        f"{value('momentum'):g}, diversity {value('diversity')} px"
+    )
 
 
 def run(args: argparse.Namespace) -> tuple[Context, list[Row]]:

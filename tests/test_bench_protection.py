@@ -107,7 +107,7 @@ def test_a_quick_run_prints_sane_tables_and_writes_the_plot(
     out = capsys.readouterr().out
     assert out.startswith("command: python -m bench.protection --quick")
     header, rows = rows_of(out, "accuracy, original → protected")
-    assert [r[0] for r in rows] == ["fast", "FMD-1"]
+    assert [r[0] for r in rows] == ["fast", "FMD-1", "FMD-1 alone"]
     onnx = header.index("onnx:vgg")
     for row in rows:
         for cell in row[2 : header.index("PSNR dB")]:
@@ -120,11 +120,12 @@ def test_a_quick_run_prints_sane_tables_and_writes_the_plot(
     _, robust = rows_of(out, "robustness:")
     assert {(r[0], r[1]) for r in robust} == {
         (m, t) for m in ("fast", "FMD-1") for t in protection.TRANSFORMS
-    }
+    } | {("FMD-1 alone", "none")}
     _, adaptive = rows_of(out, "adaptive:")
     assert [r[0] for r in adaptive] == ["fast", "FMD-1"]
     assert all(0.0 <= float(r[2]) <= 1.0 for r in adaptive)
     _, targets = rows_of(out, "targets:")
-    assert [r[0] for r in targets] == ["FMD-1"]
+    assert [r[0] for r in targets] == ["FMD-1", "FMD-1 alone"]
     assert plot.stat().st_size > 1000
     assert re.search(r"λ = [\d.]+, feature layer \w+", out)
+    assert "surrogates surrogate-resnet,surrogate-vgg,surrogate-mlpmixer (μ = 1)" in out

@@ -119,6 +119,27 @@ def test_readme_unlearning_example_runs_against_a_real_service(tmp_path):
             assert "rolled back: v3 serves v1's weights" in out.stdout
 
 
+def test_readme_protection_example_runs_against_a_real_service():
+    """The protection example against a real server on the committed models (local
+    backend): every face keeps its label, and the unauthorized models are reported."""
+    blocks = ci_blocks("protection")
+    assert blocks, "the README lost its protection example"
+    protection = SERVICES["protection"]
+    base = test_settings(tokens={"readme-token": {"tenant": "acme"}}).model_dump()
+    base.pop("metrics_port")
+    with serve(protection.build(protection.settings(**base, metrics_port=None))) as running:
+        env = dict(os.environ, VEIL_PROTECTION=running.target, VEIL_TOKEN="readme-token")
+        for block in blocks:
+            out = subprocess.run(
+                [sys.executable, "-c", block], env=env, capture_output=True, text=True, timeout=300
+            )
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.count("kept=True") == 4, out.stdout
+            assert "authorized 1.00 -> 1.00" in out.stdout
+            for name in ("unauth-vgg", "unauth-wide-resnet", "unauth-mixer"):
+                assert f"{name} " in out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_demo_command(tmp_path):

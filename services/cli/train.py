@@ -278,7 +278,11 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         print("veil train classifier: --attribute goes with --role attacker", file=sys.stderr)
         return 2
     target = args.attribute if args.role == "attacker" else "pose"
-    names = {"task": f"task-{args.arch}", "unauthorized": f"unauth-{args.arch}"}
+    names = {
+        "task": f"task-{args.arch}",
+        "unauthorized": f"unauth-{args.arch}",
+        "surrogate": f"surrogate-{args.arch}",
+    }
     args.name = args.name or names.get(args.role, f"attacker-{target}-{args.arch}")
     train, held = _data(args)
     num_classes = (

@@ -62,6 +62,11 @@ class InferenceSettings(BaseSettings):
     feature_layer: str = "penultimate"
     """Local backend: the classifier's feature map returned as FEATURES and distorted by FMD
     (on Triton: the models' ``feature_layer`` parameter; no request carries one)."""
+    surrogates: list[str] = Field(
+        default_factory=lambda: ["surrogate-resnet", "surrogate-vgg", "surrogate-mlpmixer"]
+    )
+    """Local backend: store entries FMD also attacks (on Triton: ``veil_protect``'s
+    ``surrogates`` parameter); empty: DESIGN.md's FMD against the authorized model alone."""
     models: list[str] = Field(
         default_factory=lambda: [ENCODER, DECODER, CLASSIFIER, PROTECT, PROTECTOR]
     )

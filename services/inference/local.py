@@ -46,7 +46,11 @@ class LocalBackend(InferenceBackend):
             if key not in self._kernels:
                 entry = version_entry(self._entry(model), version)
                 self._kernels[key] = build_kernel(
-                    model, self.store, entry, self.settings.feature_layer
+                    model,
+                    self.store,
+                    entry,
+                    self.settings.feature_layer,
+                    surrogates=self.settings.surrogates,
                 )
             return self._kernels[key]
 

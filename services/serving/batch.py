@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import math
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -144,9 +144,16 @@ class ProtectKernel(BatchKernel):
     time before that is the client's to allow for), and a batch stops at its earliest
     deadline. STEPS_RUN says how many PGD steps the batch took."""
 
-    def __init__(self, model: Classifier, feature_layer: str = "penultimate") -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        feature_layer: str = "penultimate",
+        surrogates: Sequence[Classifier] = (),
+    ) -> None:
         ClassifierKernel(model, feature_layer)  # same checks
+        fmd.check_transfer(model, surrogates, 1.0, 0.0, 0)  # surrogates that fit the model
         self.model, self.layer = model, feature_layer
+        self.surrogates = tuple(surrogates)
 
     def parse(self, arrays: Arrays) -> tuple[Hashable, Tensors]:
         images = check_images(_tensor(arrays, "IMAGE"), self.model.config.resolution)
@@ -183,6 +190,7 @@ class ProtectKernel(BatchKernel):
             ce_weight=ce_weight,
             feature_layer=self.layer,
             deadline=deadline,
+            surrogates=self.surrogates,
         )
         rows = protected.shape[0]
         return {

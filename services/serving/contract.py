@@ -104,7 +104,7 @@ class ProtectParams:
     epsilon: float = 16 / 255
     step_size: float = 4 / 255
     iterations: int = 100
-    ce_weight: float = 1.0
+    ce_weight: float = 10.0
 
 
 Arrays = dict[str, np.ndarray]

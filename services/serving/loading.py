@@ -7,6 +7,7 @@ diffusion autoencoder lazily), which saves a classifier's Triton stub seconds of
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,11 +96,14 @@ def build_kernel(
     entry: str,
     feature_layer: str = "penultimate",
     device: str | torch.device = "cpu",
+    surrogates: Sequence[str] = (),
 ) -> BatchKernel:
     """The kernel a Triton model (or the local backend) serves under ``model_name``, with
     its model on ``device``. ``entry`` is the store entry (for ``veil_protector`` the
     generator's, whose config names its authorized classifier); ``feature_layer`` applies to
-    the classifier and FMD (the generator's layer is fixed by its training)."""
+    the classifier and FMD (the generator's layer is fixed by its training); ``surrogates``:
+    the store entries ``veil_protect``'s FMD also attacks (``fmd.Transfer``; others ignore
+    them)."""
     kernel: BatchKernel
     if model_name == PROTECTOR:
         kernel = _protector_kernel(entry, store, device)
@@ -114,11 +118,15 @@ def build_kernel(
         classifier = load_kernel_model("classifier", entry, store)
         assert isinstance(classifier, Classifier)
         classifier.to(device)
-        kernel = (
-            ProtectKernel(classifier, feature_layer)
-            if model_name == PROTECT
-            else ClassifierKernel(classifier, feature_layer)
-        )
+        if model_name == PROTECT:
+            others = []
+            for name in surrogates:
+                surrogate = load_kernel_model("classifier", name, store)
+                assert isinstance(surrogate, Classifier)
+                others.append(surrogate.to(device))
+            kernel = ProtectKernel(classifier, feature_layer, others)
+        else:
+            kernel = ClassifierKernel(classifier, feature_layer)
     kernel.device = torch.device(device)
     return kernel
 

@@ -21,6 +21,7 @@ from services.common.errors import InvalidArgument, ModelNotReady, Unavailable
 from services.inference.backend import InferenceBackend, InferenceSettings, ProtectOutput
 from services.inference.factory import create_backend
 from services.kernels import fmd
+from services.kernels.defaults import DEFAULT_SURROGATES
 from services.kernels.models import load_classifier, load_diffae, load_protector
 from services.kernels.protector import protect_fast
 from services.kernels.store import ModelStore
@@ -64,6 +65,7 @@ def kernels(local_store: Path) -> dict[str, Any]:
     return {
         "diffae": load_diffae(DIFFAE_ENTRY, store),
         "clf": load_classifier(CLASSIFIER_ENTRY, store),
+        "surrogates": [load_classifier(name, store) for name in DEFAULT_SURROGATES],
         "protector": load_protector(PROTECTOR_ENTRY, store),
     }
 
@@ -126,6 +128,7 @@ def test_protect_matches_the_kernel(settings, kernels) -> None:
         step_size=f32(params.step_size),
         iterations=3,
         ce_weight=1.0,
+        surrogates=kernels["surrogates"],
     )
     np.testing.assert_allclose(out.protected, expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(out.feature_distortion, stats.feature_distortion.numpy(), rtol=1e-4)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from services.cli.train import add_train_parser
+from services.kernels.defaults import DEFAULT_SURROGATES
 from services.kernels.models import load_classifier, load_diffae, load_probes
 from services.kernels.store import ModelStore
 from services.kernels.training.classifier import accuracy, labels_for
@@ -54,6 +55,30 @@ def test_unauthorized_models_are_independent_of_the_authorized_one():
     assert len(shapes) == len(UNAUTHORIZED)
     assert (task.config["arch"], task.config["width"]) not in shapes
     assert {arch for arch, _ in shapes} == {"vgg", "resnet", "mlpmixer"}
+
+
+def test_fmd_surrogates_are_the_defenders_models_not_the_unauthorized_ones():
+    """FMD's surrogates (``DEFAULT_SURROGATES``) stand in for outside models, so they must
+    not be them: the defender's own faces (the authorized model's training data, which the
+    unauthorized models never saw), other seeds and other widths than every unauthorized
+    model, one per architecture; each learned the task (>= 95 % held out)."""
+    task = STORE.manifest("task-resnet")
+    outside = [STORE.manifest(name) for name in UNAUTHORIZED]
+    archs = set()
+    for name in DEFAULT_SURROGATES:
+        manifest = STORE.manifest(name)
+        config = manifest.config
+        assert config["role"] == "surrogate" and config["target"] == task.config["target"]
+        for key in ("num_classes", "resolution"):
+            assert config[key] == task.config[key], (name, key)
+        assert manifest.data["uri"] == task.data["uri"] and manifest.seed != task.seed
+        for other in outside:
+            assert manifest.data["uri"] != other.data["uri"] and manifest.seed != other.seed
+            shape = (other.config["arch"], other.config["width"])
+            assert (config["arch"], config["width"]) != shape
+        assert manifest.metrics["held-out accuracy"] >= 0.95, name
+        archs.add(config["arch"])
+    assert archs == {"vgg", "resnet", "mlpmixer"}
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.name)

@@ -148,23 +148,30 @@ def test_batch_answers_every_item(
 
 
 def test_evaluate(stub: protection_pb2_grpc.ProtectionStub, faces: SynthFaces) -> None:
+    """Held-out faces (seed 21: no model saw them) protected by 30 FMD steps over gRPC: the
+    authorized model keeps its accuracy, and the unauthorized models, which the protection
+    never ran, lose most of theirs. Measured with these settings (16 faces): authorized
+    1.00 → 1.00, the unauthorized average 1.00 → 0.29; asserted: kept, and a drop of at
+    least 0.3."""
     pairs = []
-    for i in range(6):
+    for i in range(len(faces)):
         data = png(faces, i)
-        out = stub.Protect(request(data, params=pb.FmdParams(iterations=10)), metadata=bearer())
+        out = stub.Protect(request(data, params=pb.FmdParams(iterations=30)), metadata=bearer())
         label = int(faces.tasks[i])  # the true pose
         pairs.append(
             pb.LabeledImage(original=common_pb2.Image(data=data), protected=out.image, label=label)
         )
     result = stub.Evaluate(pb.EvaluateRequest(images=pairs), metadata=bearer())
-    assert result.image_count == 6
-    assert result.authorized_accuracy_original == 1.0
-    # 10 FMD steps (a test's budget): the authorized model may lose an image; the bench
-    # measures the real setting (100 steps).
-    assert result.authorized_accuracy_protected >= 4 / 6
+    assert result.image_count == len(faces)
+    assert result.authorized_accuracy_original >= 0.9
+    assert result.authorized_accuracy_protected == result.authorized_accuracy_original
     assert {m.model.name for m in result.unauthorized} == {
         "unauth-vgg", "unauth-wide-resnet", "unauth-mixer"
     }  # fmt: skip
+    before = np.mean([m.accuracy_original for m in result.unauthorized])
+    after = np.mean([m.accuracy_protected for m in result.unauthorized])
+    print(f"unauthorized average {before:.3f} -> {after:.3f}")
+    assert before >= 0.9 and after <= before - 0.3
     assert 0 < result.mean_linf <= EPS + 1e-9 and result.mean_psnr_db > 20
     with pytest.raises(grpc.RpcError) as exc:
         stub.Evaluate(

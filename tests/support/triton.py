@@ -6,11 +6,13 @@ settings, and a check for leftover processes. The real models live in ``triton_m
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from services.kernels.classifiers import ClassifierConfig, build_classifier
+from services.kernels.defaults import ARCHITECTURES, DEFAULT_SURROGATES
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.protector import ProtectorConfig, build_protector
 from services.kernels.store import ModelStore
@@ -185,8 +187,9 @@ DIFFAE_ENTRY, CLASSIFIER_ENTRY, PROTECTOR_ENTRY = "diffae", "task-resnet", "prot
 
 
 def tiny_store(root: Path) -> Path:
-    """A model store with a random-init tiny DiffAE, task classifier and fast-protection
-    generator (against that classifier) (seed 0)."""
+    """A model store with a random-init tiny DiffAE, task classifier, fast-protection
+    generator (against that classifier) and FMD's surrogates (``DEFAULT_SURROGATES``, one
+    per architecture) (seed 0)."""
     store = ModelStore(root)
     torch.manual_seed(0)
     diffae = DiffAE(TINY_DIFFAE)
@@ -199,6 +202,10 @@ def tiny_store(root: Path) -> Path:
     )
     protector = build_protector(protector_config).state_dict()
     store.save(PROTECTOR_ENTRY, "protector", protector, protector_config.to_dict(), seed=0)
+    for name, arch in zip(DEFAULT_SURROGATES, ARCHITECTURES, strict=True):
+        surrogate = replace(TINY_CLASSIFIER, arch=arch, role="surrogate")
+        state = build_classifier(surrogate).state_dict()
+        store.save(name, "classifier", state, surrogate.to_dict(), seed=0)
     return root
 
 
