@@ -8,7 +8,9 @@ with distinct idempotency keys are inserted with ``executemany`` (events + links
 tenant, dataset and subject budgets), and each budget's running state is set to the
 composition of those N events (``Composition().add({atom: N})``) — exactly the state N
 real spends would leave, so ``verify()`` passes on it. The floor is a raw single-row INSERT
-in its own transaction on the same engine (same BEGIN IMMEDIATE / fsync settings).
+in its own transaction on the same engine (same BEGIN IMMEDIATE / fsync settings). The CPU
+columns are this process's CPU time (every thread: the ledger's writer too) per spend and
+per raw INSERT+COMMIT: the second is what durability alone costs a spend here.
 """
 
 from __future__ import annotations
@@ -82,19 +84,19 @@ def measure(url: str, size: int, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         led.check(T, charge(f"c{i}"))
         checks.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         led.spend(T, charge(f"s{i}"))
-    spend_s = (time.perf_counter() - t0) / n
+    spend_s, spend_cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
     floor = Table(
         "bench_floor", MetaData(), Column("id", Integer, primary_key=True), Column("v", Integer)
     )
     floor.create(led._engine, checkfirst=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         with led._tx() as conn:
             conn.execute(insert(floor).values(v=i))
-    insert_s = (time.perf_counter() - t0) / n
+    insert_s, insert_cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
     led.close()
     q = statistics.quantiles(checks, n=100)
     return {
@@ -102,6 +104,8 @@ def measure(url: str, size: int, n: int) -> dict[str, float]:
         "p50": q[49] * 1e3,
         "p99": q[98] * 1e3,
         "ratio": spend_s / insert_s,
+        "spend_cpu": spend_cpu * 1e3,
+        "insert_cpu": insert_cpu * 1e3,
     }
 
 
@@ -131,14 +135,15 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"{'backend':<11}{'past events':>12}{'spends/s':>10}{'check p50 ms':>14}"
-        f"{'check p99 ms':>14}{'spend/insert':>14}"
+        f"{'check p99 ms':>14}{'spend/insert':>14}{'spend CPU ms':>14}{'insert CPU ms':>15}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         for name, url, schema in backends(size):
             r = measure(url, size, args.n)
             print(
                 f"{name:<11}{size:>12}{r['spends_s']:>10.1f}{r['p50']:>14.2f}"
-                f"{r['p99']:>14.2f}{r['ratio']:>14.2f}x",
+                f"{r['p99']:>14.2f}{r['ratio']:>14.2f}x{r['spend_cpu']:>14.3f}"
+                f"{r['insert_cpu']:>15.3f}",
                 flush=True,
             )
             if schema:

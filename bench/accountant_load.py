@@ -15,8 +15,10 @@ one of 64 subjects (a Gaussian with σ = 1000, so no budget runs out). CPU per s
 server process's user+system time over the spends of a phase (/proc/<pid>/stat).
 
 A ``health Check`` row (one client) measures the gRPC layer alone: the same server, the
-same interceptors, an RPC that does no work. A second table gives each server's resident
-memory right after it answered ready (VmRSS, before any spend).
+same interceptors, an RPC that does no work; a ``WhoAmI (auth)`` row the same with a bearer
+token, through the auth interceptor too: together, the per-call floor under a spend. A
+second table gives each server's resident memory right after it answered ready (VmRSS,
+before any spend).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, text
 
 from services._proto.veil.v1 import accountant_pb2 as pb
-from services._proto.veil.v1 import accountant_pb2_grpc
+from services._proto.veil.v1 import accountant_pb2_grpc, diagnostics_pb2, diagnostics_pb2_grpc
 from services.runtime.client import wait_until_ready
 
 TOKEN = "bench-token"
@@ -135,6 +137,19 @@ async def health_phase(channel: grpc.aio.Channel, duration: float) -> list[float
     return latencies
 
 
+async def whoami_phase(channel: grpc.aio.Channel, duration: float) -> list[float]:
+    """Latencies of Diagnostics.WhoAmI at one client: an authenticated RPC that does no
+    work, through every interceptor a spend passes (auth included): a call's floor."""
+    stub = diagnostics_pb2_grpc.DiagnosticsStub(channel)
+    latencies: list[float] = []
+    stop = time.monotonic() + duration
+    while time.monotonic() < stop:
+        start = time.perf_counter()
+        await stub.WhoAmI(diagnostics_pb2.WhoAmIRequest(), metadata=AUTH, timeout=60)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
 async def batch_phase(stub: accountant_pb2_grpc.AccountantStub, rounds: int) -> float:
     """Charges per second of ChargeBatch with 100 items."""
     start = time.perf_counter()
@@ -184,6 +199,11 @@ async def run(
             lat = await health_phase(channel, duration)
             cpu = cpu_seconds(proc.pid) - before
             print(row(source, url, "health Check", 1, lat, cpu, duration), flush=True)
+        for source, proc, channel, _ in servers:
+            before = cpu_seconds(proc.pid)
+            lat = await whoami_phase(channel, duration)
+            cpu = cpu_seconds(proc.pid) - before
+            print(row(source, url, "WhoAmI (auth)", 1, lat, cpu, duration), flush=True)
         for n in clients:
             for source, proc, channel, _ in servers:
                 stub = accountant_pb2_grpc.AccountantStub(channel)

@@ -151,6 +151,8 @@ def test_demo_command(tmp_path):
         VEIL_SANITIZER_PORT=str(free_port()),
         VEIL_SANITIZER_METRICS_PORT=str(free_port()),
         VEIL_SANITIZER_DATABASE_URL=f"sqlite:///{tmp_path}/sessions.sqlite",
+        VEIL_PROTECTION_PORT=str(free_port()),
+        VEIL_PROTECTION_METRICS_PORT=str(free_port()),
         VEIL_UNLEARNING_PORT=str(free_port()),
         VEIL_UNLEARNING_METRICS_PORT=str(free_port()),
         VEIL_UNLEARNING_DATABASE_URL=f"sqlite:///{tmp_path}/unlearning.sqlite",
@@ -177,6 +179,10 @@ def test_demo_command(tmp_path):
     assert "RESOURCE_EXHAUSTED: the accountant:" in out.stdout
     assert out.stdout.count("SanitizeBatch   lfw-") == 4
     assert (tmp_path / "out" / "released.png").is_file()
+    for mode in ("FMD ", "FAST"):
+        assert f"ProtectBatch    {mode} 6 faces" in out.stdout
+        assert f"Evaluate        {mode} authorized 1.00 → " in out.stdout
+    assert "unauth-mixer 1.00 → " in out.stdout
     assert "SubmitJob       " in out.stdout
     assert "WatchJob        SUCCEEDED" in out.stdout
     assert "GetModelVersion veil_classifier v2 READY (feature of v1)" in out.stdout

@@ -20,7 +20,7 @@ import functools
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Protocol
@@ -51,10 +51,13 @@ __all__ = [
     "atom_rdp",
     "atoms_of",
     "basic_epsilon",
+    "basic_epsilon_of",
     "best_epsilon",
     "charge_epsilon",
     "eps_from_rdp",
     "eps_from_rdp_classic",
+    "eps_from_rdp_classic_rows",
+    "eps_from_rdp_rows",
     "get_accountant",
     "laplace_rdp",
     "pld_epsilon",
@@ -79,17 +82,29 @@ def atoms_of(charge: Charge) -> Counter[Atom]:
     """Elementary mechanisms of a charge with their multiplicities (exact Python ints)."""
     m: Mechanism = charge.mechanism
     if isinstance(m, SubsampledGaussian):
-        return Counter(
-            {("subsampled_gaussian", m.noise_multiplier, m.sampling_rate): m.steps * charge.count}
-        )
+        atom: Atom = ("subsampled_gaussian", m.noise_multiplier, m.sampling_rate)
+        return _one(atom, m.steps * charge.count)
     if isinstance(m, Gaussian):
-        return Counter({("gaussian", m.noise_multiplier): charge.count})
+        return _one(("gaussian", m.noise_multiplier), charge.count)
     if isinstance(m, Laplace):
         # scale/sensitivity may leave the float range: clamp (a larger b only where the true
         # ε = 1/b is below the smallest float, a smaller one only where ε is infinite anyway).
         b = min(max(m.scale / m.sensitivity, _MIN_FLOAT), _MAX_FLOAT)
-        return Counter({("laplace", b): charge.count})
-    return Counter({("pure_epsilon", m.epsilon): charge.count})
+        return _one(("laplace", b), charge.count)
+    return _one(("pure_epsilon", m.epsilon), charge.count)
+
+
+def _one(atom: Atom, count: int) -> Counter[Atom]:
+    """``Counter({atom: count})`` without the Mapping ABC check of its constructor."""
+    out = _empty()
+    dict.__setitem__(out, atom, count)
+    return out
+
+
+def _empty() -> Counter[Atom]:
+    """An empty Counter, without running ``Counter.__init__`` (which only calls ``update``
+    with nothing): a spend builds a few per budget."""
+    return Counter.__new__(Counter)
 
 
 def laplace_rdp(b: float, alphas: np.ndarray) -> np.ndarray:
@@ -199,6 +214,51 @@ def eps_from_rdp(curve: np.ndarray, delta: float) -> float:
     return max(0.0, float(eps.min()))
 
 
+def eps_from_rdp_rows(curves: np.ndarray, deltas: Sequence[float]) -> list[float]:
+    """:func:`eps_from_rdp` of each row of ``curves`` at its δ (already checked), computed
+    together: the same per-order operations on the same floats, and a row's minimum is
+    exact in any order, so every figure is the one-curve function's, float for float (pinned
+    in tests/accountant/test_accounting.py). One spend's three budgets, or a batch's items,
+    pay numpy's per-call overhead once instead of per budget."""
+    out = [0.0] * len(deltas)
+    if not len(deltas):
+        return out
+    nonzero = curves.any(axis=1).tolist()
+    clean = np.where(np.isnan(curves), np.inf, curves)
+    least = clean.min(axis=1).tolist()
+    todo = [
+        i
+        for i, (d, low, some) in enumerate(zip(deltas, least, nonzero, strict=True))
+        if some and not (low < 0 or d**2 + math.expm1(-low) > 0)
+    ]
+    if not todo:
+        return out
+    if len(set(deltas)) == 1:  # the usual case: one δ, its terms broadcast over the rows
+        first, second = _conversion_terms(deltas[0])
+    else:
+        first = np.stack([_conversion_terms(deltas[i])[0] for i in todo])
+        second = np.stack([_conversion_terms(deltas[i])[1] for i in todo])
+    with np.errstate(invalid="ignore"):
+        eps = ((clean[todo] + first) - second).min(axis=1).tolist()
+    for i, e in zip(todo, eps, strict=True):
+        out[i] = max(0.0, e)
+    return out
+
+
+def eps_from_rdp_classic_rows(curves: np.ndarray, deltas: Sequence[float]) -> list[float]:
+    """:func:`eps_from_rdp_classic` of each row of ``curves`` at its δ (already checked),
+    computed together (the same floats, as :func:`eps_from_rdp_rows`)."""
+    if not len(deltas):
+        return []
+    if len(set(deltas)) == 1:
+        terms = _classic_terms(deltas[0])
+    else:
+        terms = np.stack([_classic_terms(d) for d in deltas])
+    mins = (curves + terms).min(axis=1).tolist()
+    nonzero = curves.any(axis=1).tolist()
+    return [m if some else 0.0 for m, some in zip(mins, nonzero, strict=True)]
+
+
 @functools.lru_cache(maxsize=256)
 def _conversion_terms(delta: float) -> tuple[np.ndarray, np.ndarray]:
     """log1p(−1/α) and log(δα)/(α−1) per order, by ``math`` as dp_accounting computes them
@@ -223,6 +283,28 @@ def _classic_terms(delta: float) -> np.ndarray:
     terms = math.log(1 / delta) / (_ALPHAS - 1)
     terms.setflags(write=False)
     return terms
+
+
+def basic_epsilon_of(atoms: Mapping[Atom, int], delta: float) -> float:
+    """:func:`basic_epsilon` of a multiset, answering +∞ at once where it holds a Gaussian
+    and every entry is valid (then :func:`basic_epsilon` reaches that Gaussian and answers
+    +∞ too, whatever comes before it); else :func:`basic_epsilon` itself."""
+    valid = all(type(n) is int and n >= 0 and _valid_atom(a) for a, n in atoms.items())
+    if valid and any(n and a[0] in _GAUSSIANS for a, n in atoms.items()):
+        return math.inf
+    return basic_epsilon(atoms.items(), delta)
+
+
+_GAUSSIANS = frozenset({"gaussian", "subsampled_gaussian"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_atom(atom: Atom) -> bool:
+    try:
+        check_atom(atom, 0)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def basic_epsilon(atoms: Iterable[tuple[Atom, int]], delta: float) -> float:
@@ -338,8 +420,15 @@ class Composition:
         curve = self.rdp.copy()
         for atom, n in atoms.items():
             curve = curve + atom_rdp(atom, n)
-        merged = Counter(self.atoms)
-        merged.update(atoms)
+        # Counter(self.atoms).update(atoms), without the Mapping ABC checks that were most
+        # of its cost: the same entries in the same order.
+        merged = _empty()
+        dict.update(merged, self.atoms)
+        if merged:
+            for atom, n in atoms.items():
+                merged[atom] = n + merged.get(atom, 0)
+        else:
+            dict.update(merged, atoms)
         return Composition(curve, merged)
 
     def key(self) -> tuple[tuple[Atom, int], ...]:

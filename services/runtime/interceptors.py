@@ -82,7 +82,16 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not self.applies_to(method):
             return handler
-        return _wrap(handler, self, method)
+        # A method's handler is the same object call after call (the servicer's, or the next
+        # interceptor's cached wrapper), so its wrapper is built once, not per RPC; bounded:
+        # only methods that have a handler are kept.
+        cache: dict[str, tuple[Any, Any]] = self.__dict__.setdefault("_wrapped", {})
+        hit = cache.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = _wrap(handler, self, method)
+        cache[method] = (handler, wrapped)
+        return wrapped
 
     async def around(self, call: Unary, context: grpc.aio.ServicerContext, rpc: Rpc) -> Any:
         return await call()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -24,6 +25,9 @@ class RpcMetrics:
 
     def __init__(self, registry: CollectorRegistry, service: str, version: str) -> None:
         labels = ("grpc_type", "grpc_service", "grpc_method")
+        self._labels: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        """Label sets are bounded (registered methods × RPC shapes × status codes)."""
         self.started_total = Counter(
             "grpc_server_started_total", "RPCs started on the server.", labels, registry=registry
         )
@@ -50,16 +54,28 @@ class RpcMetrics:
         info.labels(service, version).set(1)
 
     def started(self, method: str, grpc_type: str) -> tuple[str, str, str]:
-        service, _, name = method.lstrip("/").rpartition("/")
-        labels = (grpc_type, service, name)
-        self.started_total.labels(*labels).inc()
+        labels = self._labels.get((method, grpc_type))
+        if labels is None:
+            service, _, name = method.lstrip("/").rpartition("/")
+            labels = self._labels.setdefault((method, grpc_type), (grpc_type, service, name))
+        self._child(self.started_total, labels).inc()
         self.in_flight.inc()
         return labels
 
     def handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
         self.in_flight.dec()
-        self.handled_total.labels(*labels, code).inc()
-        self.handling_seconds.labels(*labels).observe(seconds)
+        self._child(self.handled_total, (*labels, code)).inc()
+        self._child(self.handling_seconds, labels).observe(seconds)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (the client library
+        validates and locks on every lookup: a share of each RPC's CPU). The child is the
+        one the library keeps, so what is exported does not change."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*labels))
+        return child
 
 
 @dataclass

@@ -87,6 +87,15 @@ class ServiceApp:
     def scope_of(self, method: str) -> str | None:
         if method in self.method_scopes:
             return self.method_scopes[method]
+        # Derived once per method (the auth interceptor asks on every RPC, and only for
+        # methods that have a handler: a bounded set).
+        derived: dict[str, str | None] = self.__dict__.setdefault("_derived_scopes", {})
+        if method not in derived:
+            derived[method] = self._derive_scope(method)
+        return derived[method]
+
+    @staticmethod
+    def _derive_scope(method: str) -> str | None:
         service, _, name = method.lstrip("/").rpartition("/")
         if service == "veil.v1.Diagnostics":
             return None  # any authenticated caller may ask who it is
