@@ -150,12 +150,12 @@ class Transfer:
     the unauthorized models evaluated), J gains +μ·mean_s CE(s(T(x*)), y): the surrogates are
     pushed away from the authorized label while the −λ·CE term holds the authorized model on
     it, so that outside models, which resemble the surrogates more than they resemble each
-    other's quirks, fail with them (an ensemble transfer attack, Liu et al., ICLR 2017).
-    T is input diversity (Xie et al., CVPR
-    2019): a random shrink by up to ``diversity`` pixels and a random pad back, one draw per
-    step for the whole batch; ``momentum`` accumulates the per-image L1-normalised gradient
-    (MI-FGSM, Dong et al., CVPR 2018). Both make the step follow what models share rather
-    than one model's quirks."""
+    other's quirks, fail with them (an ensemble transfer attack, Liu et al., ICLR 2017). T is
+    input diversity (Xie et al., CVPR 2019): a random shrink by up to ``diversity`` pixels and
+    a random pad back, one draw per step for the whole batch, applied to the surrogates'
+    input only; ``momentum`` accumulates the per-image L1-normalised gradient (MI-FGSM, Dong
+    et al., CVPR 2018). Both make the step follow what models share rather than one model's
+    quirks."""
 
     surrogates: tuple[Classifier, ...] = ()
     weight: float = 1.0
@@ -294,9 +294,10 @@ def protect(
 
     ``labels`` (B,) may hold −1 (or be None) to use the model's own prediction.
     ``deadline`` / ``time_budget_s``: stop early rather than end past it (module docstring).
-    ``surrogates``, ``surrogate_weight`` (μ), ``momentum``, ``diversity``: the transfer terms
-    (:class:`Transfer`; none by default: DESIGN.md's FMD). ``seed`` also keys the diversity
-    draws (0 when None; only a given seed adds a random start).
+    ``surrogates`` (none by default: J is then DESIGN.md's), ``surrogate_weight`` (μ),
+    ``momentum`` (acts with or without surrogates; 0 gives DESIGN.md's plain signed steps) and
+    ``diversity`` (on the surrogates' input only): :class:`Transfer`. ``seed`` also keys the
+    diversity draws (0 when None; only a given seed adds a random start).
     ``keep_prediction``: return, per image, the last iterate the authorized model still
     labels y (the original when none is), so the CE term's aim holds whenever it can; off,
     the last iterate whatever it reads (DESIGN.md's loop).
