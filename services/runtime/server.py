@@ -91,7 +91,7 @@ class ServiceApp:
         # methods that have a handler: a bounded set).
         derived: dict[str, str | None] = self.__dict__.setdefault("_derived_scopes", {})
         if method not in derived:
-            derived[method] = self._derive_scope(method)
+            derived[method] = ServiceApp._derive_scope(method)
         return derived[method]
 
     @staticmethod
