@@ -66,7 +66,8 @@ class InferenceSettings(BaseSettings):
         default_factory=lambda: ["surrogate-resnet", "surrogate-vgg", "surrogate-mlpmixer"]
     )
     """Local backend: store entries FMD also attacks (on Triton: ``veil_protect``'s
-    ``surrogates`` parameter); empty: DESIGN.md's FMD against the authorized model alone."""
+    ``surrogates`` parameter); empty: FMD against the authorized model alone. The default
+    is ``services.kernels.defaults.DEFAULT_SURROGATES`` (a test holds the copies equal)."""
     models: list[str] = Field(
         default_factory=lambda: [ENCODER, DECODER, CLASSIFIER, PROTECT, PROTECTOR]
     )

@@ -40,7 +40,7 @@ class TritonPythonModel:
             entry,
             params.get("feature_layer") or "penultimate",
             instance_device(args),
-            [name for name in params.get("surrogates", "").split(",") if name.strip()],
+            [name.strip() for name in params.get("surrogates", "").split(",") if name.strip()],
         )
 
     def execute(self, requests):

@@ -245,3 +245,14 @@ def test_triton_stopped_means_not_ready_and_fast_failures(tmp_path: Path, local_
         call(settings, scenario)
     finally:
         server.stop()
+
+
+def test_every_default_surrogate_list_is_the_kernels_one() -> None:
+    """The local backend's default and ``veil_protect``'s config parameter repeat
+    ``DEFAULT_SURROGATES`` (inference may not import the kernels): they must not drift."""
+    from services.triton.settings import REPO_ROOT
+
+    assert InferenceSettings().surrogates == list(DEFAULT_SURROGATES)
+    config = (REPO_ROOT / "triton_models" / "veil_protect" / "config.pbtxt").read_text()
+    names = ",".join(DEFAULT_SURROGATES)
+    assert f'key: "surrogates" value: {{ string_value: "{names}" }}' in config
