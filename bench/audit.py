@@ -5,7 +5,7 @@
         [--repeats 3] [--no-canaries] [--threads 2] [--plot bench/figures/audit.png]
 
 The audit is ``veil audit``'s (``services.cli.audit``): white-box tests on the sanitizer's own
-``privatize`` (batched, and one CSPRNG generator per release), black-box tests on images
+``privatize`` (batched, and one OS-seeded PCG64 generator per release), black-box tests on images
 released through its own ``Pipeline`` (complement keep and erase), and the real-faces tests,
 which the proof does not cover. Every bound holds with 95 % confidence; a covered bound above
 its claim proves the implementation broken, a bound below it proves nothing about the claim.

@@ -10,7 +10,7 @@ probes fitted on seed 1; default seed 5), at the model's resolution. Every relea
 service's code path: ``Pipeline.prepare_pixels(pixels, FaceChoice(whole_image=True))`` (a
 32×32 face is the model's crop as it is, copied), ``Pipeline.encode``, then
 ``Pipeline.generate(z, [Draw(calibrate(ε, δ, all weights 1), release_rng()), …], steps,
-complement)`` on the in-process backend: fresh CSPRNG noise and a fresh x_T per image, so two
+complement)`` on the in-process backend: fresh OS-seeded noise and a fresh x_T per image, so two
 runs differ by sampling noise. "no noise" decodes the unchanged code from a fresh x_T (the
 autoencoder alone); "original" is the faces themselves (each attacker's ceiling here).
 

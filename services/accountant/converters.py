@@ -222,6 +222,8 @@ def reservation_to_pb(
         expires_at=timestamp(reservation.expires_at),
         projected=[status_to_pb(s, tight) for s in reservation.statuses],
         cost=cost,
+        replayed=reservation.replayed,
+        spend_id=reservation.spend_id,
     )
 
 

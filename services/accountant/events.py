@@ -324,9 +324,16 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Reservation:
-    """A live hold on budget for ``charge`` until ``expires_at`` (unix seconds)."""
+    """A live hold on budget for ``charge`` until ``expires_at`` (unix seconds).
+
+    ``replayed``: a Reserve with the idempotency key of a live or committed reservation of
+    the same charge returned that one as stored (nothing new held; its statuses are the
+    budgets' as computed now); ``spend_id`` is then its spend's id if it was committed.
+    """
 
     reservation_id: str
     charge: Charge
     expires_at: float
     statuses: tuple[BudgetStatus, ...] = field(default=())
+    replayed: bool = False
+    spend_id: str = ""

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from services.accountant import batch
+from services.accountant import batch, reserving
 from services.accountant.accounting import Atom, Composition, atoms_of
 from services.accountant.events import (
     Budget,
@@ -41,7 +41,13 @@ from services.accountant.events import (
     SubjectDefault,
 )
 from services.accountant.group import GroupWriter, Ticket, settle
-from services.accountant.limits import Limits, check_charge, check_scope, check_text
+from services.accountant.limits import (
+    Limits,
+    check_charge,
+    check_delta,
+    check_scope,
+    check_text,
+)
 from services.accountant.metrics import AccountantMetrics
 from services.accountant.policy import Policy, TightNeeded, charge_cost
 from services.accountant.queries import BudgetPage, HistoryPage, LedgerQueries, VerifyReport
@@ -61,12 +67,7 @@ from services.accountant.rows import (
     scope_key_details,
     subject_default,
 )
-from services.accountant.schema import (
-    budgets,
-    events,
-    metadata,
-    reservations,
-)
+from services.accountant.schema import budgets, events, metadata, reservations
 from services.accountant.settings import AccountantSettings
 from services.accountant.tightpool import TightPool
 from services.common.db import create_schema, make_engine, transaction
@@ -115,6 +116,7 @@ class Ledger:
         tight_pool: TightPool | None = None,
         group_max: int = 64,
         spend_queue: int = 1024,
+        max_delta: float = 1e-5,
     ) -> None:
         self._engine = engine or make_engine(url)
         self._writer = threading.Lock() if self._engine.dialect.name == "sqlite" else None
@@ -126,6 +128,8 @@ class Ledger:
         """Owned: closed with the ledger (its policy computes tight figures there)."""
         self.policy = policy or Policy()
         self.default_lease_s, self.max_lease_s = default_lease_s, max_lease_s
+        self.max_delta = max_delta
+        """The largest δ :meth:`put_budget` accepts for a budget or a subject default."""
         self._clock, self._metrics = clock, metrics
         self.queries = LedgerQueries(self._tx, clock, self.policy, self.limits)
         self._spends: GroupWriter[_Spend] = GroupWriter(
@@ -161,6 +165,7 @@ class Ledger:
             tight_pool=pool,
             group_max=settings.group_max,
             spend_queue=settings.spend_queue,
+            max_delta=settings.max_delta,
         )
 
     def _now(self) -> float:
@@ -231,7 +236,8 @@ class Ledger:
         """Load an audit export into this (empty) ledger; returns the number of events.
 
         Events are applied without enforcement (they were accepted once; a limit lowered
-        later must not drop history) but keep their spend ids and commit times.
+        later must not drop history) but keep their spend ids and commit times; budgets
+        keep their δ even above this server's ``max_delta`` (they were accepted once too).
         """
         n = 0
         for line in lines:
@@ -244,7 +250,7 @@ class Ledger:
                     item["delta"],
                     SubjectDefault(**default) if default else None,
                 )
-                self.put_budget(b.scope.tenant_id, b)
+                self._write_budget(b)
             elif item["type"] == "event":
                 charge = Charge.from_json(item["charge"])
                 with self._tx() as conn:
@@ -262,8 +268,15 @@ class Ledger:
     # -- budgets -------------------------------------------------------------------------
     def put_budget(self, caller_tenant: str, budget: Budget) -> BudgetStatus:
         """Create a budget, or change the limits of an existing one (its spends stay). A
-        dataset budget's ``subject_default`` is replaced too (None removes it)."""
+        dataset budget's ``subject_default`` is replaced too (None removes it). A δ above
+        :attr:`max_delta` (the budget's or its subject default's) is InvalidArgument."""
         _authorize(caller_tenant, budget.scope.tenant_id)
+        check_delta(budget, self.max_delta)
+        return self._write_budget(budget)
+
+    def _write_budget(self, budget: Budget) -> BudgetStatus:
+        """Store ``budget``'s limits: :meth:`put_budget` after its checks of the caller and
+        of the δ maximum (:meth:`replay` restores budgets as they were accepted)."""
         check_scope(budget.scope, self.limits, "budget.scope")
         t, d, s = scope_key(budget.scope)
         now = self._clock()
@@ -636,43 +649,75 @@ class Ledger:
     def reserve(
         self, caller_tenant: str, charge: Charge, lease_s: float | None = None
     ) -> Reservation:
-        """Hold budget for ``charge`` until the lease ends; it counts against every budget."""
+        """Hold budget for ``charge`` until the lease ends; it counts against every budget.
+
+        Idempotent by the charge's key (:mod:`services.accountant.reserving`): the key's
+        live or committed reservation of the same charge is returned as stored (its id; a
+        live one's lease extended to end no earlier than this one), ``replayed``, with its
+        ``spend_id`` if committed, and nothing new is held; its expired or released one is
+        decided against the budgets again and re-armed under the same id. Another charge
+        under a key that is live or committed, or a key a direct spend used, is
+        AlreadyExists.
+        """
         _authorize(caller_tenant, charge.tenant_id)
         check_charge(charge, self.limits)
         lease = self.default_lease_s if lease_s is None else lease_s
         if not (math.isfinite(lease) and lease > 0):
             raise InvalidArgument("lease must be > 0 seconds", details={"field": "lease"})
         lease = min(lease, self.max_lease_s)  # the contract: clamped to the server maximum
-        reservation = self._outside_lock_first(
-            lambda allow: self._reserve_once(charge, lease, allow), caller_tenant, charge
-        )
-        return reservation
+
+        def attempt(allow: bool) -> Reservation:
+            return self._reserve_once(charge, lease, allow)
+
+        try:
+            reservation = self._outside_lock_first(attempt, caller_tenant, charge)
+        except (IntegrityError, reserving.Raced):  # a concurrent Reserve stored the id first
+            reservation = self._outside_lock_first(attempt, caller_tenant, charge)  # its replay
+        return self._as_now(reservation) if reservation.replayed else reservation
+
+    def _as_now(self, replay: Reservation) -> Reservation:
+        """A replayed reservation with its budgets' statuses as computed now (read as
+        :meth:`check` reads, figured outside any lock): after its commit, a live one's own
+        hold composed in once as a new reservation's projection, a committed one as it
+        stands (with the other live reservations, as always)."""
+        charge, now = replay.charge, self._clock()
+        with self._tx(readonly=True) as conn:
+            rows = self._with_new_subjects(conn, charge)
+            ids = [r.id for r in rows]
+            held = live_reservation_atoms(conn, charge.tenant_id, ids, now, replay.reservation_id)
+        live = not replay.spend_id
+        atoms = atoms_of(charge) if live else Counter()
+        statuses = self._project(rows, held, atoms, want_tight=False, events=int(live))
+        return replace(replay, statuses=statuses)
 
     def _reserve_once(self, charge: Charge, lease: float, allow_tight: bool) -> Reservation:
         now = self._clock()
+        rid = reserving.reservation_id(charge.tenant_id, charge.idempotency_key)
         with self._tx() as conn:
+            # The key's row is locked before the budgets, in Commit's order (no deadlock).
+            stored = reserving.stored(conn, rid, lock=True)
+            if (replay := reserving.replay_of(stored, charge, now)) is not None:
+                if not replay.spend_id and replay.expires_at < now + lease:
+                    reserving.extend(conn, rid, now + lease)  # the retry needs its time
+                    replay = replace(replay, expires_at=now + lease)
+                return replay
             rows, _ = charge_budgets(conn, charge, now, create=True)
+            # PostgreSQL: a Reserve of the key that held the tenant budget's lock before us
+            # has committed its row by now, and a new statement sees it.
+            if stored is None and reserving.stored(conn, rid, lock=False) is not None:
+                raise reserving.Raced
             self._sweep(conn, charge.tenant_id, now)
             if self._event_by_key(conn, charge) is not None:
                 raise AlreadyExists("a spend with this idempotency key is already committed")
-            try:
+            try:  # the key's own row never counts against it (stored meanwhile: see reserve)
                 statuses = self._decide(
-                    conn, rows, charge, now, exclude=None, allow_tight=allow_tight
+                    conn, rows, charge, now, exclude=rid, allow_tight=allow_tight
                 )
             except BudgetExhausted:
                 self._refused("budget_exhausted")
                 raise
-            rid = uuid.uuid4().hex
-            conn.execute(
-                insert(reservations).values(
-                    id=rid,
-                    tenant_id=charge.tenant_id,
-                    charge=dumps(charge.to_json()),
-                    budget_ids=dumps([r.id for r in rows]),
-                    status="live",
-                    expires_at=now + lease,
-                )
-            )
+            ids = [r.id for r in rows]
+            reserving.hold(conn, rid, charge, ids, now + lease, rearm=stored is not None)
         return Reservation(rid, charge, now + lease, statuses)
 
     def commit(self, caller_tenant: str, reservation_id: str) -> Receipt:
@@ -803,9 +848,12 @@ class Ledger:
         atoms: Counter[Atom],
         *,
         want_tight: bool,
+        events: int = 1,
     ) -> tuple[BudgetStatus, ...]:
+        """Statuses of ``rows`` with ``held`` and ``atoms`` composed in, counting ``events``
+        more events (the candidate charge's one, by default)."""
         comps = [_after(r, held, atoms) for r in rows]
-        counts = [r.event_count + 1 for r in rows]
+        counts = [r.event_count + events for r in rows]
         cheap: list[BudgetStatus | None] = [None] * len(rows)
         if not want_tight:
             cheap = self.policy.statuses(

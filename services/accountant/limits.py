@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.accountant.events import Charge, Scope, SubsampledGaussian
+from services.accountant.events import Budget, Charge, Scope, SubsampledGaussian
 from services.common.errors import InvalidArgument
 
 
@@ -60,6 +60,21 @@ def check_scope(scope: Scope, limits: Limits, field: str = "scope") -> None:
     check_text(f"{field}.tenant_id", scope.tenant_id, limits.max_id_bytes)
     check_text(f"{field}.dataset_id", scope.dataset_id or "", limits.max_id_bytes)
     check_text(f"{field}.subject_id", scope.subject_id or "", limits.max_id_bytes)
+
+
+def check_delta(budget: Budget, max_delta: float) -> None:
+    """A budget's δ, and its subject default's, are at most the server's ``max_delta``: δ is
+    the probability that the ε bound fails, so a larger one is a weaker guarantee than the
+    deployment allows. The message names the value given and the maximum."""
+    given = [("budget.delta", budget.delta)]
+    if budget.subject_default is not None:
+        given.append(("budget.subject_default.delta", budget.subject_default.delta))
+    for field, delta in given:
+        if delta > max_delta:
+            raise InvalidArgument(
+                f"{field} is {delta!r}; the server maximum is {max_delta!r}",
+                details={"field": field, "limit": max_delta},
+            )
 
 
 def _cap(field: str, value: int, cap: int) -> None:

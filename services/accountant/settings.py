@@ -43,6 +43,12 @@ class AccountantSettings(BaseSettings):
     max_lease_s: float = Field(default=600.0, gt=0)
     """Longest lease a caller may ask for (a held reservation blocks other spends)."""
 
+    max_delta: float = Field(default=1e-5, gt=0, lt=1)
+    """Largest δ a budget (or a dataset's subject default) may be given; PutBudget refuses
+    a larger one as INVALID_ARGUMENT. δ is the chance that the ε bound fails, so it should
+    stay well below 1/n for n subjects. Budgets stored with a larger δ keep it (an audit
+    replay restores them too); only a new PutBudget is refused."""
+
     group_max: int = Field(default=64, ge=1)
     """Most spends decided and committed in one transaction by the group commit (spends that
     arrive together wait for one writer; a group of one under no concurrency)."""

@@ -4,10 +4,10 @@ For each target ε it plays the distinguishing game (``services.kernels.audit``)
 neighbouring codes — a held-out synthetic face's code with its attribute coordinates moved
 to ±3·C_a, so that they share the complement — and reports empirical lower bounds on ε:
 
-- **white-box**, batched and one CSPRNG generator per release: the likelihood-ratio test on
+- **white-box**, batched and one OS-seeded PCG64 generator per release: the likelihood-ratio test on
   the noisy coordinates the sanitizer's own ``privatize`` returns;
 - **black-box keep / erase**: a fresh CNN on images released through the sanitizer's own
-  ``Pipeline`` (in-process backend, fresh x_T, CSPRNG per release), per complement;
+  ``Pipeline`` (in-process backend, fresh x_T, an OS-seeded PCG64 per release), per complement;
 - **real faces keep / erase**, *not covered by the proof*: two held-out faces that differ in
   the protected attributes, and hence in their complements, so the bound includes what leaks
   through (I−P)z (with ``keep``, the complement is released as it is).
@@ -16,6 +16,9 @@ Each bound holds with ``--confidence``. Exit 1 when a covered bound lies above i
 the implementation is broken. A bound below the claim proves nothing about the claim; how
 close the white-box bound comes is the audit's tightness. The hidden ``--canary`` runs the
 same audit against a deliberately broken variant, which must exit 1.
+
+``--service`` audits the sanitizer's release-integrity promises through a live sanitizer
+over gRPC instead (:mod:`services.cli.audit_service`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
     from services.sanitizer.pipeline import Pipeline
 
 CANARIES = ("halved_noise", "skipped_clip", "fixed_seed", "reused_xt")
+SERVICE_CANARIES = ("seeded_release", "double_charge")
+"""``--service``'s broken sanitizers (built in :mod:`services.cli.audit_service`)."""
 FACES = 64
 """Held-out faces rendered: the first is audited; the real-faces pair is found among them."""
 
@@ -151,7 +156,7 @@ async def releases(
     x_T: np.ndarray | None = None,
 ) -> np.ndarray:
     """``count`` releases (N, R, R, 3) uint8 of one code (d,): ``Pipeline.generate`` with a
-    CSPRNG draw each; with ``x_T`` (canary ``reused_xt``) the same noisy codes decoded from
+    OS-seeded draw each; with ``x_T`` (canary ``reused_xt``) the same noisy codes decoded from
     that x_T instead of the fresh one."""
     from services.kernels.mechanism import release_rng
     from services.sanitizer.pipeline import Draw, from_model
@@ -453,7 +458,17 @@ def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="CI sizes: " + ", ".join(
         f"{k} {v:,}" for k, v in QUICK.items()))  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--canary", choices=CANARIES, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--service",
+        action="store_true",
+        help="check release integrity through a live sanitizer over gRPC (own servers "
+        "unless --target)",
+    )
+    p.add_argument("--target", help="--service: the sanitizer's host:port")
+    p.add_argument("--token", help="--service --target: bearer token at the sanitizer")
+    p.add_argument("--accountant", help="--service --target: the accountant's host:port")
+    p.add_argument("--accountant-token", help="--service --target: same tenant's token there")
+    p.add_argument("--canary", choices=CANARIES + SERVICE_CANARIES, help=argparse.SUPPRESS)
     p.set_defaults(handler=run_audit_command)
     return p
 
@@ -482,6 +497,13 @@ def run_audit_command(args: argparse.Namespace) -> int:
     audit could not run (bad option, model store)."""
     from services.common.errors import VeilError
 
+    if args.service:
+        from services.cli.audit_service import run_service_command
+
+        return run_service_command(args)
+    if args.target or args.canary in SERVICE_CANARIES:
+        print("veil audit: --target and the service canaries need --service", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -127,18 +127,42 @@ def transaction(engine: Engine, *, readonly: bool = False) -> Iterator[Connectio
 
 
 def create_schema(engine: Engine, metadata: MetaData) -> None:
-    """Create the tables of ``metadata`` that are missing (idempotent); for a SQLite file,
-    its directory first."""
+    """Create the tables of ``metadata`` that are missing and add the nullable columns an
+    existing table lacks (idempotent; the only migration: columns are only ever added, and
+    nullable); for a SQLite file, its directory first."""
     path = sqlite_file(str(engine.url))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         metadata.create_all(engine)
+        _add_missing_columns(engine, metadata)
     except (OperationalError, InterfaceError) as exc:
         raise Unavailable(
             f"the database is unavailable ({type(exc.orig).__name__}); retry",
             details={"backend": engine.url.get_backend_name()},
         ) from None
+
+
+def _add_missing_columns(engine: Engine, metadata: MetaData) -> None:
+    existing = inspect(engine)
+    missing = [
+        (table, column)
+        for table in metadata.sorted_tables
+        if existing.has_table(table.name)
+        for column in table.columns
+        if column.name not in {c["name"] for c in existing.get_columns(table.name)}
+    ]
+    if not missing:
+        return
+    guard = "" if engine.dialect.name == "sqlite" else "IF NOT EXISTS "
+    with transaction(engine) as conn:
+        for table, column in missing:
+            if not column.nullable:
+                raise RuntimeError(f"{table.name}.{column.name}: a new column must be nullable")
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.exec_driver_sql(
+                f'ALTER TABLE "{table.name}" ADD COLUMN {guard}"{column.name}" {kind}'
+            )
 
 
 class TableStore:

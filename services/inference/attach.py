@@ -48,6 +48,12 @@ class BackendHandle:
             raise Unavailable("the inference backend is not running")
         return self._backend
 
+    @property
+    def last_ready(self) -> bool | None:
+        """The readiness the last probe saw (None before the first one): what a call may
+        check without waiting for the backend."""
+        return self._was_ready
+
     async def start(self) -> None:
         if self._backend is None:
             self._backend = create_backend(self.settings)

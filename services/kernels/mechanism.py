@@ -18,8 +18,9 @@ is this same curve up to its discretisation (pinned in tests). The seed's Lemma 
 RDP ε(α) = αμ²/2 converted by ε(α) + log(1/δ)/(α−1) and minimised over real α > 1
 (= μ²/2 + μ·√(2 log(1/δ))), is reported beside it and never used to claim less.
 
-Randomness: a release draws its noise and its x_T from a generator seeded from the OS
-CSPRNG (:func:`release_rng`), fresh per release; a caller's seed is honoured for previews
+Randomness: a release draws its noise and its x_T from a PCG64 generator seeded with 256
+bits of the OS CSPRNG (:func:`release_rng`), fresh per release and never reused; a caller's
+seed is honoured for previews
 only (:func:`preview_rng`). The noise is float64 numpy Gaussian noise: the proof assumes
 exact real-valued Gaussians, and floating-point sampling is not hardened against the
 low-bit attacks of Mironov (CCS 2012): that gap is not covered.
@@ -271,13 +272,16 @@ def composition(
 
 
 def release_rng() -> np.random.Generator:
-    """A generator seeded from the OS CSPRNG (256 bits), for one release's noise and x_T."""
+    """A PCG64 generator seeded with 256 bits of the OS CSPRNG (``secrets``), for one
+    release's noise and x_T. PCG64 is not a CSPRNG; it is sound here because its seed is
+    256 fresh OS-random bits per release (no guessable state, never reused) and its output
+    is never disclosed except through the noisy release itself."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(256))))
 
 
 def preview_rngs(count: int, seed: int | None) -> list[np.random.Generator]:
     """One generator per preview candidate: independent streams from the caller's seed
-    (reproducible previews), or from the OS CSPRNG when no seed is given."""
+    (reproducible previews), or from 256 OS-random bits when no seed is given."""
     root = np.random.SeedSequence(secrets.randbits(256) if seed is None else seed)
     return [np.random.Generator(np.random.PCG64(s)) for s in root.spawn(count)]
 

@@ -45,13 +45,16 @@ class Settings(ServiceSettings, SanitizerSettings):
     inference: InferenceSettings = Field(default_factory=_inference)
 
 
-def build_app(settings: Settings, *, ledger: Ledger | None = None) -> ServiceApp:
+def build_app(
+    settings: Settings, *, ledger: Ledger | None = None, store: SessionStore | None = None
+) -> ServiceApp:
     """The sanitizer: its RPCs plus diagnostics. ``ledger`` replaces the accountant client
-    (tests of faults that a real accountant cannot be made to show)."""
+    and ``store`` the session store (tests of faults that real ones cannot be made to show,
+    and the audit's canaries: deliberately broken variants it must flag)."""
     app = ServiceApp(name="sanitizer", settings=settings, mounts=[])
     metrics = SanitizerMetrics(app.registry)
     model = attribute_model(settings.inference, settings.probes)
-    store = SessionStore(settings.database_url)
+    store = store or SessionStore(settings.database_url)
     accountant: Ledger = ledger or AccountantLedger(
         settings.accountant_url,
         settings.accountant_token,
@@ -70,6 +73,7 @@ def build_app(settings: Settings, *, ledger: Ledger | None = None) -> ServiceApp
         limits=settings.image_limits,
         margin=settings.face_margin,
         output_format=settings.output_format,
+        backend_ready=lambda: handle.last_ready if handle is not None else None,
     )
     core = Sanitizer(settings, pipeline, store, accountant, metrics, app.workers.run)
     app.mounts += [

@@ -112,6 +112,11 @@ def released_to_pb(released: Released, fmt: str) -> pb.ReleaseResponse:
         complement=COMPLEMENT_OF.get(released.complement, "COMPLEMENT_UNSPECIFIED"),
         rdp_epsilon=released.rdp_epsilon,
         noise_multiplier=released.noise_multiplier,
+        ledger_cost=common_pb2.PrivacyCost(
+            epsilon=released.ledger_epsilon,
+            delta=released.ledger_delta,
+            accountant=released.ledger_accountant,
+        ),
     )
 
 

@@ -1,34 +1,50 @@
 """The sanitizer's core: previews, releases and their charges, without any transport.
 
-Every image that leaves is charged first (DESIGN.md, step 6):
+No image is computed that has not been reserved, and none leaves before its charge is
+committed (DESIGN.md, step 6). Every release path runs the same steps:
 
-- a fresh draw (``Release`` with an ε, ``Sanitize``): Reserve at the accountant → draw the
-  noise and x_T from a CSPRNG generator and decode → Commit → store the answer (if keyed)
-  → return. A failed generation releases the reservation; a refused or unreachable
-  accountant means nothing is generated or returned.
-- a preview candidate itself: the choice depended on all k candidates, so the charge is
-  their composition (one Gaussian with μ = √(Σ μ_i²): exact for Gaussian mechanisms).
-- a batch (``SanitizeBatch``): a chunk of items is generated, then charged in one
-  ``ChargeBatch`` call; only the items it accepts are returned.
+1. **claim** — a keyed request claims its idempotency key in the session database before
+   any work (:meth:`SessionStore.claim_key`): a concurrent duplicate waits for the first
+   one's answer, a retry of a finished one is answered from the database (same image, same
+   spend, nothing charged), a key reused with another request is ALREADY_EXISTS. A release
+   from a preview also claims its session (one ``UPDATE … WHERE state = 'open'``): one
+   session, one release.
+2. **reserve** at the accountant under a key derived from the caller's key (``Sanitize``)
+   or from the session (``Release``): a retry after a crash of either service finds the
+   same reservation, or its committed spend, never a second one. The reservation states
+   the budgets' δ; a request whose δ is not that one is INVALID_ARGUMENT (nothing charged).
+3. **generate** — encode, noise from a fresh generator (:func:`release_rng`), decode.
+4. **commit**, retried on UNAVAILABLE (it is idempotent); then **finish**: the answer is
+   stored and the session closed in one transaction, each only while this call still holds
+   its claim; then the image leaves.
 
-A keyed request is answered from the session database on a retry (same image, same spend,
-nothing charged). Ids that identify people (subject, dataset) never reach logs or metrics.
+A failure before the commit gives the reservation back and the claims with it; a commit
+whose outcome is unknown leaves the key's claim pending with its lease lapsed, so the
+caller's retry takes it over at once and finishes under the same charge (an image that
+never left may be redrawn; one that left is always the one recorded). A preview candidate
+is charged as the composition of all k candidates (one Gaussian with μ = √(Σ μ_i²));
+candidates of a seeded preview are never releasable. Ids that identify people (subject,
+dataset) never reach logs or metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from services.common.errors import (
+    Aborted,
+    AlreadyExists,
     BudgetExhausted,
     FailedPrecondition,
     InvalidArgument,
@@ -47,10 +63,10 @@ from services.kernels.mechanism import (
     release_rng,
 )
 from services.sanitizer.faces import Box
-from services.sanitizer.ledger import ChargeSpec, Ledger, Spent
+from services.sanitizer.ledger import ChargeSpec, Held, Ledger, LedgerCost, Spent
 from services.sanitizer.metrics import SanitizerMetrics
 from services.sanitizer.pipeline import Draw, FaceChoice, Offload, Pipeline, Prepared
-from services.sanitizer.sessions import Session, SessionStore, StoredRelease
+from services.sanitizer.sessions import KeyClaim, Session, SessionStore, StoredRelease
 from services.sanitizer.settings import SanitizerSettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +112,11 @@ class Released:
     noise_multiplier: float
     accountant: str = "pld"
     replayed: bool = False
+    ledger_epsilon: float = 0.0
+    """The cost the ledger recorded for the event, at the same δ, as it labels it
+    (``ledger_accountant``, e.g. ``rdp``): its own bound, never below ``epsilon``."""
+    ledger_delta: float = 0.0
+    ledger_accountant: str = ""
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
@@ -109,6 +130,17 @@ class Released:
         data["face_box"] = Box(**data["face_box"])
         data["replayed"] = True
         return cls(image=stored.image, **data)
+
+    def charged(self, spent: Spent) -> Released:
+        """This release with its committed spend and the ledger's own figure."""
+        cost = spent.cost or LedgerCost(0.0, self.delta, "")
+        return replace(
+            self,
+            spend_id=spent.spend_id,
+            ledger_epsilon=cost.epsilon,
+            ledger_delta=cost.delta,
+            ledger_accountant=cost.accountant,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,6 +187,23 @@ def _check_id(value: str, name: str, *, required: bool = True) -> str:
             details={"field": name},
         )
     return value
+
+
+@dataclass
+class _Attempt:
+    """What one release attempt holds at the accountant, so that a failure undoes exactly
+    that: a reservation to give back, or a commit whose outcome is unknown."""
+
+    held: Held | None = None
+    committing: bool = False
+
+    @property
+    def maybe_charged(self) -> bool:
+        return self.committing or (self.held is not None and bool(self.held.spend_id))
+
+
+def _same_delta(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
 
 
 class Sanitizer:
@@ -218,7 +267,8 @@ class Sanitizer:
         self.space.weights(request.weights)  # unknown names, bad values
         if not (isinstance(request.delta, float) and 0 < request.delta < 1):
             raise InvalidArgument(
-                f"delta must be in (0, 1); got {request.delta!r}", details={"field": "delta"}
+                f"delta must be in (0, 1) and equal the budget's; got {request.delta!r}",
+                details={"field": "delta"},
             )
         return Request(
             dataset=request.dataset,
@@ -254,6 +304,7 @@ class Sanitizer:
                 request.steps,
                 request.complement,  # type: ignore[arg-type]
             )
+        self.metrics.generated.inc(len(crops))
         with self.metrics.timed("image"):
             return list(
                 await asyncio.gather(
@@ -264,9 +315,15 @@ class Sanitizer:
                 )
             )
 
-    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with self.metrics.timed("store"):
-            return await self._offload(fn, *args)
+            return await self._offload(functools.partial(fn, *args, **kwargs))
+
+    def _backend_up(self) -> None:
+        """Fail fast, before anything is reserved, while the kernels' backend is down."""
+        if self.pipeline.backend_down():
+            self.metrics.refused("backend_unavailable")
+            raise Unavailable("the inference backend is not ready; nothing was charged, retry")
 
     # -- previews --------------------------------------------------------------------------
 
@@ -301,6 +358,7 @@ class Sanitizer:
                 "steps": request.steps,
                 "complement": request.complement,
                 "face_box": asdict(prepared.face.box),
+                "seeded": seed is not None,
             },
             original=request.image,
             created_at=now,
@@ -323,15 +381,10 @@ class Sanitizer:
         )
 
     async def cancel_preview(self, caller: Caller, session_id: str) -> None:
+        """Discard an open session. Unknown, another tenant's or another subject's,
+        already closed: a no-op that changes nothing (answered alike, no oracle)."""
         _check_id(session_id, "session_id")
-        if caller.subject is not None:
-            try:
-                session = await self._db(self.store.get, caller.tenant, session_id)
-            except VeilError:
-                return  # unknown, expired, released: cancelling is a no-op
-            if session.subject != caller.subject:
-                raise PermissionDenied("this token acts for another data subject")
-        await self._db(self.store.cancel, caller.tenant, session_id)
+        await self._db(self.store.cancel, caller.tenant, caller.subject, session_id)
 
     # -- releases --------------------------------------------------------------------------
 
@@ -350,111 +403,258 @@ class Sanitizer:
             raise InvalidArgument(
                 "set exactly one of epsilon and candidate_index", details={"field": "choice"}
             )
-        fingerprint = _fingerprint("release", session_id, epsilon, candidate)
-        replay = await self._replay(caller, key, fingerprint)
-        if replay is not None:
-            return replay
-        session: Session = await self._db(
-            self.store.get, caller.tenant, session_id, candidate is not None
-        )
-        if caller.subject is not None and caller.subject != session.subject:
-            raise PermissionDenied("this token acts for another data subject")
-        params = session.params
-        request = Request(
-            dataset=session.dataset,
-            subject=session.subject,
-            image=session.original or b"",
-            weights=params["weights"],
-            delta=params["delta"],
-            steps=params["steps"],
-            complement=params["complement"],
-            face=FaceChoice(box=Box(**params["face_box"])),
-        )
-        if candidate is not None:
-            return await self._release_candidate(
-                caller, session, request, candidate, key, fingerprint
+        fingerprint = _fingerprint("release", caller.subject, session_id, epsilon, candidate)
+
+        async def work(claim: KeyClaim | None, attempt: _Attempt) -> Released:
+            return await self._release_session(
+                caller, session_id, epsilon, candidate, key, claim, attempt
             )
-        assert epsilon is not None
-        return await self._fresh(caller, request, epsilon, key, fingerprint, session_id)
+
+        return await self._once(caller, key, fingerprint, work)
 
     async def sanitize(
         self, caller: Caller, request: Request, epsilon: float, key: str
     ) -> Released:
         _check_id(key, "idempotency_key", required=False)
         request = self.check(caller, request)
-        fingerprint = _fingerprint(
-            "sanitize", request.dataset, request.subject, request.image,
-            sorted(request.weights.items()), request.delta, request.steps,
-            request.complement, request.face, epsilon,
-        )  # fmt: skip
-        replay = await self._replay(caller, key, fingerprint)
-        if replay is not None:
-            return replay
-        return await self._fresh(caller, request, epsilon, key, fingerprint, None)
+        calibration = self.calibration(epsilon, request)
+        fingerprint = _sanitize_fingerprint(caller, request, epsilon)
 
-    async def _replay(self, caller: Caller, key: str, fingerprint: str) -> Released | None:
+        async def work(claim: KeyClaim | None, attempt: _Attempt) -> Released:
+            prepared = await self._prepare(request)
+            spec = self._spec(caller, request, calibration.mu, "fresh", 1, _key_charge(key))
+            released = await self._draw_charged(
+                caller, spec, request, prepared, calibration, attempt, redraw=_redraw(claim)
+            )
+            return await self._finish(caller, released, key, claim, None, "fresh")
+
+        return await self._once(caller, key, fingerprint, work)
+
+    async def _once(
+        self,
+        caller: Caller,
+        key: str,
+        fingerprint: str,
+        work: Callable[[KeyClaim | None, _Attempt], Awaitable[Released]],
+    ) -> Released:
+        """Run ``work`` at most once per idempotency key (no key: once, unguarded)."""
+        attempt = _Attempt()
         if not key:
-            return None
-        stored = await self._db(self.store.find_release, caller.tenant, key, fingerprint)
-        return None if stored is None else Released.from_stored(stored)
+            return await work(None, attempt)
+        claim = await self._claim_key(caller, key, fingerprint)
+        if isinstance(claim, Released):
+            return claim
+        try:
+            return await work(claim, attempt)
+        except BaseException:
+            await self._abandon(caller, key, claim, attempt)
+            raise
+
+    async def _claim_key(self, caller: Caller, key: str, fingerprint: str) -> KeyClaim | Released:
+        """Claim ``key``, waiting up to ``idempotency_wait_s`` while another call holds it."""
+        settings = self.settings
+        deadline = time.monotonic() + settings.idempotency_wait_s
+        pause = 0.02
+        while True:
+            got = await self._db(
+                self.store.claim_key,
+                caller.tenant,
+                key,
+                fingerprint,
+                uuid.uuid4().hex,
+                settings.claim_lease_s,
+                settings.idempotency_ttl_s,
+            )
+            if isinstance(got, StoredRelease):
+                return Released.from_stored(got)
+            if isinstance(got, KeyClaim):
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Aborted(
+                    "a request with this idempotency key is in flight; retry with the same "
+                    "key to get its answer",
+                    details={"retry_after_s": f"{max(0.0, got.until - time.time()):.1f}"},
+                )
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 0.25)
+
+    async def _release_session(
+        self,
+        caller: Caller,
+        session_id: str,
+        epsilon: float | None,
+        candidate: int | None,
+        key: str,
+        claim: KeyClaim | None,
+        attempt: _Attempt,
+    ) -> Released:
+        token = uuid.uuid4().hex
+        session: Session = await self._db(
+            self.store.claim,
+            caller.tenant,
+            caller.subject,
+            session_id,
+            token,
+            self.settings.claim_lease_s,
+            candidate is not None,
+        )
+        try:
+            request = _session_request(session)
+            if candidate is not None:
+                released = await self._candidate_charged(
+                    caller, session, request, candidate, attempt
+                )
+                kind = "candidate"
+            else:
+                assert epsilon is not None
+                calibration = self.calibration(epsilon, request)
+                prepared = await self._prepare(request)
+                spec = self._spec(
+                    caller, request, calibration.mu, "fresh", 1, _session_charge(session_id)
+                )
+                released = await self._draw_charged(
+                    caller, spec, request, prepared, calibration, attempt, redraw=True
+                )
+                kind = "fresh"
+            return await self._finish(caller, released, key, claim, (session_id, token), kind)
+        except BaseException:
+            # Open again: the next release of it reserves under the same session key, so
+            # a charge this attempt may have committed is finished, never doubled.
+            await self._quietly(self.store.unclaim, session_id, token)
+            raise
 
     def _spec(
-        self, caller: Caller, request: Request, mu: float, kind: str, draws: int
+        self, caller: Caller, request: Request, mu: float, kind: str, draws: int, key: str
     ) -> ChargeSpec:
         return ChargeSpec(
             tenant=caller.tenant,
             dataset=request.dataset,
             subject=request.subject,
             noise_multiplier=1.0 / mu,
-            key=f"sanitizer/{uuid.uuid4().hex}",
+            key=key,
             labels={"kind": kind, "draws": str(draws)},
         )
 
-    async def _fresh(
+    async def _reserve(
+        self, caller: Caller, spec: ChargeSpec, delta: float, attempt: _Attempt, *, redraw: bool
+    ) -> Held:
+        """Reserve ``spec``; its δ must be the budgets' and a spend already committed under
+        its key may only be finished when no image of it can have left (``redraw``)."""
+        self._backend_up()
+        # The budgets' δ first (a dry run of a negligible charge): a request at another δ
+        # is invalid whatever the budget has left, and is never reserved.
+        budget_delta = await self._charge("check", self.ledger.delta, spec)
+        if not _same_delta(budget_delta, delta):
+            raise self._wrong_delta(delta, budget_delta)
+        try:
+            held: Held = await self._charge(
+                "reserve", self.ledger.reserve, spec, self.settings.reservation_lease_s
+            )
+        except AlreadyExists as exc:
+            raise _conflict(spec, exc) from None
+        attempt.held = held
+        if not _same_delta(held.delta, delta):  # a budget's δ changed in between
+            error = self._wrong_delta(delta, held.delta)
+            if not held.replayed:  # a replayed one may be another attempt's: it lapses
+                await self._give_back(caller.tenant, attempt, error)
+            raise error
+        if held.spend_id and not redraw:
+            self.metrics.refused("key_spent")
+            raise FailedPrecondition(
+                "this idempotency key was charged by a release whose answer is no longer "
+                "kept (its idempotency window ended); use a new key",
+                details={"field": "idempotency_key"},
+            )
+        return held
+
+    def _wrong_delta(self, delta: float, budget_delta: float) -> InvalidArgument:
+        self.metrics.refused("delta")
+        return InvalidArgument(
+            f"delta {delta:g} is not the δ of the budgets this release is charged to "
+            f"({budget_delta:g}): a release is calibrated at its budget's δ; ask for "
+            f"delta = {budget_delta:g}",
+            details={"field": "delta", "budget_delta": repr(budget_delta)},
+        )
+
+    async def _commit(self, caller: Caller, attempt: _Attempt) -> Spent:
+        """Commit, retried on UNAVAILABLE (idempotent: a commit that landed answers
+        ``replayed`` with the same spend)."""
+        assert attempt.held is not None
+        attempt.committing = True
+        pause = 0.1
+        for tries in range(self.settings.commit_attempts, 0, -1):
+            try:
+                spent: Spent = await self._charge(
+                    "commit", self.ledger.commit, caller.tenant, attempt.held.reservation_id
+                )
+                return spent
+            except Unavailable:
+                if tries == 1:
+                    raise
+                await asyncio.sleep(pause)
+                pause *= 3
+            except FailedPrecondition as exc:  # the lease lapsed: definitely not committed
+                attempt.committing = bool(attempt.held.spend_id)
+                raise Aborted(
+                    "the charge's reservation lapsed before it was committed (nothing was "
+                    "charged and no image left); retry",
+                    details=exc.details,
+                ) from None
+            except VeilError:
+                attempt.committing = bool(attempt.held.spend_id)
+                raise
+        raise AssertionError("unreachable")
+
+    async def _draw_charged(
         self,
         caller: Caller,
+        spec: ChargeSpec,
         request: Request,
-        epsilon: float,
-        key: str,
-        fingerprint: str,
-        session_id: str | None,
+        prepared: Prepared,
+        calibration: Calibration,
+        attempt: _Attempt,
+        *,
+        redraw: bool,
     ) -> Released:
-        calibration = self.calibration(epsilon, request)
-        prepared = await self._prepare(request)
-        spec = self._spec(caller, request, calibration.mu, "fresh", 1)
-        reservation = await self._charge(
-            "reserve", self.ledger.reserve, spec, self.settings.reservation_lease_s
-        )
+        """Reserve → fresh draw → commit: one charged fresh release."""
+        await self._reserve(caller, spec, request.delta, attempt, redraw=redraw)
         try:
             draw = Draw(calibration, release_rng())
             image = (await self._generate([prepared], [draw], request))[0]
         except BaseException as exc:
-            await self._give_back(caller.tenant, reservation, exc)
+            await self._give_back(caller.tenant, attempt, exc)
             raise
-        spent: Spent = await self._charge("commit", self.ledger.commit, caller.tenant, reservation)
-        released = Released(
+        spent = await self._commit(caller, attempt)
+        return Released(
             image=image,
             epsilon=calibration.epsilon,
             delta=calibration.delta,
             per_attribute=calibration.per_attribute,
-            spend_id=spent.spend_id,
+            spend_id="",
             face_box=prepared.face.box,
             composed_draws=1,
             complement=request.complement,
             rdp_epsilon=calibration.rdp_epsilon,
             noise_multiplier=calibration.noise_multiplier,
-        )
-        return await self._record(caller, released, key, fingerprint, session_id, "fresh")
+        ).charged(spent)
 
-    async def _release_candidate(
+    async def _candidate_charged(
         self,
         caller: Caller,
         session: Session,
         request: Request,
         index: int,
-        key: str,
-        fingerprint: str,
+        attempt: _Attempt,
     ) -> Released:
+        if session.params.get("seeded"):
+            self.metrics.refused("seeded_candidate")
+            raise FailedPrecondition(
+                "the candidates of a seeded preview are not releasable: their noise follows "
+                "from the caller's seed, which would void the guarantee; release a fresh "
+                "draw (epsilon) from this session instead",
+                details={"reason": "seeded_preview"},
+            )
         if not 0 <= index < len(session.candidates):
             raise InvalidArgument(
                 f"candidate_index must be in [0, {len(session.candidates) - 1}]; got {index}",
@@ -463,52 +663,50 @@ class Sanitizer:
         calibrations = [self.calibration(e, request) for e, _ in session.candidates]
         epsilon, per, rdp = composition(self.space, calibrations, request.delta)
         mu = composed_mu([c.mu for c in calibrations])
-        spec = self._spec(caller, request, mu, "candidate", len(calibrations))
-        reservation = await self._charge(
-            "reserve", self.ledger.reserve, spec, self.settings.reservation_lease_s
+        spec = self._spec(
+            caller, request, mu, "candidate", len(calibrations), _session_charge(session.session_id)
         )
-        spent: Spent = await self._charge("commit", self.ledger.commit, caller.tenant, reservation)
-        released = Released(
+        await self._reserve(caller, spec, request.delta, attempt, redraw=True)
+        spent = await self._commit(caller, attempt)
+        return Released(
             image=session.candidates[index][1],
             epsilon=epsilon,
             delta=request.delta,
             per_attribute=per,
-            spend_id=spent.spend_id,
+            spend_id="",
             face_box=Box(**session.params["face_box"]),
             composed_draws=len(calibrations),
             complement=request.complement,
             rdp_epsilon=rdp,
             noise_multiplier=1.0 / mu,
-        )
-        return await self._record(
-            caller, released, key, fingerprint, session.session_id, "candidate"
-        )
+        ).charged(spent)
 
-    async def _record(
+    async def _finish(
         self,
         caller: Caller,
         released: Released,
         key: str,
-        fingerprint: str,
-        session_id: str | None,
+        claim: KeyClaim | None,
+        session: tuple[str, str] | None,
         kind: str,
     ) -> Released:
-        """Store the answer (keyed) and close the session before the image leaves. A store
-        failure after the commit leaves a charge with no image out: over-charged, never
-        under-charged."""
-        if key or session_id:
-            stored = await self._db(
-                self.store.record_release,
+        """Store the answer (keyed) and close the session in one transaction, each while
+        this call still holds its claim, before the image leaves. A store failure after the
+        commit leaves the charge and no image out: the caller's retry finishes under it."""
+        if claim is not None or session is not None:
+            stored: StoredRelease = await self._db(
+                self.store.finish,
                 caller.tenant,
-                key,
-                fingerprint,
+                key if claim is not None else "",
+                claim.token if claim is not None else "",
                 released.to_record(),
                 released.image,
                 self.settings.idempotency_ttl_s,
-                session_id,
+                session[0] if session else None,
+                session[1] if session else "",
             )
-            if stored.result.get("spend_id") != released.spend_id:
-                return Released.from_stored(stored)  # a concurrent retry stored first
+            if stored.result.get("spend_id") != released.spend_id or stored.image != released.image:
+                return Released.from_stored(stored)  # a retry that took over stored first
         self.metrics.released(kind, released.epsilon)
         return released
 
@@ -526,99 +724,144 @@ class Sanitizer:
             self.metrics.refused(f"accountant_{stage}")
             raise
 
-    async def _give_back(self, tenant: str, reservation: str, cause: BaseException) -> None:
-        self.metrics.refused("generation_failed")
+    async def _give_back(self, tenant: str, attempt: _Attempt, cause: BaseException) -> None:
+        """Give an uncommitted reservation back (a committed one stays: it was charged)."""
+        if not isinstance(cause, InvalidArgument):
+            self.metrics.refused("generation_failed")
+        held = attempt.held
+        if held is None or held.spend_id:
+            return
         try:
             await self.ledger.release(
-                tenant, reservation, f"generation failed: {type(cause).__name__}"
+                tenant, held.reservation_id, f"generation failed: {type(cause).__name__}"
             )
         except VeilError as exc:  # it lapses by itself at the end of its lease
-            log.warning("could not release reservation %s: %s", reservation, exc.message)
+            log.warning("could not release reservation %s: %s", held.reservation_id, exc.message)
+
+    async def _quietly(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """A clean-up write that must not hide the error being raised (claims lapse)."""
+        try:
+            await self._db(fn, *args, **kwargs)
+        except Exception as exc:
+            log.warning("clean-up %s failed: %s", getattr(fn, "__name__", fn), type(exc).__name__)
 
     # -- batches ---------------------------------------------------------------------------
 
     async def sanitize_chunk(
         self, caller: Caller, items: Sequence[BatchItem]
     ) -> list[Released | VeilError]:
-        """Sanitize and charge a chunk of batch items together; one result per item."""
+        """Sanitize a chunk of batch items: each is claimed (keyed) and reserved in order
+        *before* anything is generated, so an item past the budget is refused on its own
+        (RESOURCE_EXHAUSTED) and never computed; the reserved ones are generated together,
+        committed, and stored."""
         results: list[Released | VeilError | None] = [None] * len(items)
-        work: list[tuple[int, Request, Calibration, str]] = []
+        work: list[_BatchWork] = []
         for i, item in enumerate(items):
             try:
-                _check_id(item.key, "idempotency_key", required=False)
-                request = self.check(caller, item.request)
-                fp = _fingerprint(
-                    "sanitize", request.dataset, request.subject, request.image,
-                    sorted(request.weights.items()), request.delta, request.steps,
-                    request.complement, request.face, item.epsilon,
-                )  # fmt: skip
-                replay = await self._replay(caller, item.key, fp)
-                if replay is not None:
-                    results[i] = replay
-                    continue
-                work.append((i, request, self.calibration(item.epsilon, request), fp))
+                got = await self._batch_reserve(caller, item)
             except VeilError as exc:
                 results[i] = exc
-        prepared: dict[int, Prepared] = {}
-        for i, request, _, _ in work:
-            try:
-                prepared[i] = await self._prepare(request)
-            except VeilError as exc:
-                results[i] = exc
-        work = [w for w in work if w[0] in prepared]
-        # Items of one chunk may differ in steps and complement: decode them in groups.
-        groups: dict[tuple[int, str], list[tuple[int, Request, Calibration, str]]] = {}
-        for w in work:
-            groups.setdefault((w[1].steps, w[1].complement), []).append(w)
-        generated: dict[int, bytes] = {}
+                continue
+            if isinstance(got, Released):
+                results[i] = got
+            else:
+                work.append(replace(got, index=i))
+        groups: dict[tuple[int, str], list[_BatchWork]] = {}
+        for w in work:  # items of one chunk may differ in steps and complement
+            groups.setdefault((w.request.steps, w.request.complement), []).append(w)
         for group in groups.values():
             try:
                 images = await self._generate(
-                    [prepared[i] for i, *_ in group],
-                    [Draw(c, release_rng()) for _, _, c, _ in group],
-                    group[0][1],
+                    [w.prepared for w in group],
+                    [Draw(w.calibration, release_rng()) for w in group],
+                    group[0].request,
                 )
             except VeilError as exc:
-                for i, *_ in group:
-                    results[i] = exc
+                for w in group:
+                    await self._give_back(caller.tenant, w.attempt, exc)
+                    await self._batch_abandon(caller, w)
+                    results[w.index] = exc
                 continue
-            generated.update({i: img for (i, *_), img in zip(group, images, strict=True)})
-        charged = [w for w in work if w[0] in generated]
-        if charged:
-            specs = [self._spec(caller, r, c.mu, "batch", 1) for _, r, c, _ in charged]
-            outcomes = await self._charge(
-                "batch",
-                self.ledger.charge_batch,
-                caller.tenant,
-                specs,
-                f"sanitizer/{uuid.uuid4().hex}",
+            outcomes = await asyncio.gather(
+                *(self._batch_finish(caller, w, img) for w, img in zip(group, images, strict=True)),
+                return_exceptions=True,
             )
-            for (i, request, c, fp), outcome in zip(charged, outcomes, strict=True):
-                if isinstance(outcome, VeilError):
-                    self.metrics.refused(
-                        "budget" if isinstance(outcome, BudgetExhausted) else "accountant_batch"
-                    )
-                    results[i] = outcome
-                    continue
-                released = Released(
-                    image=generated[i],
-                    epsilon=c.epsilon,
-                    delta=c.delta,
-                    per_attribute=c.per_attribute,
-                    spend_id=outcome.spend_id,
-                    face_box=prepared[i].face.box,
-                    composed_draws=1,
-                    complement=request.complement,
-                    rdp_epsilon=c.rdp_epsilon,
-                    noise_multiplier=c.noise_multiplier,
-                )
-                try:
-                    results[i] = await self._record(
-                        caller, released, items[i].key, fp, None, "batch"
-                    )
-                except VeilError as exc:
-                    results[i] = exc
+            for w, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, VeilError):
+                    raise outcome
+                results[w.index] = outcome
         return [r if r is not None else Unavailable("item was not processed") for r in results]
+
+    async def _batch_reserve(self, caller: Caller, item: BatchItem) -> _BatchWork | Released:
+        _check_id(item.key, "idempotency_key", required=False)
+        request = self.check(caller, item.request)
+        calibration = self.calibration(item.epsilon, request)
+        claim: KeyClaim | None = None
+        if item.key:
+            got = await self._db(
+                self.store.claim_key,
+                caller.tenant,
+                item.key,
+                _sanitize_fingerprint(caller, request, item.epsilon),
+                uuid.uuid4().hex,
+                self.settings.claim_lease_s,
+                self.settings.idempotency_ttl_s,
+            )
+            if isinstance(got, StoredRelease):
+                return Released.from_stored(got)
+            if not isinstance(got, KeyClaim):
+                raise Aborted(
+                    "an item with this idempotency key is in flight; retry it",
+                    details={"field": "idempotency_key"},
+                )
+            claim = got
+        attempt = _Attempt()
+        try:
+            prepared = await self._prepare(request)
+            spec = self._spec(caller, request, calibration.mu, "batch", 1, _key_charge(item.key))
+            await self._reserve(caller, spec, request.delta, attempt, redraw=_redraw(claim))
+        except BaseException:
+            await self._abandon(caller, item.key, claim, attempt)
+            raise
+        return _BatchWork(-1, item.key, request, calibration, claim, attempt, prepared)
+
+    async def _batch_finish(self, caller: Caller, w: _BatchWork, image: bytes) -> Released:
+        try:
+            spent = await self._commit(caller, w.attempt)
+            released = Released(
+                image=image,
+                epsilon=w.calibration.epsilon,
+                delta=w.calibration.delta,
+                per_attribute=w.calibration.per_attribute,
+                spend_id="",
+                face_box=w.prepared.face.box,
+                composed_draws=1,
+                complement=w.request.complement,
+                rdp_epsilon=w.calibration.rdp_epsilon,
+                noise_multiplier=w.calibration.noise_multiplier,
+            ).charged(spent)
+            return await self._finish(caller, released, w.key, w.claim, None, "batch")
+        except BaseException:
+            await self._batch_abandon(caller, w)
+            raise
+
+    async def _batch_abandon(self, caller: Caller, w: _BatchWork) -> None:
+        await self._abandon(caller, w.key, w.claim, w.attempt)
+
+    async def _abandon(
+        self, caller: Caller, key: str, claim: KeyClaim | None, attempt: _Attempt
+    ) -> None:
+        """Give a key's claim back after a failure (see :meth:`SessionStore.abandon_key`):
+        forgotten only when nothing can have been charged under it — not by this attempt,
+        nor by the one whose lapsed claim it took over (whose commit may have landed)."""
+        if claim is not None:
+            await self._quietly(
+                self.store.abandon_key,
+                caller.tenant,
+                key,
+                claim.token,
+                forget=not (attempt.maybe_charged or claim.taken_over),
+            )
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -627,3 +870,71 @@ class Sanitizer:
         if removed:
             self.metrics.purged.inc(removed)
         return removed
+
+
+@dataclass
+class _BatchWork:
+    """One batch item between its reservation and its answer."""
+
+    index: int
+    key: str
+    request: Request
+    calibration: Calibration
+    claim: KeyClaim | None
+    attempt: _Attempt
+    prepared: Prepared
+
+
+def _sanitize_fingerprint(caller: Caller, request: Request, epsilon: float) -> str:
+    return _fingerprint(
+        "sanitize", caller.subject, request.dataset, request.subject, request.image,
+        sorted(request.weights.items()), request.delta, request.steps,
+        request.complement, request.face, epsilon,
+    )  # fmt: skip
+
+
+def _key_charge(key: str) -> str:
+    """The accountant's key of a keyed Sanitize (or batch item): the same on every retry;
+    unkeyed, a fresh one (nothing can retry it)."""
+    if not key:
+        return f"sanitizer/once/{uuid.uuid4().hex}"
+    return f"sanitizer/key/{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _session_charge(session_id: str) -> str:
+    """The accountant's key of a session's release: one charge per session, whatever key
+    (or none) each retry carries."""
+    return f"sanitizer/session/{session_id}"
+
+
+def _redraw(claim: KeyClaim | None) -> bool:
+    """Whether a spend already committed under the key may be finished with a new draw:
+    only when this call took over a lapsed claim (that holder's image never left)."""
+    return claim is not None and claim.taken_over
+
+
+def _conflict(spec: ChargeSpec, exc: AlreadyExists) -> VeilError:
+    if spec.key.startswith("sanitizer/session/"):
+        return FailedPrecondition(
+            "this session's charge is held or was committed for another choice (a release "
+            "of it was interrupted); release that same choice, or wait for its reservation "
+            "to lapse",
+            details={"reason": "session_charge_conflict"},
+        )
+    return AlreadyExists(
+        "idempotency key already used for another request", details={"field": "idempotency_key"}
+    )
+
+
+def _session_request(session: Session) -> Request:
+    params = session.params
+    return Request(
+        dataset=session.dataset,
+        subject=session.subject,
+        image=session.original or b"",
+        weights=params["weights"],
+        delta=params["delta"],
+        steps=params["steps"],
+        complement=params["complement"],
+        face=FaceChoice(box=Box(**params["face_box"])),
+    )

@@ -11,7 +11,7 @@ cannot be reached, or is too slow, is UNAVAILABLE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -35,36 +35,63 @@ class ChargeSpec:
     subject: str
     noise_multiplier: float
     key: str
-    """Idempotency key at the accountant (scoped to the tenant there)."""
+    """Idempotency key at the accountant (scoped to the tenant there): derived from the
+    caller's key or the session, so that a retry after a crash finds the same reservation
+    (and, once committed, the same spend) instead of charging again."""
     request_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A reservation at the accountant for one release."""
+
+    reservation_id: str
+    delta: float
+    """The least δ of the budgets it touches: the δ the ledger states its cost at, and so
+    the only δ a release may be calibrated at."""
+    replayed: bool = False
+    """The key's reservation already existed (a retry): the same one is returned."""
+    spend_id: str = ""
+    """Set when that reservation was already committed (under this very charge)."""
+
+
+@dataclass(frozen=True)
+class LedgerCost:
+    """The cost the ledger recorded for the event, as it labels it (e.g. ``rdp``)."""
+
+    epsilon: float
+    delta: float
+    accountant: str
 
 
 @dataclass(frozen=True)
 class Spent:
     spend_id: str
     replayed: bool
+    cost: LedgerCost | None = None
 
 
 class Ledger(Protocol):
-    """Reserve → Commit (or Release), and the batch charge; errors are VeilErrors."""
+    """Reserve → Commit (or Release); errors are VeilErrors. Reserve and Commit are
+    idempotent by the charge's key, so either may be retried."""
 
-    async def reserve(self, charge: ChargeSpec, lease_s: float) -> str: ...
+    async def reserve(self, charge: ChargeSpec, lease_s: float) -> Held: ...
 
     async def commit(self, tenant: str, reservation_id: str) -> Spent: ...
 
     async def release(self, tenant: str, reservation_id: str, reason: str) -> None: ...
 
-    async def charge_batch(
-        self, tenant: str, charges: list[ChargeSpec], key: str
-    ) -> list[Spent | VeilError]: ...
+    async def delta(self, charge: ChargeSpec) -> float:
+        """The least δ of the budgets ``charge`` touches (a dry run: writes nothing)."""
+        ...
 
     async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
 
 
-def _charge_pb(spec: ChargeSpec, *, keyed: bool = True) -> apb.Charge:
+def _charge_pb(spec: ChargeSpec) -> apb.Charge:
     return apb.Charge(
         tenant_id=spec.tenant,
         dataset_id=spec.dataset,
@@ -74,7 +101,7 @@ def _charge_pb(spec: ChargeSpec, *, keyed: bool = True) -> apb.Charge:
         ),
         service="sanitizer",
         request_id=spec.request_id,
-        idempotency_key=spec.key if keyed else "",
+        idempotency_key=spec.key,
         labels=spec.labels,
     )
 
@@ -116,18 +143,24 @@ class AccountantLedger:
         except grpc.RpcError as exc:
             raise _refined(from_rpc_error(exc, WHO)) from None
 
-    async def reserve(self, charge: ChargeSpec, lease_s: float) -> str:
+    async def reserve(self, charge: ChargeSpec, lease_s: float) -> Held:
         lease = duration_pb2.Duration()
         lease.FromMilliseconds(int(lease_s * 1000))
-        reservation = await self._call(
+        held: apb.Reservation = await self._call(  # type: ignore[assignment]
             "Reserve", apb.ReserveRequest(charge=_charge_pb(charge), lease=lease)
         )
-        return str(reservation.reservation_id)  # type: ignore[attr-defined]
+        return Held(
+            reservation_id=held.reservation_id,
+            delta=min((b.delta for b in held.projected), default=held.cost.delta),
+            replayed=held.replayed,
+            spend_id=held.spend_id,
+        )
 
     async def commit(self, tenant: str, reservation_id: str) -> Spent:
         request = apb.CommitRequest(reservation_id=reservation_id, tenant_id=tenant)
-        receipt = await self._call("Commit", request)
-        return Spent(receipt.spend_id, receipt.replayed)  # type: ignore[attr-defined]
+        receipt: apb.Receipt = await self._call("Commit", request)  # type: ignore[assignment]
+        cost = LedgerCost(receipt.cost.epsilon, receipt.cost.delta, receipt.cost.accountant)
+        return Spent(receipt.spend_id, receipt.replayed, cost)
 
     async def release(self, tenant: str, reservation_id: str, reason: str) -> None:
         request = apb.ReleaseReservationRequest(
@@ -135,22 +168,14 @@ class AccountantLedger:
         )
         await self._call("Release", request)
 
-    async def charge_batch(
-        self, tenant: str, charges: list[ChargeSpec], key: str
-    ) -> list[Spent | VeilError]:
-        request = apb.ChargeBatchRequest(
-            tenant_id=tenant,
-            charges=[_charge_pb(c, keyed=False) for c in charges],
-            idempotency_key=key,
+    async def delta(self, charge: ChargeSpec) -> float:
+        # A negligible charge on the same budgets: the cheap bounds decide it at once (a
+        # charge far over the limit would make the accountant compute its tight figure).
+        probe = replace(charge, noise_multiplier=1e6, key="")
+        check: apb.CheckResponse = await self._call(  # type: ignore[assignment]
+            "Check", apb.CheckRequest(charge=_charge_pb(probe))
         )
-        response = await self._call("ChargeBatch", request)
-        out: list[Spent | VeilError] = []
-        for result in response.results:  # type: ignore[attr-defined]
-            if result.HasField("receipt"):
-                out.append(Spent(result.receipt.spend_id, result.receipt.replayed))
-            else:
-                out.append(_refined(_item_error(result.error)))
-        return out
+        return min((b.delta for b in check.projected), default=check.cost.delta)
 
     async def ready(self) -> bool:
         try:
@@ -162,21 +187,3 @@ class AccountantLedger:
         client, self._client_ = self._client_, None
         if client is not None:
             await client.close()
-
-
-def _item_error(error: apb.ChargeError) -> VeilError:
-    from services.common import errors as e
-
-    details = dict(error.details)
-    message = f"{WHO}: {error.message}"
-    if error.reason == "BUDGET_EXHAUSTED":
-        return e.BudgetExhausted(message, details=details)
-    kinds: dict[int, type[VeilError]] = {
-        3: e.InvalidArgument,
-        5: e.NotFound,
-        6: e.AlreadyExists,
-        8: e.ResourceExhausted,
-        9: e.FailedPrecondition,
-        10: e.Aborted,
-    }
-    return kinds.get(error.code, e.Unavailable)(message, details=details)

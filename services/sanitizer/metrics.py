@@ -37,6 +37,12 @@ class SanitizerMetrics:
         self.candidates = Counter(
             "veil_sanitizer_candidates_total", "Preview candidates drawn.", registry=registry
         )
+        self.generated = Counter(
+            "veil_sanitizer_generated_images_total",
+            "Images decoded by the mechanism (preview candidates and releases alike): every "
+            "one of a release was reserved at the accountant first.",
+            registry=registry,
+        )
         self.epsilon = Histogram(
             "veil_sanitizer_released_epsilon",
             "Epsilon charged per released image (at the request's delta).",

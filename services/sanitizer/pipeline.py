@@ -5,9 +5,10 @@ photo bytes ─decode─▶ pixels ─find/crop face─▶ crop (R×R) ─encode
    z̃, fresh x_T ─decode (DDIM)─▶ crop' ─paste back (feathered)─▶ photo' ─PNG─▶ bytes
 
 The encoder and decoder run on the inference backend (in-process or Triton); the
-mechanism's noise and x_T are drawn here, from the generator each draw brings (a CSPRNG one
-for a release). CPU-bound image work runs on the server's worker pool (``offload``), never
-on the event loop. ``bench/sanitizer.py`` and ``veil audit`` call this same class.
+mechanism's noise and x_T are drawn here, from the generator each draw brings (for a
+release, a PCG64 seeded with 256 OS-random bits). CPU-bound image work runs on the
+server's worker pool (``offload``), never on the event loop. ``bench/sanitizer.py`` and
+``veil audit`` call this same class.
 """
 
 from __future__ import annotations
@@ -84,13 +85,20 @@ class Pipeline:
         limits: ImageLimits | None = None,
         margin: float = 0.25,
         output_format: str = "PNG",
+        backend_ready: Callable[[], bool | None] = lambda: True,
     ) -> None:
         self._backend = backend
+        self._backend_ready = backend_ready
         self.model = model
         self.space = model.space
         self.limits = limits or ImageLimits()
         self.margin = margin
         self.output_format = output_format
+
+    def backend_down(self) -> bool:
+        """The backend's last readiness probe failed (None: no probe has answered yet, and
+        the call goes on: a lease lapsing while models load is retried, never charged)."""
+        return self._backend_ready() is False
 
     # -- images ----------------------------------------------------------------------------
 

@@ -5,10 +5,21 @@ replica, and a restart loses nothing). Three tables:
 
 - ``sanitizer_sessions``: who may see it (tenant, subject), the dataset, the request's
   parameters, the original image (needed for a fresh draw and the paste-back), the state
-  (open → released | cancelled) and when it expires;
+  (open → releasing → released, or open → cancelled), the claim of the release in flight
+  and when it expires;
 - ``sanitizer_candidates``: the k preview images of a session;
-- ``sanitizer_releases``: a keyed release's answer (image and receipt), kept for the
-  idempotency window so that a retry returns the same image and charges nothing.
+- ``sanitizer_releases``: one row per idempotency key of a tenant, claimed *before* any
+  work (state ``pending``, with the claimant's token and a lease), then holding the answer
+  (state ``done``: image and receipt) for the idempotency window, so that a retry returns
+  the same image and charges nothing.
+
+Claims are decided by the database, never by a read-then-write in Python: a key is claimed
+by inserting its row (the primary key admits one; a concurrent insert loses, PostgreSQL
+raising a unique violation, SQLite serialising writers with ``BEGIN IMMEDIATE``), a session
+by one ``UPDATE … WHERE state = 'open'`` that names the tenant (and the subject of a
+subject-bound token) in the same statement. A claim whose lease lapsed (its holder crashed)
+may be taken over; every later write of the holder names its token, so a holder that lost
+its claim writes nothing.
 
 Nothing is kept longer than it is needed: a session's original and candidates are deleted
 when it is released, cancelled or expires (:meth:`SessionStore.purge`, run periodically);
@@ -24,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Float,
     ForeignKey,
     Integer,
@@ -32,16 +44,18 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db import TableStore
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 metadata = MetaData()
 
@@ -57,6 +71,8 @@ sessions = Table(
     Column("original", LargeBinary, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
+    Column("claim", String(64), nullable=True),
+    Column("claimed_until", Float, nullable=True),
 )
 
 candidates = Table(
@@ -82,9 +98,15 @@ releases = Table(
     Column("result", Text, nullable=False),
     Column("image", LargeBinary, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
+    # ``pending`` while claimed, ``done`` with the answer; NULL = done (a row written before
+    # claims existed). Pending rows hold an empty image and result.
+    Column("state", String(16), nullable=True),
+    Column("owner", String(64), nullable=True),
+    Column("claimed_until", Float, nullable=True),
 )
 
-OPEN, RELEASED, CANCELLED = "open", "released", "cancelled"
+OPEN, RELEASING, RELEASED, CANCELLED = "open", "releasing", "released", "cancelled"
+PENDING, DONE = "pending", "done"
 
 
 @dataclass
@@ -106,6 +128,26 @@ class Session:
 class StoredRelease:
     result: dict[str, Any]
     image: bytes
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """This caller now holds the key: ``taken_over`` when it took a lapsed claim over (an
+    earlier holder crashed, and its image never left)."""
+
+    token: str
+    taken_over: bool
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another caller holds the key's claim until ``until``: wait for its answer."""
+
+    until: float
+
+
+class _Lost(Exception):
+    """A claim this caller held was taken over (rolls its transaction back)."""
 
 
 class SessionStore(TableStore):
@@ -139,56 +181,69 @@ class SessionStore(TableStore):
                     ],
                 )
 
-    def get(self, tenant: str, session_id: str, with_candidates: bool = False) -> Session:
-        """The open session; NOT_FOUND when unknown, another tenant's, expired, cancelled;
-        FAILED_PRECONDITION when it was already released."""
+    @staticmethod
+    def _owned(tenant: str, subject: str | None, session_id: str) -> Any:
+        """The rows a caller may touch: its tenant's, and its subject's when the token is
+        bound to one. Anything else is answered exactly as an unknown id."""
+        cond = and_(sessions.c.session_id == session_id, sessions.c.tenant == tenant)
+        return cond if subject is None else and_(cond, sessions.c.subject == subject)
+
+    def claim(
+        self,
+        tenant: str,
+        subject: str | None,
+        session_id: str,
+        token: str,
+        lease_s: float,
+        with_candidates: bool = False,
+    ) -> Session:
+        """Claim an open session for one release (or take over a lapsed claim), in one
+        conditional UPDATE. NOT_FOUND when unknown, another tenant's or subject's, expired
+        or cancelled; FAILED_PRECONDITION when already released; ABORTED while another
+        release of it is in flight."""
         now = time.time()
-        with self._tx(readonly=True) as conn:
-            row = conn.execute(
-                select(sessions).where(
-                    sessions.c.session_id == session_id, sessions.c.tenant == tenant
-                )
-            ).first()
-            if row is None or row.state == CANCELLED or row.expires_at <= now:
-                raise NotFound(f"preview session {session_id!r} not found (or expired)")
-            if row.state == RELEASED:
-                raise FailedPrecondition(
-                    f"preview session {session_id!r} was already released; a session releases "
-                    "one image (retry with the same idempotency key to get it again)"
-                )
-            found = Session(
-                row.session_id,
-                row.tenant,
-                row.subject,
-                row.dataset,
-                row.state,
-                json.loads(row.params),
-                row.original,
-                row.created_at,
-                row.expires_at,
+        with self._tx() as conn:
+            claimable = or_(
+                sessions.c.state == OPEN,
+                and_(sessions.c.state == RELEASING, sessions.c.claimed_until <= now),
             )
+            done = conn.execute(
+                update(sessions)
+                .where(self._owned(tenant, subject, session_id), sessions.c.expires_at > now)
+                .where(claimable)
+                .values(state=RELEASING, claim=token, claimed_until=now + lease_s)
+            ).rowcount
+            row = conn.execute(
+                select(sessions).where(self._owned(tenant, subject, session_id))
+            ).first()
+            if not done:
+                raise _unclaimable(row, session_id, now)
+            assert row is not None
+            found = _session(row)
             if with_candidates:
-                rows = conn.execute(
-                    select(candidates.c.epsilon, candidates.c.image)
-                    .where(candidates.c.session_id == session_id)
-                    .order_by(candidates.c.idx)
-                )
-                found.candidates = [(r.epsilon, r.image) for r in rows]
+                found.candidates = _candidates(conn, session_id)
             return found
 
-    def cancel(self, tenant: str, session_id: str) -> bool:
-        """Discard an open session (candidates and original); False if there was none."""
+    def unclaim(self, session_id: str, token: str) -> None:
+        """Give a claimed session back (its release failed): open again, if still ours."""
+        with self._tx() as conn:
+            conn.execute(
+                update(sessions)
+                .where(sessions.c.session_id == session_id, sessions.c.claim == token)
+                .values(state=OPEN, claim=None, claimed_until=None)
+            )
+
+    def cancel(self, tenant: str, subject: str | None, session_id: str) -> bool:
+        """Discard an open session (candidates and original); False if there was none that
+        this caller may touch (then nothing changes)."""
         with self._tx() as conn:
             done = conn.execute(
                 update(sessions)
-                .where(
-                    sessions.c.session_id == session_id,
-                    sessions.c.tenant == tenant,
-                    sessions.c.state == OPEN,
-                )
+                .where(self._owned(tenant, subject, session_id), sessions.c.state == OPEN)
                 .values(state=CANCELLED, original=None)
             ).rowcount
-            conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
+            if done:
+                conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
             return bool(done)
 
     def exists(self, tenant: str, session_id: str) -> bool:
@@ -200,87 +255,165 @@ class SessionStore(TableStore):
             ).first()
             return row is not None
 
-    # -- releases --------------------------------------------------------------------------
+    # -- keyed releases --------------------------------------------------------------------
 
-    def find_release(self, tenant: str, key: str, fingerprint: str) -> StoredRelease | None:
-        """The stored answer of a keyed release; ALREADY_EXISTS when the key was used for
+    def claim_key(
+        self, tenant: str, key: str, fingerprint: str, token: str, lease_s: float, ttl_s: float
+    ) -> KeyClaim | StoredRelease | Busy:
+        """Claim an idempotency key before any work: the stored answer when it is done,
+        :class:`Busy` while another caller holds it, a :class:`KeyClaim` otherwise (a new
+        key, or a lapsed claim taken over). ALREADY_EXISTS when the key was used for
         another request."""
-        with self._tx(readonly=True) as conn:
-            row = conn.execute(
-                select(releases).where(
-                    releases.c.tenant == tenant,
-                    releases.c.key == key,
-                    releases.c.expires_at > time.time(),
-                )
-            ).first()
-        if row is None:
-            return None
-        if row.fingerprint != fingerprint:
-            raise AlreadyExists(
-                "idempotency key already used for another request",
-                details={"field": "idempotency_key"},
-            )
-        return StoredRelease(json.loads(row.result), row.image)
+        try:
+            return self._claim_key(tenant, key, fingerprint, token, lease_s, ttl_s)
+        except IntegrityError:  # PostgreSQL: a concurrent first claim won the insert
+            return self._claim_key(tenant, key, fingerprint, token, lease_s, ttl_s)
 
-    def record_release(
+    def _claim_key(
+        self, tenant: str, key: str, fingerprint: str, token: str, lease_s: float, ttl_s: float
+    ) -> KeyClaim | StoredRelease | Busy:
+        now = time.time()
+        mine = and_(releases.c.tenant == tenant, releases.c.key == key)
+        with self._tx() as conn:
+            row = conn.execute(select(releases).where(mine).with_for_update()).first()
+            if row is not None and row.expires_at <= now:
+                conn.execute(delete(releases).where(mine))
+                row = None
+            if row is None:
+                conn.execute(
+                    insert(releases).values(
+                        tenant=tenant,
+                        key=key,
+                        fingerprint=fingerprint,
+                        result="{}",
+                        image=b"",
+                        expires_at=now + ttl_s,
+                        state=PENDING,
+                        owner=token,
+                        claimed_until=now + lease_s,
+                    )
+                )
+                return KeyClaim(token, taken_over=False)
+            if row.fingerprint != fingerprint:
+                raise AlreadyExists(
+                    "idempotency key already used for another request",
+                    details={"field": "idempotency_key"},
+                )
+            if row.state != PENDING:
+                return StoredRelease(json.loads(row.result), row.image)
+            if row.claimed_until is not None and row.claimed_until > now:
+                return Busy(row.claimed_until)
+            conn.execute(
+                update(releases)
+                .where(mine, releases.c.owner == row.owner)
+                .values(owner=token, claimed_until=now + lease_s)
+            )
+            return KeyClaim(token, taken_over=True)
+
+    def abandon_key(self, tenant: str, key: str, token: str, *, forget: bool) -> None:
+        """Give a claimed key back after a failure: deleted when nothing was charged under
+        it (``forget``: a retry starts afresh), else left pending with its lease lapsed, so
+        that a retry takes it over at once and finishes under the same charge."""
+        mine = and_(releases.c.tenant == tenant, releases.c.key == key, releases.c.owner == token)
+        with self._tx() as conn:
+            if forget:
+                conn.execute(delete(releases).where(mine, releases.c.state == PENDING))
+            else:
+                conn.execute(update(releases).where(mine).values(claimed_until=0.0))
+
+    def finish(
         self,
         tenant: str,
         key: str,
-        fingerprint: str,
+        token: str,
         result: dict[str, Any],
         image: bytes,
         ttl_s: float,
         session_id: str | None = None,
+        session_token: str = "",
     ) -> StoredRelease:
-        """Store a keyed release (if ``key``) and close its session (if ``session_id``) in
-        one transaction. A concurrent release under the same key that stored first wins:
-        its answer is returned (the caller sends that one, so one image leaves)."""
+        """Store a keyed release's answer (if ``key``, claimed with ``token``) and close its
+        session (if ``session_id``, claimed with ``session_token``) in one transaction, each
+        only while this caller still holds that claim.
+        A holder that lost a claim writes nothing: the stored answer of whoever finished is
+        returned (that one image leaves), or ABORTED when there is none yet."""
         try:
-            with self._tx() as conn:
-                if session_id is not None:
-                    conn.execute(
-                        update(sessions)
-                        .where(sessions.c.session_id == session_id)
-                        .values(state=RELEASED, original=None)
-                    )
-                    conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
-                if key:
-                    conn.execute(
-                        delete(releases).where(
-                            releases.c.tenant == tenant,
-                            releases.c.key == key,
-                            releases.c.expires_at <= time.time(),
-                        )
-                    )
-                    conn.execute(
-                        insert(releases).values(
-                            tenant=tenant,
-                            key=key,
-                            fingerprint=fingerprint,
-                            result=json.dumps(result, sort_keys=True),
-                            image=image,
-                            expires_at=time.time() + ttl_s,
-                        )
-                    )
-        except IntegrityError:
-            stored = self.find_release(tenant, key, fingerprint)
-            if stored is None:
-                raise
-            return stored
+            self._finish(tenant, key, token, result, image, ttl_s, session_id, session_token)
+        except _Lost:
+            return self._lost(tenant, key, session_id)
         return StoredRelease(result, image)
+
+    def _finish(
+        self,
+        tenant: str,
+        key: str,
+        token: str,
+        result: dict[str, Any],
+        image: bytes,
+        ttl_s: float,
+        session_id: str | None,
+        session_token: str,
+    ) -> None:
+        now = time.time()
+        with self._tx() as conn:
+            if session_id is not None:
+                closed = conn.execute(
+                    update(sessions)
+                    .where(sessions.c.session_id == session_id, sessions.c.claim == session_token)
+                    .values(state=RELEASED, original=None, claim=None, claimed_until=None)
+                ).rowcount
+                if not closed:
+                    raise _Lost
+                conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
+            if key:
+                stored = conn.execute(
+                    update(releases)
+                    .where(
+                        releases.c.tenant == tenant,
+                        releases.c.key == key,
+                        releases.c.owner == token,
+                        releases.c.state == PENDING,
+                    )
+                    .values(
+                        state=DONE,
+                        result=json.dumps(result, sort_keys=True),
+                        image=image,
+                        owner=None,
+                        claimed_until=None,
+                        expires_at=now + ttl_s,
+                    )
+                ).rowcount
+                if not stored:
+                    raise _Lost  # rolls the session's update back too
+
+    def _lost(self, tenant: str, key: str, session_id: str | None) -> StoredRelease:
+        if key:
+            with self._tx(readonly=True) as conn:
+                row = conn.execute(
+                    select(releases).where(releases.c.tenant == tenant, releases.c.key == key)
+                ).first()
+            if row is not None and row.state != PENDING:
+                return StoredRelease(json.loads(row.result), row.image)
+        raise Aborted(
+            "this release was taken over by a retry after its claim lapsed; retry with the "
+            "same idempotency key to get the image that was released",
+            details={"session_id": session_id or ""},
+        )
 
     # -- housekeeping ----------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
-        """Delete expired sessions (with their candidates and original), closed sessions
-        past their expiry, and releases past their idempotency window. Returns the rows."""
+        """Delete expired sessions (with their candidates and original) unless a release
+        holds one, and releases past their idempotency window. Returns the rows."""
         now = time.time() if now is None else now
         with self._tx() as conn:
-            expired = select(sessions.c.session_id).where(sessions.c.expires_at <= now)
+            held = and_(sessions.c.state == RELEASING, sessions.c.claimed_until > now)
+            stale = and_(sessions.c.expires_at <= now, ~held)
+            expired = select(sessions.c.session_id).where(stale)
             gone = conn.execute(
                 delete(candidates).where(candidates.c.session_id.in_(expired))
             ).rowcount
-            gone += conn.execute(delete(sessions).where(sessions.c.expires_at <= now)).rowcount
+            gone += conn.execute(delete(sessions).where(stale)).rowcount
             gone += conn.execute(delete(releases).where(releases.c.expires_at <= now)).rowcount
             return int(gone)
 
@@ -291,3 +424,44 @@ class SessionStore(TableStore):
                 t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
                 for t in (sessions, candidates, releases)
             }
+
+
+def _session(row: Any) -> Session:
+    return Session(
+        row.session_id,
+        row.tenant,
+        row.subject,
+        row.dataset,
+        row.state,
+        json.loads(row.params),
+        row.original,
+        row.created_at,
+        row.expires_at,
+    )
+
+
+def _candidates(conn: Connection, session_id: str) -> list[tuple[float, bytes]]:
+    rows = conn.execute(
+        select(candidates.c.epsilon, candidates.c.image)
+        .where(candidates.c.session_id == session_id)
+        .order_by(candidates.c.idx)
+    )
+    return [(r.epsilon, r.image) for r in rows]
+
+
+def _unclaimable(row: Any, session_id: str, now: float) -> Exception:
+    """Why a session this caller may see (``row``, or None) cannot be claimed."""
+    if row is None or row.state == CANCELLED or (row.state == OPEN and row.expires_at <= now):
+        return NotFound(f"preview session {session_id!r} not found (or expired)")
+    if row.state == RELEASED:
+        return FailedPrecondition(
+            f"preview session {session_id!r} was already released; a session releases one "
+            "image (retry with the same idempotency key to get it again)"
+        )
+    if row.state == RELEASING and row.expires_at <= now:
+        return NotFound(f"preview session {session_id!r} not found (or expired)")
+    return Aborted(
+        f"a release of preview session {session_id!r} is in flight; retry (with the same "
+        "idempotency key, to get its image)",
+        details={"session_id": session_id},
+    )

@@ -31,6 +31,16 @@ class SanitizerSettings(BaseSettings):
     """PEM file of the CA that signed the accountant's certificate; unset = plaintext."""
     reservation_lease_s: float = Field(default=120.0, gt=0, le=600)
     """Lease of the reservation held while an image is generated (then committed)."""
+    commit_attempts: int = Field(default=4, ge=1, le=20)
+    """Tries of a Commit that fails UNAVAILABLE (it is idempotent; 0.1 s, 0.3 s, 0.9 s … apart)
+    before the release fails UNAVAILABLE and its caller's retry finishes it."""
+    claim_lease_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long a release's claim (of its idempotency key, of its session) holds; past it
+    the holder is presumed dead and a retry takes the release over (at most one charge
+    whatever the timing: the accountant's reservation is keyed alike)."""
+    idempotency_wait_s: float = Field(default=10.0, ge=0, le=600)
+    """How long a call waits for a concurrent call with the same idempotency key to answer
+    before it is ABORTED (retry with the same key to get that answer)."""
 
     probes: str = "probes"
     """Model store entry of the attribute probes (directions, clip bounds, eraser)."""

@@ -475,3 +475,46 @@ def test_subject_default_over_grpc(stub, budgets):
         stub.PutBudget(pb.PutBudgetRequest(budget=bad), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request(err.value).field_violations[0].field == "budget.subject_default"
+
+
+def test_reserve_is_idempotent_by_key(stub, budgets):
+    request = pb.ReserveRequest(charge=gaussian_charge("rk"), lease=Duration(seconds=60))
+    held = stub.Reserve(request, metadata=AUTH)
+    assert not held.replayed and not held.spend_id and len(held.projected) == 3
+    again = stub.Reserve(request, metadata=AUTH)
+    assert again.replayed and again.reservation_id == held.reservation_id
+    # Its lease runs on from the retry (the retry needs its time), never shorter.
+    assert again.expires_at.ToNanoseconds() >= held.expires_at.ToNanoseconds()
+    assert not again.spend_id
+    assert again.cost == held.cost  # set on a replay too
+    assert list(again.projected) == list(held.projected)  # after the commit, held once
+    receipt = stub.Commit(pb.CommitRequest(reservation_id=held.reservation_id), metadata=AUTH)
+    done = stub.Reserve(request, metadata=AUTH)
+    assert done.replayed and done.spend_id == receipt.spend_id
+    assert done.reservation_id == held.reservation_id and done.cost == held.cost
+    assert list(done.projected) == list(receipt.after)  # the budgets after its spend
+    code, _ = rpc_error(stub.Reserve, pb.ReserveRequest(charge=gaussian_charge("rk", sigma=3.0)))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    unkeyed = [stub.Reserve(pb.ReserveRequest(charge=gaussian_charge("")), metadata=AUTH)]
+    unkeyed.append(stub.Reserve(pb.ReserveRequest(charge=gaussian_charge("")), metadata=AUTH))
+    assert unkeyed[0].reservation_id != unkeyed[1].reservation_id
+    assert not any(u.replayed for u in unkeyed)
+    assert subject_events(stub) == 1
+
+
+@pytest.mark.parametrize(
+    ("default", "field", "given"),
+    [(None, "budget.delta", "2e-05"), (1e-4, "budget.subject_default.delta", "0.0001")],
+)
+def test_a_delta_above_the_server_maximum_is_invalid_argument(stub, default, field, given):
+    budget = pb.Budget(scope=scope("faces"), epsilon=5.0, delta=2e-5 if default is None else 1e-5)
+    if default is not None:
+        budget.subject_default.CopyFrom(pb.SubjectDefault(epsilon=1.0, delta=default))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PutBudget(pb.PutBudgetRequest(budget=budget), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = bad_request(err.value).field_violations[0]
+    assert violation.field == field
+    assert given in violation.description and "1e-05" in violation.description
+    code, _ = rpc_error(stub.GetBudget, pb.GetBudgetRequest(scope=scope("faces")))
+    assert code == grpc.StatusCode.NOT_FOUND  # nothing was written

@@ -62,7 +62,7 @@ PROTECTION_METRICS = {
     "veil_protection_evaluations_total",
 }
 """Names of services/protection/metrics.py the rules and the dashboard use."""
-SANITIZER_ACCOUNTANT_METHODS = ("Reserve", "Commit", "Release", "ChargeBatch")
+SANITIZER_ACCOUNTANT_METHODS = ("Check", "Reserve", "Commit", "Release")
 """The accountant RPCs services/sanitizer/ledger.py calls (its delegate token needs them)."""
 STARTUP_BUDGET_S = 120
 """A service that imports torch and loads models gets at least this long to start."""

@@ -32,19 +32,18 @@ TOKENS = {
 DATASET = "faces"
 
 
-def accountant_app(database_url: str):  # type: ignore[no-untyped-def]
+def accountant_app(database_url: str, **overrides: Any):  # type: ignore[no-untyped-def]
     from services.accountant.app import Settings, build_app
 
-    return build_app(
-        Settings(
-            host="127.0.0.1",
-            port=0,
-            metrics_port=None,
-            tokens=TOKENS,
-            database_url=database_url,
-            shutdown_grace_s=2.0,
-        )
-    )
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": None,
+        "tokens": TOKENS,
+        "database_url": database_url,
+        "shutdown_grace_s": 2.0,
+    }
+    return build_app(Settings(**{**values, **overrides}))
 
 
 def sanitizer_settings(tmp: Path, accountant: str, **overrides: Any):  # type: ignore[no-untyped-def]

@@ -292,16 +292,20 @@ class ReserveRequest(_message.Message):
     def __init__(self, charge: _Optional[_Union[Charge, _Mapping]] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Reservation(_message.Message):
-    __slots__ = ("reservation_id", "expires_at", "projected", "cost")
+    __slots__ = ("reservation_id", "expires_at", "projected", "cost", "replayed", "spend_id")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     PROJECTED_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    SPEND_ID_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     expires_at: _timestamp_pb2.Timestamp
     projected: _containers.RepeatedCompositeFieldContainer[BudgetStatus]
     cost: _common_pb2.PrivacyCost
-    def __init__(self, reservation_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., projected: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
+    replayed: bool
+    spend_id: str
+    def __init__(self, reservation_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., projected: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ..., replayed: _Optional[bool] = ..., spend_id: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("reservation_id", "tenant_id")

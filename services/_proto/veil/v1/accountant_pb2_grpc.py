@@ -142,6 +142,17 @@ class AccountantServicer:
     def Reserve(self, request, context):
         """Holds room for a charge for a lease; held epsilon counts as spent for every other
         Check, Spend and Reserve until it is committed, released or expires.
+        Idempotent by Charge.idempotency_key within the tenant: the reservation id is derived
+        from the tenant and the key, so a key has at most one reservation. A retry with the
+        same key and the same charge (as Spend compares them) returns, while that reservation
+        is live, the same reservation (same id; its lease extended to end no earlier than the
+        retry's, so a retry after a crash has the time to finish) and, once it is committed, the same
+        reservation with its `spend_id`; both with `replayed` set and nothing new held. Once it
+        has expired or been released, a retry decides the charge against the budgets again
+        (RESOURCE_EXHAUSTED as usual) and re-arms the same id with a new lease, `replayed`
+        unset. ALREADY_EXISTS: the key's reservation is live or committed for a different
+        charge, or the key was used by a Spend (not a reservation). An empty key is not
+        idempotent (the server assigns a unique one, as for Spend).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

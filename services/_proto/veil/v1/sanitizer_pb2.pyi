@@ -151,7 +151,7 @@ class ReleaseRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epsilon: _Optional[float] = ..., candidate_index: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
-    __slots__ = ("image", "cost", "spend_id", "face_box", "composed_draws", "replayed", "complement", "rdp_epsilon", "noise_multiplier")
+    __slots__ = ("image", "cost", "spend_id", "face_box", "composed_draws", "replayed", "complement", "rdp_epsilon", "noise_multiplier", "ledger_cost")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     SPEND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,7 @@ class ReleaseResponse(_message.Message):
     COMPLEMENT_FIELD_NUMBER: _ClassVar[int]
     RDP_EPSILON_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_COST_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     cost: _common_pb2.PrivacyCost
     spend_id: str
@@ -170,7 +171,8 @@ class ReleaseResponse(_message.Message):
     complement: Complement
     rdp_epsilon: float
     noise_multiplier: float
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ..., spend_id: _Optional[str] = ..., face_box: _Optional[_Union[Box, _Mapping]] = ..., composed_draws: _Optional[int] = ..., replayed: _Optional[bool] = ..., complement: _Optional[_Union[Complement, str]] = ..., rdp_epsilon: _Optional[float] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
+    ledger_cost: _common_pb2.PrivacyCost
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ..., spend_id: _Optional[str] = ..., face_box: _Optional[_Union[Box, _Mapping]] = ..., composed_draws: _Optional[int] = ..., replayed: _Optional[bool] = ..., complement: _Optional[_Union[Complement, str]] = ..., rdp_epsilon: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., ledger_cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class CancelPreviewRequest(_message.Message):
     __slots__ = ("session_id",)

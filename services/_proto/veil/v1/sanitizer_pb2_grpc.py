@@ -90,14 +90,17 @@ class SanitizerServicer:
 
     def Release(self, request, context):
         """Releases an image from a preview session and charges it (see ReleaseRequest.choice).
-        Idempotent by `idempotency_key`.
+        Idempotent by `idempotency_key`. A session releases at most one image, whatever the
+        concurrency: a second Release is FAILED_PRECONDITION (already released) or ABORTED
+        (one is in flight).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelPreview(self, request, context):
-        """Discards a preview session and its candidates; cancelling twice is a no-op.
+        """Discards a preview session and its candidates; cancelling twice is a no-op, and so is
+        cancelling an unknown session or one this caller may not see (nothing changes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,9 +115,11 @@ class SanitizerServicer:
 
     def SanitizeBatch(self, request_iterator, context):
         """A whole dataset, one-shot: each request item is sanitized and charged like Sanitize
-        (through the accountant's batch charge), answered in completion order with its
-        `item_id`. A failed item answers its own error and the stream goes on; the server
-        keeps a bounded number of items in flight (the client's sends wait, flow control).
+        and answered in completion order with its `item_id`. Each item is reserved at the
+        Accountant before anything of it is generated: an item past the budget is refused on
+        its own (RESOURCE_EXHAUSTED) and never computed. A failed item answers its own error
+        and the stream goes on; the server keeps a bounded number of items in flight (the
+        client's sends wait, flow control).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
