@@ -421,10 +421,9 @@ class Sanitizer:
         fingerprint = _sanitize_fingerprint(caller, request, epsilon)
 
         async def work(claim: KeyClaim | None, attempt: _Attempt) -> Released:
-            prepared = await self._prepare(request)
             spec = self._spec(caller, request, calibration.mu, "fresh", 1, _key_charge(key))
             released = await self._draw_charged(
-                caller, spec, request, prepared, calibration, attempt, redraw=_redraw(claim)
+                caller, spec, request, calibration, attempt, redraw=_redraw(claim)
             )
             return await self._finish(caller, released, key, claim, None, "fresh")
 
@@ -509,12 +508,11 @@ class Sanitizer:
             else:
                 assert epsilon is not None
                 calibration = self.calibration(epsilon, request)
-                prepared = await self._prepare(request)
                 spec = self._spec(
                     caller, request, calibration.mu, "fresh", 1, _session_charge(session_id)
                 )
                 released = await self._draw_charged(
-                    caller, spec, request, prepared, calibration, attempt, redraw=True
+                    caller, spec, request, calibration, attempt, redraw=True
                 )
                 kind = "fresh"
             return await self._finish(caller, released, key, claim, (session_id, token), kind)
@@ -537,16 +535,20 @@ class Sanitizer:
         )
 
     async def _reserve(
-        self, caller: Caller, spec: ChargeSpec, delta: float, attempt: _Attempt, *, redraw: bool
+        self,
+        caller: Caller,
+        spec: ChargeSpec,
+        delta: float,
+        attempt: _Attempt,
+        *,
+        redraw: bool,
+        delta_checked: bool = False,
     ) -> Held:
         """Reserve ``spec``; its δ must be the budgets' and a spend already committed under
         its key may only be finished when no image of it can have left (``redraw``)."""
         self._backend_up()
-        # The budgets' δ first (a dry run of a negligible charge): a request at another δ
-        # is invalid whatever the budget has left, and is never reserved.
-        budget_delta = await self._charge("check", self.ledger.delta, spec)
-        if not _same_delta(budget_delta, delta):
-            raise self._wrong_delta(delta, budget_delta)
+        if not delta_checked:
+            await self._check_delta(spec, delta)
         try:
             held: Held = await self._charge(
                 "reserve", self.ledger.reserve, spec, self.settings.reservation_lease_s
@@ -567,6 +569,25 @@ class Sanitizer:
                 details={"field": "idempotency_key"},
             )
         return held
+
+    async def _prepared_and_checked(self, spec: ChargeSpec, request: Request) -> Prepared:
+        """The prepared image, its δ checked against the budgets' meanwhile; the image's own
+        error first (the caller's input decides it, whatever the accountant's state)."""
+        prepared, checked = await asyncio.gather(
+            self._prepare(request), self._check_delta(spec, request.delta), return_exceptions=True
+        )
+        for outcome in (prepared, checked):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(prepared, Prepared)
+        return prepared
+
+    async def _check_delta(self, spec: ChargeSpec, delta: float) -> None:
+        """The budgets' δ first (a dry run of a negligible charge): a request at another δ
+        is invalid whatever the budget has left, and is never reserved."""
+        budget_delta = await self._charge("check", self.ledger.delta, spec)
+        if not _same_delta(budget_delta, delta):
+            raise self._wrong_delta(delta, budget_delta)
 
     def _wrong_delta(self, delta: float, budget_delta: float) -> InvalidArgument:
         self.metrics.refused("delta")
@@ -611,14 +632,15 @@ class Sanitizer:
         caller: Caller,
         spec: ChargeSpec,
         request: Request,
-        prepared: Prepared,
         calibration: Calibration,
         attempt: _Attempt,
         *,
         redraw: bool,
     ) -> Released:
-        """Reserve → fresh draw → commit: one charged fresh release."""
-        await self._reserve(caller, spec, request.delta, attempt, redraw=redraw)
+        """Prepare the image and check δ (side by side) → reserve → fresh draw → commit:
+        one charged fresh release."""
+        prepared = await self._prepared_and_checked(spec, request)
+        await self._reserve(caller, spec, request.delta, attempt, redraw=redraw, delta_checked=True)
         try:
             draw = Draw(calibration, release_rng())
             image = (await self._generate([prepared], [draw], request))[0]
@@ -750,22 +772,40 @@ class Sanitizer:
     async def sanitize_chunk(
         self, caller: Caller, items: Sequence[BatchItem]
     ) -> list[Released | VeilError]:
-        """Sanitize a chunk of batch items: each is claimed (keyed) and reserved in order
-        *before* anything is generated, so an item past the budget is refused on its own
-        (RESOURCE_EXHAUSTED) and never computed; the reserved ones are generated together,
-        committed, and stored."""
+        """Sanitize a chunk of batch items: each is claimed (keyed), prepared and its δ
+        checked (all items at once), then reserved in order — each seeing the items reserved
+        before it — *before* anything is generated, so an item past the budget is refused on
+        its own (RESOURCE_EXHAUSTED) and never computed; the reserved ones are generated
+        together, committed, and stored."""
         results: list[Released | VeilError | None] = [None] * len(items)
+        admitted = await asyncio.gather(
+            *(self._batch_admit(caller, item) for item in items), return_exceptions=True
+        )
         work: list[_BatchWork] = []
-        for i, item in enumerate(items):
-            try:
-                got = await self._batch_reserve(caller, item)
-            except VeilError as exc:
-                results[i] = exc
-                continue
-            if isinstance(got, Released):
+        for i, got in enumerate(admitted):
+            if isinstance(got, BaseException) and not isinstance(got, VeilError):
+                raise got
+            if isinstance(got, (VeilError, Released)):
                 results[i] = got
             else:
                 work.append(replace(got, index=i))
+        held: list[_BatchWork] = []
+        for w in work:
+            try:
+                await self._reserve(
+                    caller,
+                    w.spec,
+                    w.request.delta,
+                    w.attempt,
+                    redraw=_redraw(w.claim),
+                    delta_checked=True,
+                )
+            except VeilError as exc:
+                await self._batch_abandon(caller, w)
+                results[w.index] = exc
+                continue
+            held.append(w)
+        work = held
         groups: dict[tuple[int, str], list[_BatchWork]] = {}
         for w in work:  # items of one chunk may differ in steps and complement
             groups.setdefault((w.request.steps, w.request.complement), []).append(w)
@@ -792,7 +832,9 @@ class Sanitizer:
                 results[w.index] = outcome
         return [r if r is not None else Unavailable("item was not processed") for r in results]
 
-    async def _batch_reserve(self, caller: Caller, item: BatchItem) -> _BatchWork | Released:
+    async def _batch_admit(self, caller: Caller, item: BatchItem) -> _BatchWork | Released:
+        """An item up to its reservation: checked, claimed (keyed; a finished key answers
+        from the store), its image prepared, its δ checked against the budgets'."""
         _check_id(item.key, "idempotency_key", required=False)
         request = self.check(caller, item.request)
         calibration = self.calibration(item.epsilon, request)
@@ -817,13 +859,12 @@ class Sanitizer:
             claim = got
         attempt = _Attempt()
         try:
-            prepared = await self._prepare(request)
             spec = self._spec(caller, request, calibration.mu, "batch", 1, _key_charge(item.key))
-            await self._reserve(caller, spec, request.delta, attempt, redraw=_redraw(claim))
+            prepared = await self._prepared_and_checked(spec, request)
         except BaseException:
             await self._abandon(caller, item.key, claim, attempt)
             raise
-        return _BatchWork(-1, item.key, request, calibration, claim, attempt, prepared)
+        return _BatchWork(-1, item.key, request, calibration, claim, attempt, prepared, spec)
 
     async def _batch_finish(self, caller: Caller, w: _BatchWork, image: bytes) -> Released:
         try:
@@ -883,6 +924,7 @@ class _BatchWork:
     claim: KeyClaim | None
     attempt: _Attempt
     prepared: Prepared
+    spec: ChargeSpec
 
 
 def _sanitize_fingerprint(caller: Caller, request: Request, epsilon: float) -> str:
