@@ -330,3 +330,85 @@ def test_kill_9_under_keyed_load_charges_every_key_once(
     other = [k for k in keys if again[k] != replace(callers.acked[k], replayed=True)]
     assert not other, f"retries not answered as first acknowledged (replayed): {other}\n{why}"
     assert len(ledger_events(stack.accountant.target)) == KEYS, why
+
+
+def test_two_sanitizer_processes_on_one_database_charge_one_key_once(
+    stack: Stack, tmp_path: Path, face_png: bytes
+) -> None:
+    """Several replicas on one session database (SQLite file, or PostgreSQL): one key sent
+    to both at once by 8 threads is one charge and one image; one session released through
+    both at once is one release."""
+    port = free_port()
+    env = {k: v for k, v in stack.sanitizer.env.items() if k.startswith(("VEIL_", "OMP_"))}
+    env.update(VEIL_SANITIZER_PORT=str(port), VEIL_SANITIZER_IDEMPOTENCY_WAIT_S="30")
+    second = ServiceProcess("sanitizer", port, env, tmp_path / "logs-2").start()
+    targets = [stack.sanitizer.target, second.target]
+    request = pb.SanitizeRequest(
+        dataset_id=DATASET,
+        subject_id="replicas",
+        image=common_pb2.Image(data=face_png),
+        epsilon=1.0,
+        delta=1e-5,
+        face=pb.FaceSelection(whole_image=True),
+        idempotency_key="one-key-two-replicas",
+    )
+    channels = [grpc.insecure_channel(t) for t in targets]
+    stubs = [sanitizer_pb2_grpc.SanitizerStub(c) for c in channels]
+    barrier = threading.Barrier(8)
+    answers: list[object] = [None] * 8
+
+    def call(i: int, fn: object) -> None:
+        barrier.wait()
+        for _ in range(40):  # ABORTED: the first is still in flight; retry with the key
+            try:
+                answers[i] = fn(stubs[i % 2])  # type: ignore[operator]
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED:  # type: ignore[attr-defined]
+                    answers[i] = exc
+                    return
+                time.sleep(0.25)
+
+    def race(fn: object) -> list[object]:
+        threads = [threading.Thread(target=call, args=(i, fn)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return list(answers)
+
+    try:
+        got = race(lambda stub: stub.Sanitize(request, metadata=bearer(TENANT_TOKEN)))
+        assert all(isinstance(a, pb.ReleaseResponse) for a in got), got
+        assert len({a.image.data for a in got}) == 1  # type: ignore[union-attr]
+        assert len({a.spend_id for a in got}) == 1  # type: ignore[union-attr]
+        preview = stubs[0].CreatePreview(
+            pb.CreatePreviewRequest(
+                dataset_id=DATASET,
+                subject_id="replicas",
+                image=common_pb2.Image(data=face_png),
+                strengths=[1.0],
+                delta=1e-5,
+                face=pb.FaceSelection(whole_image=True),
+            ),
+            metadata=bearer(TENANT_TOKEN),
+        )
+        released = race(
+            lambda stub: stub.Release(
+                pb.ReleaseRequest(session_id=preview.session_id, epsilon=1.0),
+                metadata=bearer(TENANT_TOKEN),
+            )
+        )
+        ok = [a for a in released if isinstance(a, pb.ReleaseResponse)]
+        refused = {a.code() for a in released if isinstance(a, grpc.RpcError)}  # type: ignore[attr-defined]
+        assert len(ok) == 1 and refused == {grpc.StatusCode.FAILED_PRECONDITION}, released
+        with grpc.insecure_channel(stack.accountant.target) as channel:
+            scope = apb.BudgetScope(tenant_id="acme", dataset_id=DATASET, subject_id="replicas")
+            events = accountant_pb2_grpc.AccountantStub(channel).ListEvents(
+                apb.ListEventsRequest(scope=scope), metadata=bearer(TENANT_TOKEN)
+            )
+        assert len(events.events) == 2, f"{events}\n{stack.tails()}\n{second.tail()}"
+    finally:
+        for c in channels:
+            c.close()
+        second.stop()
