@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tests.sanitizer.conftest import (
     budget,
     sanitizer_settings,
 )
+from tests.support.overlap import together
 from tests.support.server import ServerThread, bearer
 
 OK = grpc.StatusCode.OK
@@ -129,28 +129,12 @@ def whole(face_png: bytes, subject: str = "alice", **fields: Any) -> dict[str, A
     }
 
 
-def together(n: int, call: Callable[[int], Any]) -> list[Any]:
-    """``call(i)`` on ``n`` threads released at once; each answer or its gRPC error."""
-    barrier = threading.Barrier(n)
-    out: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            out[i] = call(i)
-        except grpc.RpcError as exc:
-            out[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
-
-
-def codes(answers: list[Any]) -> list[grpc.StatusCode]:
-    return [a.code() if isinstance(a, grpc.RpcError) else OK for a in answers]
+def codes(answers: list[Any]) -> list[Any]:
+    """Each answer's status code (an exception other than a gRPC error: itself)."""
+    return [
+        a.code() if isinstance(a, grpc.RpcError) else a if isinstance(a, Exception) else OK
+        for a in answers
+    ]
 
 
 def charge_key(key: str) -> str:

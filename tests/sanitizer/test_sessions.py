@@ -4,9 +4,7 @@ claimant; one session, one release — under truly overlapping calls."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from services.common.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from services.sanitizer.sessions import Busy, KeyClaim, Session, SessionStore, StoredRelease
+from tests.support.overlap import together
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -46,26 +45,6 @@ def session(sid: str = "s1", ttl: float = 60.0, tenant: str = "acme") -> Session
         expires_at=now + ttl,
         candidates=[(0.5, b"c0"), (2.0, b"c1")],
     )
-
-
-def together(n: int, fn: Callable[[int], Any]) -> list[Any]:
-    """``fn(i)`` on ``n`` threads released at once by a barrier; results or exceptions."""
-    barrier = threading.Barrier(n)
-    out: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            out[i] = fn(i)
-        except Exception as exc:
-            out[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def test_a_second_replica_sees_the_session(url: str) -> None:
