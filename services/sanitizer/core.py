@@ -542,13 +542,11 @@ class Sanitizer:
         attempt: _Attempt,
         *,
         redraw: bool,
-        delta_checked: bool = False,
     ) -> Held:
-        """Reserve ``spec``; its δ must be the budgets' and a spend already committed under
-        its key may only be finished when no image of it can have left (``redraw``)."""
+        """Reserve ``spec`` (its δ already checked: :meth:`_check_delta`); the reservation's
+        δ must still be the budgets', and a spend already committed under its key may only
+        be finished when no image of it can have left (``redraw``)."""
         self._backend_up()
-        if not delta_checked:
-            await self._check_delta(spec, delta)
         try:
             held: Held = await self._charge(
                 "reserve", self.ledger.reserve, spec, self.settings.reservation_lease_s
@@ -640,11 +638,12 @@ class Sanitizer:
         """Prepare the image and check δ (side by side) → reserve → fresh draw → commit:
         one charged fresh release."""
         prepared = await self._prepared_and_checked(spec, request)
-        await self._reserve(caller, spec, request.delta, attempt, redraw=redraw, delta_checked=True)
+        await self._reserve(caller, spec, request.delta, attempt, redraw=redraw)
         try:
             draw = Draw(calibration, release_rng())
             image = (await self._generate([prepared], [draw], request))[0]
         except BaseException as exc:
+            self.metrics.refused("generation_failed")
             await self._give_back(caller.tenant, attempt, exc)
             raise
         spent = await self._commit(caller, attempt)
@@ -688,6 +687,7 @@ class Sanitizer:
         spec = self._spec(
             caller, request, mu, "candidate", len(calibrations), _session_charge(session.session_id)
         )
+        await self._check_delta(spec, request.delta)
         await self._reserve(caller, spec, request.delta, attempt, redraw=True)
         spent = await self._commit(caller, attempt)
         return Released(
@@ -748,8 +748,6 @@ class Sanitizer:
 
     async def _give_back(self, tenant: str, attempt: _Attempt, cause: BaseException) -> None:
         """Give an uncommitted reservation back (a committed one stays: it was charged)."""
-        if not isinstance(cause, InvalidArgument):
-            self.metrics.refused("generation_failed")
         held = attempt.held
         if held is None or held.spend_id:
             return
@@ -793,12 +791,7 @@ class Sanitizer:
         for w in work:
             try:
                 await self._reserve(
-                    caller,
-                    w.spec,
-                    w.request.delta,
-                    w.attempt,
-                    redraw=_redraw(w.claim),
-                    delta_checked=True,
+                    caller, w.spec, w.request.delta, w.attempt, redraw=_redraw(w.claim)
                 )
             except VeilError as exc:
                 await self._batch_abandon(caller, w)
@@ -818,6 +811,7 @@ class Sanitizer:
                 )
             except VeilError as exc:
                 for w in group:
+                    self.metrics.refused("generation_failed")
                     await self._give_back(caller.tenant, w.attempt, exc)
                     await self._batch_abandon(caller, w)
                     results[w.index] = exc

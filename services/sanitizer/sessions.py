@@ -246,15 +246,6 @@ class SessionStore(TableStore):
                 conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
             return bool(done)
 
-    def exists(self, tenant: str, session_id: str) -> bool:
-        with self._tx(readonly=True) as conn:
-            row = conn.execute(
-                select(sessions.c.session_id).where(
-                    sessions.c.session_id == session_id, sessions.c.tenant == tenant
-                )
-            ).first()
-            return row is not None
-
     # -- keyed releases --------------------------------------------------------------------
 
     def claim_key(
