@@ -54,7 +54,9 @@ def test_lower_bound_of_a_known_gaussian_pair() -> None:
 @pytest.mark.parametrize("epsilon", [1.0, 4.0])
 def test_the_real_mechanism_passes(space: AttributeSpace, z: np.ndarray, epsilon: float) -> None:
     c = calibrate(space, epsilon, 1e-5, {"male": 2.0})
-    report = A.audit_white_box(space, c, z, 200_000, 1000)
+    # 400 000 samples: at 200 000 the bound fell below 0.4·ε in 3 of 100 runs at ε = 1 (its
+    # tail threshold is noisy; one CI run failed so); at 400 000, 0 of 60, the least 0.485.
+    report = A.audit_white_box(space, c, z, 400_000, 1000)
     assert not report.flagged, report
     assert report.batched.epsilon > 0.4 * epsilon  # the test does see the mechanism
 
