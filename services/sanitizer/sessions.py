@@ -328,54 +328,16 @@ class SessionStore(TableStore):
         only while this caller still holds that claim.
         A holder that lost a claim writes nothing: the stored answer of whoever finished is
         returned (that one image leaves), or ABORTED when there is none yet."""
+        now = time.time()
         try:
-            self._finish(tenant, key, token, result, image, ttl_s, session_id, session_token)
+            with self._tx() as conn:
+                if session_id is not None and not _close(conn, session_id, session_token):
+                    raise _Lost
+                if key and not _store(conn, tenant, key, token, result, image, now + ttl_s):
+                    raise _Lost  # rolls the session's update back too
         except _Lost:
             return self._lost(tenant, key, session_id)
         return StoredRelease(result, image)
-
-    def _finish(
-        self,
-        tenant: str,
-        key: str,
-        token: str,
-        result: dict[str, Any],
-        image: bytes,
-        ttl_s: float,
-        session_id: str | None,
-        session_token: str,
-    ) -> None:
-        now = time.time()
-        with self._tx() as conn:
-            if session_id is not None:
-                closed = conn.execute(
-                    update(sessions)
-                    .where(sessions.c.session_id == session_id, sessions.c.claim == session_token)
-                    .values(state=RELEASED, original=None, claim=None, claimed_until=None)
-                ).rowcount
-                if not closed:
-                    raise _Lost
-                conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
-            if key:
-                stored = conn.execute(
-                    update(releases)
-                    .where(
-                        releases.c.tenant == tenant,
-                        releases.c.key == key,
-                        releases.c.owner == token,
-                        releases.c.state == PENDING,
-                    )
-                    .values(
-                        state=DONE,
-                        result=json.dumps(result, sort_keys=True),
-                        image=image,
-                        owner=None,
-                        claimed_until=None,
-                        expires_at=now + ttl_s,
-                    )
-                ).rowcount
-                if not stored:
-                    raise _Lost  # rolls the session's update back too
 
     def _lost(self, tenant: str, key: str, session_id: str | None) -> StoredRelease:
         if key:
@@ -429,6 +391,48 @@ def _session(row: Any) -> Session:
         row.created_at,
         row.expires_at,
     )
+
+
+def _close(conn: Connection, session_id: str, token: str) -> bool:
+    """Mark a session this caller claimed (``token``) released and drop its images."""
+    closed = conn.execute(
+        update(sessions)
+        .where(sessions.c.session_id == session_id, sessions.c.claim == token)
+        .values(state=RELEASED, original=None, claim=None, claimed_until=None)
+    ).rowcount
+    if closed:
+        conn.execute(delete(candidates).where(candidates.c.session_id == session_id))
+    return bool(closed)
+
+
+def _store(
+    conn: Connection,
+    tenant: str,
+    key: str,
+    token: str,
+    result: dict[str, Any],
+    image: bytes,
+    expires_at: float,
+) -> bool:
+    """Store the answer under a key this caller claimed (``token``)."""
+    stored = conn.execute(
+        update(releases)
+        .where(
+            releases.c.tenant == tenant,
+            releases.c.key == key,
+            releases.c.owner == token,
+            releases.c.state == PENDING,
+        )
+        .values(
+            state=DONE,
+            result=json.dumps(result, sort_keys=True),
+            image=image,
+            owner=None,
+            claimed_until=None,
+            expires_at=expires_at,
+        )
+    ).rowcount
+    return bool(stored)
 
 
 def _candidates(conn: Connection, session_id: str) -> list[tuple[float, bytes]]:
