@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -18,6 +17,7 @@ from services.accountant.schema import reservations
 from services.common.db import make_engine
 from services.common.errors import AlreadyExists, BudgetExhausted, FailedPrecondition
 from tests.support.accountant import FakeClock
+from tests.support.overlap import together
 
 T, D, S = "acme", "faces", "alice"
 TENANT, DATASET, SUBJECT = Scope(T), Scope(T, D), Scope(T, D, S)
@@ -90,21 +90,9 @@ def test_concurrent_reserves_with_one_key_make_one_reservation(
     ledger: Ledger, stored_rows: Callable[[], list[Any]]
 ) -> None:
     n = 8
-    barrier = threading.Barrier(n)
-    results: list[Reservation | BaseException | None] = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = ledger.reserve(T, charge("race", request_id=str(i)), lease_s=60)
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = together(
+        n, lambda i: ledger.reserve(T, charge("race", request_id=str(i)), lease_s=60)
+    )
     got = [r for r in results if isinstance(r, Reservation)]
     assert len(got) == n, results
     assert len({r.reservation_id for r in got}) == 1
