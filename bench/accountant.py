@@ -7,7 +7,7 @@ Past events are seeded in bulk, not spent one by one: N identical Gaussian(σ=10
 with distinct idempotency keys are inserted with ``executemany`` (events + links to the
 tenant, dataset and subject budgets), and each budget's running state is set to the
 composition of those N events (``Composition().add({atom: N})``) — exactly the state N
-real spends would leave, so ``verify()`` passes on it. The floor is a raw single-row INSERT
+real spends would leave, so ``audit.verify()`` passes on it. The floor is a raw single-row INSERT
 in its own transaction on the same engine (same BEGIN IMMEDIATE / fsync settings). The CPU
 columns are this process's CPU time (every thread: the ledger's writer too) per spend and
 per raw INSERT+COMMIT: the second is what durability alone costs a spend here.
@@ -42,7 +42,7 @@ def charge(key: str) -> Charge:
 def seed(led: Ledger, n: int) -> None:
     """Bulk-insert ``n`` past events and the running state they imply."""
     for scope in SCOPES:
-        led.put_budget(T, Budget(scope, 1e9, 1e-5))
+        led.budgets.put(T, Budget(scope, 1e9, 1e-5))
     text_charge = {k: v for k, v in charge("x").to_json().items()}
     with led._tx() as conn:
         ids = [r.id for r in conn.execute(budgets.select().order_by(budgets.c.id))]

@@ -1,6 +1,6 @@
-"""Writing many charges in one transaction: what :meth:`Ledger.charge_batch` and a group of
-concurrent spends (:mod:`services.accountant.group`) decide, and the few bulk statements
-that store it.
+"""Writing many charges in one transaction: a batch of charges (:func:`charge`, the
+ledger's ``charge_batch``), what it and a group of concurrent spends
+(:mod:`services.accountant.group`) decide, and the few bulk statements that store it.
 
 The decisions run in memory over the running composition of every touched budget, item by
 item (each sees the items accepted before it), so n items cost one transaction, one lock of
@@ -11,25 +11,164 @@ links and one UPDATE of the touched budgets — not n of each. The statements ar
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from services.accountant import hotsql
 from services.accountant.accounting import Atom, Composition, atoms_of
-from services.accountant.events import Budget, BudgetStatus, Charge, Scope
-from services.accountant.policy import Policy
-from services.accountant.rows import BudgetRow, atoms_to_json, curve_text, dumps, remember
+from services.accountant.core import Core, authorize, replay_or_conflict
+from services.accountant.events import Budget, BudgetStatus, Charge, Receipt, Scope
+from services.accountant.limits import check_charge, check_text
+from services.accountant.policy import Policy, charge_cost
+from services.accountant.rows import (
+    BudgetRow,
+    atoms_to_json,
+    create_subjects,
+    curve_text,
+    drop_budgets,
+    dumps,
+    find_budgets,
+    live_reservation_atoms,
+    not_found,
+    remember,
+)
 from services.accountant.schema import budgets, event_budgets, events
+from services.common.errors import BudgetExhausted, InvalidArgument, VeilError
+
+LOOK_AHEAD_MIN, LOOK_AHEAD_MAX = 8, 256
+"""Items of a batch decided together (:func:`look_ahead`): the window doubles while
+every item is accepted and starts small again after one that was decided alone (a refusal
+costs at most this much figuring thrown away)."""
 
 
 def item_key(batch_key: str, index: int) -> str:
     """The idempotency key of item ``index`` of a batch."""
     return f"{batch_key}#{index}"
+
+
+def charge(
+    core: Core, caller_tenant: str, batch_key: str, items: Sequence[Charge | VeilError]
+) -> list[Receipt | VeilError]:
+    """Charge every item in one transaction; each is accepted or refused on its own.
+
+    Item ``i`` is stored under the idempotency key ``<batch_key>#<i>`` (its own key
+    must be empty), so a retry replays the items accepted before and decides the
+    refused ones again. An item given as an error (it did not convert) stays refused.
+    """
+    limits = core.limits
+    check_text("idempotency_key", batch_key, limits.max_key_bytes - 8, required=True)
+    if len(items) > limits.max_batch:
+        raise InvalidArgument(
+            f"a batch holds at most {limits.max_batch} charges",
+            details={"field": "charges", "limit": limits.max_batch},
+        )
+    started = time.perf_counter()
+    results: list[Receipt | VeilError | None] = [None] * len(items)
+    charges: dict[int, Charge] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, VeilError):
+            results[i] = item
+            continue
+        try:
+            authorize(caller_tenant, item.tenant_id)
+            check_charge(item, limits, f"charges[{i}]")
+        except VeilError as exc:
+            results[i] = exc
+            continue
+        charges[i] = replace(item, idempotency_key=item_key(batch_key, i))
+    if not charges:  # nothing left to decide: no transaction
+        return [r if r is not None else InvalidArgument("no result") for r in results]
+    now = core.clock()
+    with core.tx() as conn:
+        scopes = {s for c in charges.values() for s in c.scopes}
+        found, created = lock_creating(conn, scopes, now)
+        by_scope = {r.budget.scope: Running(r, r.comp, r.event_count) for r in found}
+        held = live_reservation_atoms(conn, caller_tenant, [r.id for r in found], now)
+        done = existing_events(conn, caller_tenant, (c.idempotency_key for c in charges.values()))
+        pending: list[Pending] = []
+        todo, window = list(charges.items()), LOOK_AHEAD_MIN
+        while todo:
+            ahead = look_ahead(core.policy, [c for _, c in todo[:window]], by_scope, held, done)
+            for (i, item), decided in zip(todo, ahead, strict=False):
+                results[i] = _taken(item, decided, pending, now)
+            if len(ahead) < min(window, len(todo)):  # the next item is decided alone
+                i, item = todo[len(ahead)]
+                results[i] = _decide_item(core, item, by_scope, held, done, pending, now)
+                todo, window = todo[len(ahead) + 1 :], LOOK_AHEAD_MIN
+            else:
+                todo, window = todo[len(ahead) :], min(2 * window, LOOK_AHEAD_MAX)
+        write(conn, pending, by_scope.values(), now)
+        used = {budget_id for p in pending for budget_id in p.budget_ids}
+        drop_budgets(conn, (b for b in created if b not in used))
+    for result in results:
+        if isinstance(result, Receipt) and not result.replayed:
+            core.record(result, started, "batch")
+        elif isinstance(result, BudgetExhausted):
+            core.refused("budget_exhausted")
+    return [r if r is not None else InvalidArgument("no result") for r in results]
+
+
+def lock_creating(
+    conn: Connection, scopes: Iterable[Scope], now: float
+) -> tuple[list[BudgetRow], list[int]]:
+    """The budgets of ``scopes``, locked, in id order, after creating the missing subject
+    budgets whose dataset has a subject default; and the ids created."""
+    scopes = set(scopes)
+    found, missing = find_budgets(conn, scopes, lock=True)
+    created: list[int] = []
+    by_dataset: dict[tuple[str, str | None], list[Scope]] = {}
+    for scope in missing:
+        by_dataset.setdefault((scope.tenant_id, scope.dataset_id), []).append(scope)
+    for group in by_dataset.values():
+        created += create_subjects(conn, group, now)
+    if missing:  # again: see charge_budgets
+        found, _ = find_budgets(conn, scopes, lock=True)
+    return found, created
+
+
+def _taken(item: Charge, ahead: Ahead, pending: list[Pending], now: float) -> Receipt:
+    """Accept an item decided ahead (what :func:`_decide_item` does for one accepted)."""
+    cost = charge_cost(item, min(r.row.budget.delta for r in ahead.running)).epsilon
+    queued = Pending(item, [r.row.id for r in ahead.running], cost)
+    take(ahead)
+    pending.append(queued)
+    return Receipt(queued.spend_id, item, now, ahead.statuses)
+
+
+def _decide_item(
+    core: Core,
+    item: Charge,
+    by_scope: dict[Scope, Running],
+    held: dict[int, Counter[Atom]],
+    done: dict[str, Any],
+    pending: list[Pending],
+    now: float,
+) -> Receipt | VeilError:
+    """Decide one item of a batch against the running state (and queue its write)."""
+    try:
+        if (existing := done.get(item.idempotency_key)) is not None:
+            return replay_or_conflict(existing, item)
+        missing = [s for s in item.scopes if s not in by_scope]
+        if missing:
+            raise not_found(missing[0])
+        running = [by_scope[s] for s in item.scopes]
+        running.sort(key=lambda r: r.row.id)
+        atoms = atoms_of(item)
+        now_rows = [replace(r.row, comp=r.comp, event_count=r.event_count) for r in running]
+        statuses = core.verdict(now_rows, held, atoms, allow_tight=True)
+        cost = charge_cost(item, min(r.row.budget.delta for r in running)).epsilon
+        queued = Pending(item, [r.row.id for r in running], cost)
+        accept(running, atoms)
+        pending.append(queued)
+        return Receipt(queued.spend_id, item, now, tuple(statuses))
+    except VeilError as exc:
+        return exc
 
 
 @dataclass

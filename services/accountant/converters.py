@@ -31,8 +31,8 @@ from services.accountant.events import (
     SubjectDefault,
     SubsampledGaussian,
 )
+from services.accountant.history import EventRecord
 from services.accountant.policy import COMPUTED, INFEASIBLE, NOT_COMPUTED
-from services.accountant.queries import EventRecord
 from services.common.errors import InvalidArgument, VeilError
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000

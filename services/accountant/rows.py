@@ -1,4 +1,4 @@
-"""Row-level helpers shared by the ledger's write path and its queries."""
+"""Row-level helpers shared by the ledger's parts (budgets, spends, reservations, audit)."""
 
 from __future__ import annotations
 

@@ -48,23 +48,23 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
     def _cost(self, charge: Charge, statuses: tuple[BudgetStatus, ...]) -> common_pb2.PrivacyCost:
         delta = min((s.delta for s in statuses), default=0.0)
         if delta <= 0:  # a replayed receipt carries no statuses: quote at the tenant's δ
-            delta = self.ledger.remaining(charge.tenant_id, Scope(charge.tenant_id)).delta
+            delta = self.ledger.budgets.remaining(charge.tenant_id, Scope(charge.tenant_id)).delta
         return cv.cost_to_pb(charge_cost(charge, delta))
 
     async def PutBudget(self, request: pb.PutBudgetRequest, context) -> pb.BudgetStatus:
         tenant = require_tenant(request.budget.scope.tenant_id)
         budget = cv.budget_from_pb(request.budget, tenant)
-        return self._status(await self._run(self.ledger.put_budget, tenant, budget))
+        return self._status(await self._run(self.ledger.budgets.put, tenant, budget))
 
     async def GetBudget(self, request: pb.GetBudgetRequest, context) -> pb.BudgetStatus:
         tenant = require_tenant(request.scope.tenant_id)
         scope = cv.scope_from_pb(request.scope, tenant)
-        return self._status(await self._run(self.ledger.remaining, tenant, scope))
+        return self._status(await self._run(self.ledger.budgets.remaining, tenant, scope))
 
     async def ListBudgets(self, request: pb.ListBudgetsRequest, context):
         tenant = require_tenant(request.tenant_id)
         page = await self._run(
-            self.ledger.list_budgets,
+            self.ledger.budgets.page,
             tenant,
             tenant,
             dataset_id=request.dataset_id or None,
@@ -124,13 +124,13 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
         tenant = require_tenant(request.charge.tenant_id)
         charge = cv.charge_from_pb(request.charge, tenant)
         lease = cv.lease_seconds(request)
-        reservation = await self._run(self.ledger.reserve, tenant, charge, lease)
+        reservation = await self._run(self.ledger.reservations.reserve, tenant, charge, lease)
         cost = await self._run(self._cost, charge, reservation.statuses)
         return cv.reservation_to_pb(reservation, cost, self.tight)
 
     async def Commit(self, request: pb.CommitRequest, context) -> pb.Receipt:
         tenant = require_tenant(request.tenant_id)
-        receipt = await self._run(self.ledger.commit, tenant, request.reservation_id)
+        receipt = await self._run(self.ledger.reservations.commit, tenant, request.reservation_id)
         cost = await self._run(self._cost, receipt.charge, receipt.statuses)
         out = cv.receipt_to_pb(receipt, cost, self.tight)
         out.reservation_id = request.reservation_id
@@ -138,7 +138,7 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
 
     async def Release(self, request: pb.ReleaseReservationRequest, context):
         tenant = require_tenant(request.tenant_id)
-        released = await self._run(self.ledger.release, tenant, request.reservation_id)
+        released = await self._run(self.ledger.reservations.release, tenant, request.reservation_id)
         return pb.ReleaseReservationResponse(
             reservation_id=request.reservation_id, released=released
         )
@@ -183,7 +183,7 @@ class AccountantServicer(accountant_pb2_grpc.AccountantServicer):
         """JSON lines grouped into chunks that never split a line."""
         buffer: list[bytes] = []
         size = 0
-        for line in self.ledger.export_audit(tenant, since):
+        for line in self.ledger.audit.export(tenant, since):
             data = line.encode() + b"\n"
             if size + len(data) > AUDIT_CHUNK_BYTES and buffer:
                 yield b"".join(buffer)

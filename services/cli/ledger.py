@@ -46,7 +46,7 @@ def run_verify(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     try:
         bad = total = 0
-        for report in ledger.verify_all(args.tenant):
+        for report in ledger.audit.verify_all(args.tenant):
             total += 1
             if not report.ok:
                 bad += 1
@@ -65,11 +65,11 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     try:
-        if not ledger.is_empty():
+        if not ledger.audit.is_empty():
             print("veil ledger replay: the target ledger is not empty", file=sys.stderr)
             return 2
         with args.from_export.open(encoding="utf-8") as lines:
-            events = ledger.replay(line for line in lines if line.strip())
+            events = ledger.audit.replay(line for line in lines if line.strip())
         print(f"replayed {events} events from {args.from_export}")
         return 0
     finally:

@@ -167,11 +167,11 @@ def test_a_curve_text_reads_back_bit_for_bit_as_json() -> None:
 
 
 def _budgets(led: Ledger, t: str) -> None:
-    led.put_budget(t, Budget(Scope(t), 1e4, 1e-5))
-    led.put_budget(t, Budget(Scope(t, D), 1e4, 1e-6, SubjectDefault(3.0, 1e-5)))
-    led.put_budget(t, Budget(Scope(t, D, "alice"), 1.6, 1e-5))
-    led.put_budget(t, Budget(Scope(t, D, "bob"), 40.0, 1e-7))
-    led.put_budget(t, Budget(Scope(t, D, "pure"), 2.0, 1e-5))
+    led.budgets.put(t, Budget(Scope(t), 1e4, 1e-5))
+    led.budgets.put(t, Budget(Scope(t, D), 1e4, 1e-6, SubjectDefault(3.0, 1e-5)))
+    led.budgets.put(t, Budget(Scope(t, D, "alice"), 1.6, 1e-5))
+    led.budgets.put(t, Budget(Scope(t, D, "bob"), 40.0, 1e-7))
+    led.budgets.put(t, Budget(Scope(t, D, "pure"), 2.0, 1e-5))
 
 
 def _items(t: str) -> list[Charge]:
@@ -238,10 +238,10 @@ def test_a_batch_decided_ahead_is_the_batch_decided_item_by_item(
         _budgets(led, t)
         start = clock.now
         # a live reservation on bob counts against every item that touches him
-        reservation = led.reserve(t, Charge(Gaussian(20.0), t, D, "r", ("bob",)), 60.0)
+        reservation = led.reservations.reserve(t, Charge(Gaussian(20.0), t, D, "r", ("bob",)), 60.0)
         first = led.charge_batch(t, "b", _items(t))
         again = led.charge_batch(t, "b", _items(t))  # the retry: replays, refusals again
-        led.release(t, reservation.reservation_id)
+        led.reservations.release(t, reservation.reservation_id)
         clock.advance(1.0)
         last = led.charge_batch(t, "c", _items(t)[::-1])
         outcomes[t] = [_receipt(o) for o in [*first, *again, *last]]
@@ -276,4 +276,4 @@ def test_a_budget_stored_by_the_old_writer_loads_and_spends_the_same(
         receipts[t] = _receipt(led.spend(t, Charge(Gaussian(30.0), t, D, "k1", ("bob",))))[1:]
     assert receipts["old"] == receipts["new"]
     assert _stored(led, "old") == _stored(led, "new")
-    assert led.verify("old", Scope("old", D, "bob")).ok
+    assert led.audit.verify("old", Scope("old", D, "bob")).ok

@@ -63,7 +63,7 @@ def _setup(url: str) -> Ledger:
     led = Ledger(url, policy=POLICY)
     led.create_schema()
     for scope in SCOPES:
-        led.put_budget(T, Budget(scope, 1e6 if scope.kind != "subject" else LIMIT, DELTA))
+        led.budgets.put(T, Budget(scope, 1e6 if scope.kind != "subject" else LIMIT, DELTA))
     return led
 
 
@@ -79,9 +79,9 @@ def test_concurrent_spends_never_overspend(db_url: str, tmp_path: Path) -> None:
         p.join(timeout=240)
         assert p.exitcode == 0
     acked = [line for o in outs for line in Path(o).read_text().split("\n") if line]
-    status = led.remaining(T, Scope(T, D, S))
+    status = led.budgets.remaining(T, Scope(T, D, S))
     assert status.epsilon_rdp <= LIMIT
-    assert len(acked) == expected_fits() == led.verify(T, Scope(T, D, S)).event_count
+    assert len(acked) == expected_fits() == led.audit.verify(T, Scope(T, D, S)).event_count
     stored = set()
     token = ""
     while True:
@@ -117,7 +117,7 @@ def test_kill_9_loses_no_acknowledged_spend(db_url: str, tmp_path: Path) -> None
     proc.join()
     acked = ack.read_text().split()
     assert len(acked) >= 20
-    report = led.verify(T, Scope(T, D, S))
+    report = led.audit.verify(T, Scope(T, D, S))
     assert report.ok
     page = led.history(T, Scope(T, D, S), page_size=1000)
     stored = {e.spend_id for e in page.events}

@@ -29,9 +29,9 @@ BLOCKER = "blocker"
 
 
 def _budgets(led: Ledger, tenant: str) -> None:
-    led.put_budget(tenant, Budget(Scope(tenant), 100.0, 1e-5))
-    led.put_budget(tenant, Budget(Scope(tenant, D), 100.0, 1e-5, SubjectDefault(3.0, 1e-5)))
-    led.put_budget(tenant, Budget(Scope(tenant, D, S), 1.014, 1e-5))
+    led.budgets.put(tenant, Budget(Scope(tenant), 100.0, 1e-5))
+    led.budgets.put(tenant, Budget(Scope(tenant, D), 100.0, 1e-5, SubjectDefault(3.0, 1e-5)))
+    led.budgets.put(tenant, Budget(Scope(tenant, D, S), 1.014, 1e-5))
 
 
 def _sequence(tenant: str) -> list[Charge]:
@@ -113,7 +113,7 @@ def test_a_group_decides_exactly_as_spends_one_after_another(
 ) -> None:
     registry = CollectorRegistry()
     led = make_ledger(enforce_with="rdp", metrics=AccountantMetrics(registry))
-    led.put_budget(BLOCKER, Budget(Scope(BLOCKER), 100.0, 1e-5))
+    led.budgets.put(BLOCKER, Budget(Scope(BLOCKER), 100.0, 1e-5))
     for tenant in ("alone", "grouped"):
         _budgets(led, tenant)
     alone = [_outcome(led.start_spend("alone", c)) for c in _sequence("alone")]
@@ -147,15 +147,15 @@ def test_a_group_decides_exactly_as_spends_one_after_another(
     assert versions == [0, 1, 2, 0, 3]  # k0, k1, k3, k4 (on OTHER, new), k5
     for t in ("alone", "grouped"):
         for scope in (Scope(t), Scope(t, D), Scope(t, D, S), Scope(t, D, OTHER)):
-            assert led.verify(t, scope).ok
+            assert led.audit.verify(t, scope).ok
     for subject in (S, OTHER):
-        a, g = (led.remaining(t, Scope(t, D, subject)) for t in ("alone", "grouped"))
+        a, g = (led.budgets.remaining(t, Scope(t, D, subject)) for t in ("alone", "grouped"))
         assert (a.epsilon_enforced, a.version, a.event_count) == (
             g.epsilon_enforced,
             g.version,
             g.event_count,
         )
-    assert led.remaining("grouped", Scope("grouped", D, S)).event_count == 4
+    assert led.budgets.remaining("grouped", Scope("grouped", D, S)).event_count == 4
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -165,9 +165,9 @@ def test_a_failed_group_stores_nothing_and_answers_each_spend(
     """The database refuses one spend's write (a trigger: a real failure inside the group's
     transaction): the group rolls back, then each spend is decided on its own."""
     led = make_ledger(enforce_with="rdp")
-    led.put_budget(BLOCKER, Budget(Scope(BLOCKER), 100.0, 1e-5))
+    led.budgets.put(BLOCKER, Budget(Scope(BLOCKER), 100.0, 1e-5))
     _budgets(led, "acme")
-    led.put_budget("acme", Budget(Scope("acme", D, "poison"), 2.0, 1e-5))
+    led.budgets.put("acme", Budget(Scope("acme", D, "poison"), 2.0, 1e-5))
     with sqlite3.connect(str(sqlite_file(db_url))) as conn:
         (poison,) = conn.execute(
             "SELECT id FROM accountant_budgets WHERE subject_id = 'poison'"
@@ -185,11 +185,11 @@ def test_a_failed_group_stores_nothing_and_answers_each_spend(
     outcomes = [_outcome(f) for f in futures]
     assert isinstance(outcomes[0], Receipt) and isinstance(outcomes[2], Receipt)
     assert isinstance(outcomes[1], Exception) and not isinstance(outcomes[1], Receipt)
-    assert led.remaining("acme", Scope("acme", D, "poison")).event_count == 0
-    assert led.remaining("acme", Scope("acme", D, S)).event_count == 2
-    assert led.remaining("acme", Scope("acme")).event_count == 2
+    assert led.budgets.remaining("acme", Scope("acme", D, "poison")).event_count == 0
+    assert led.budgets.remaining("acme", Scope("acme", D, S)).event_count == 2
+    assert led.budgets.remaining("acme", Scope("acme")).event_count == 2
     for scope in (Scope("acme"), Scope("acme", D), Scope("acme", D, S)):
-        assert led.verify("acme", scope).ok
+        assert led.audit.verify("acme", scope).ok
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -211,9 +211,9 @@ def test_an_outage_fails_every_spend_of_the_group_unavailable(
     other.close()
     assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
     assert len({id(o) for o in outcomes}) == 4  # each caller its own error
-    assert led.remaining("acme", Scope("acme")).event_count == 0
+    assert led.budgets.remaining("acme", Scope("acme")).event_count == 0
     receipt = led.spend("acme", Charge(Gaussian(8.0), "acme", D, "k0", subject_ids=(S,)))
-    assert not receipt.replayed and led.remaining("acme", Scope("acme")).event_count == 1
+    assert not receipt.replayed and led.budgets.remaining("acme", Scope("acme")).event_count == 1
 
 
 def test_the_writer_groups_by_count_and_weight_and_bounds_its_queue() -> None:
@@ -265,7 +265,7 @@ def test_spends_from_many_threads_all_land(make_ledger: Callable[..., Ledger]) -
     registry = CollectorRegistry()
     led = make_ledger(enforce_with="rdp", metrics=AccountantMetrics(registry))
     _budgets(led, "acme")
-    led.put_budget("acme", Budget(Scope("acme", D, S), 1e6, 1e-5))
+    led.budgets.put("acme", Budget(Scope("acme", D, S), 1e6, 1e-5))
     acked: list[str] = []
 
     def client(t: int) -> None:
@@ -279,8 +279,8 @@ def test_spends_from_many_threads_all_land(make_ledger: Callable[..., Ledger]) -
     for t in threads:
         t.join(120)
     assert len(set(acked)) == 256
-    status = led.remaining("acme", Scope("acme", D, S))
-    assert status.event_count == 256 and led.verify("acme", Scope("acme", D, S)).ok
+    status = led.budgets.remaining("acme", Scope("acme", D, S))
+    assert status.event_count == 256 and led.audit.verify("acme", Scope("acme", D, S)).ok
     groups = registry.get_sample_value("veil_accountant_spend_group_size_spends_count")
     assert registry.get_sample_value("veil_accountant_spend_group_size_spends_sum") == 256
     assert groups < 256
@@ -290,7 +290,7 @@ def test_a_spend_whose_caller_gave_up_is_never_decided(make_ledger: Callable[...
     """A queued spend whose future is cancelled (the RPC's deadline passed while it waited)
     is dropped from its group: nothing is stored; the others of the group are."""
     led = make_ledger(enforce_with="rdp")
-    led.put_budget(BLOCKER, Budget(Scope(BLOCKER), 100.0, 1e-5))
+    led.budgets.put(BLOCKER, Budget(Scope(BLOCKER), 100.0, 1e-5))
     _budgets(led, "acme")
     charges = [Charge(Gaussian(8.0), "acme", D, f"k{i}", subject_ids=(S,)) for i in range(3)]
     url = str(led._engine.url.render_as_string(hide_password=False))
@@ -298,7 +298,7 @@ def test_a_spend_whose_caller_gave_up_is_never_decided(make_ledger: Callable[...
         futures = [led.start_spend("acme", c) for c in charges]
         assert futures[1].cancel()
     assert not futures[0].result(60).replayed and not futures[2].result(60).replayed
-    assert led.remaining("acme", Scope("acme", D, S)).event_count == 2
+    assert led.budgets.remaining("acme", Scope("acme", D, S)).event_count == 2
     assert led.history("acme", Scope("acme", D, S)).events[-1].charge.idempotency_key == "k2"
     # A retry of the cancelled one is a first spend, not a replay.
     assert not led.spend("acme", charges[1]).replayed

@@ -44,10 +44,10 @@ def driver_sql(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], Non
 
 
 def _budgets(led: Ledger, t: str) -> None:
-    led.put_budget(t, Budget(Scope(t), 100.0, 1e-5))
-    led.put_budget(t, Budget(Scope(t, D), 50.0, 1e-5, SubjectDefault(3.0, 1e-5)))
+    led.budgets.put(t, Budget(Scope(t), 100.0, 1e-5))
+    led.budgets.put(t, Budget(Scope(t, D), 50.0, 1e-5, SubjectDefault(3.0, 1e-5)))
     for s in ("alice", "bob", ZOE):
-        led.put_budget(t, Budget(Scope(t, D, s), 1.5, 1e-5))
+        led.budgets.put(t, Budget(Scope(t, D, s), 1.5, 1e-5))
 
 
 def _workload(led: Ledger, t: str, clock: FakeClock) -> list[Any]:
@@ -73,10 +73,12 @@ def _workload(led: Ledger, t: str, clock: FakeClock) -> list[Any]:
     spend("k5", SubsampledGaussian(1.0, 0.01, 100), subjects=("bob", ZOE), count=2)
     clock.advance(1.0)
     # frank's budget is created (3.0) with the lease, which then refuses a spend of 1.5
-    reservation = led.reserve(t, Charge(PureEpsilon(2.0), t, D, "r0", ("frank",)), 60.0)
+    reservation = led.reservations.reserve(
+        t, Charge(PureEpsilon(2.0), t, D, "r0", ("frank",)), 60.0
+    )
     out.append(reservation.statuses)
     spend("k6", PureEpsilon(1.5), subjects=("frank",))
-    out.append(led.commit(t, reservation.reservation_id))
+    out.append(led.reservations.commit(t, reservation.reservation_id))
     clock.advance(1.0)
     items = [
         Charge(Gaussian(20.0), t, D, "i", ("alice",)),
@@ -164,7 +166,7 @@ def test_driver_sql_stores_and_answers_exactly_as_sqlalchemy(
     assert [r[1] for r in tables["hot"]["reservations"]] == ["committed"]
     for t in ("core", "hot"):
         for scope in (Scope(t), Scope(t, D), Scope(t, D, "alice"), Scope(t, D, "carol")):
-            assert led.verify(t, scope).ok
+            assert led.audit.verify(t, scope).ok
 
 
 @pytest.mark.parametrize("lock", [False, True])

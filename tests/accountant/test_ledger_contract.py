@@ -37,9 +37,9 @@ _keys = itertools.count()
 @pytest.fixture(params=ACCOUNTANTS)
 def ledger(request: pytest.FixtureRequest, make_ledger: Callable[..., Ledger]) -> Ledger:
     led = make_ledger(enforce_with=request.param, tight="prv" if request.param == "prv" else "pld")
-    led.put_budget(T, Budget(TENANT, 50.0, 1e-5))
-    led.put_budget(T, Budget(DATASET, 20.0, 1e-5))
-    led.put_budget(T, Budget(SUBJECT, 5.0, 1e-5))
+    led.budgets.put(T, Budget(TENANT, 50.0, 1e-5))
+    led.budgets.put(T, Budget(DATASET, 20.0, 1e-5))
+    led.budgets.put(T, Budget(SUBJECT, 5.0, 1e-5))
     return led
 
 
@@ -56,17 +56,17 @@ def charge(sigma: float = 5.0, key: str | None = None, **kw: object) -> Charge:
 
 
 def versions(led: Ledger) -> list[int]:
-    return [led.remaining(T, s).version for s in (TENANT, DATASET, SUBJECT)]
+    return [led.budgets.remaining(T, s).version for s in (TENANT, DATASET, SUBJECT)]
 
 
 def test_spend_updates_every_budget(ledger: Ledger) -> None:
     receipt = ledger.spend(T, charge())
     assert not receipt.replayed and len(receipt.statuses) == 3
     for scope in (TENANT, DATASET, SUBJECT):
-        st = ledger.remaining(T, scope)
+        st = ledger.budgets.remaining(T, scope)
         assert st.epsilon_rdp > 0 and st.epsilon_tight is not None and st.version == 1
         assert 0 < st.epsilon_enforced <= st.epsilon_rdp
-        assert ledger.verify(T, scope).ok
+        assert ledger.audit.verify(T, scope).ok
 
 
 def test_check_writes_nothing(ledger: Ledger) -> None:
@@ -102,40 +102,40 @@ def test_unknown_budget_and_foreign_tenant(ledger: Ledger) -> None:
     with pytest.raises(PermissionDenied):
         ledger.spend("other", charge())
     with pytest.raises(PermissionDenied):
-        ledger.remaining("other", SUBJECT)
+        ledger.budgets.remaining("other", SUBJECT)
     assert versions(ledger) == [0, 0, 0]
 
 
 def test_reservations_count_commit_release_and_expire(ledger: Ledger, clock: FakeClock) -> None:
     big = charge(sigma=1.2)  # most of the subject's ε=5
-    res = ledger.reserve(T, big, lease_s=10)
+    res = ledger.reservations.reserve(T, big, lease_s=10)
     with pytest.raises(BudgetExhausted):
         ledger.spend(T, charge(sigma=1.2))  # the live reservation counts
-    assert ledger.release(T, res.reservation_id) is True
-    assert ledger.release(T, res.reservation_id) is False  # idempotent: a no-op
-    res2 = ledger.reserve(T, charge(sigma=1.2, key="r2"), lease_s=10)
-    receipt = ledger.commit(T, res2.reservation_id)
-    assert ledger.commit(T, res2.reservation_id).spend_id == receipt.spend_id
+    assert ledger.reservations.release(T, res.reservation_id) is True
+    assert ledger.reservations.release(T, res.reservation_id) is False  # idempotent: a no-op
+    res2 = ledger.reservations.reserve(T, charge(sigma=1.2, key="r2"), lease_s=10)
+    receipt = ledger.reservations.commit(T, res2.reservation_id)
+    assert ledger.reservations.commit(T, res2.reservation_id).spend_id == receipt.spend_id
     with pytest.raises(FailedPrecondition):
-        ledger.release(T, res2.reservation_id)
+        ledger.reservations.release(T, res2.reservation_id)
     assert versions(ledger) == [1, 1, 1]
-    ledger.put_budget(T, Budget(SUBJECT, 50.0, 1e-5))
-    res3 = ledger.reserve(T, charge(sigma=1.2), lease_s=10)
+    ledger.budgets.put(T, Budget(SUBJECT, 50.0, 1e-5))
+    res3 = ledger.reservations.reserve(T, charge(sigma=1.2), lease_s=10)
     clock.advance(11)
     with pytest.raises(FailedPrecondition):
-        ledger.commit(T, res3.reservation_id)
+        ledger.reservations.commit(T, res3.reservation_id)
     with pytest.raises(NotFound):
-        ledger.commit("other", res3.reservation_id)
+        ledger.reservations.commit("other", res3.reservation_id)
     # The contract: a lease above the server maximum is clamped to it, not refused.
-    clamped = ledger.reserve(T, charge(key="r4"), lease_s=10_000)
-    assert clamped.expires_at == pytest.approx(clock.now + ledger.max_lease_s)
+    clamped = ledger.reservations.reserve(T, charge(key="r4"), lease_s=10_000)
+    assert clamped.expires_at == pytest.approx(clock.now + ledger.reservations.max_lease_s)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidArgument):
-            ledger.reserve(T, charge(key="r5"), lease_s=bad)
+            ledger.reservations.reserve(T, charge(key="r5"), lease_s=bad)
 
 
 def test_expired_reservation_stops_counting(ledger: Ledger, clock: FakeClock) -> None:
-    ledger.reserve(T, charge(sigma=1.2), lease_s=5)
+    ledger.reservations.reserve(T, charge(sigma=1.2), lease_s=5)
     clock.advance(6)
     ledger.spend(T, charge(sigma=1.2))
 
@@ -157,34 +157,34 @@ def spend_mixed(led: Ledger, n: int) -> None:
 def test_running_state_equals_full_recomputation(ledger: Ledger) -> None:
     spend_mixed(ledger, 8)
     for scope in (TENANT, DATASET, SUBJECT):
-        report = ledger.verify(T, scope)
+        report = ledger.audit.verify(T, scope)
         assert report.ok, report
-    assert ledger.verify(T, SUBJECT).event_count == 4
-    assert ledger.verify(T, DATASET).event_count == 8
+    assert ledger.audit.verify(T, SUBJECT).event_count == 4
+    assert ledger.audit.verify(T, DATASET).event_count == 8
 
 
 def test_running_state_after_many_mixed_events(make_ledger: Callable[..., Ledger]) -> None:
     """Default policy (min): the tight figure is skipped while RDP fits, so this is fast."""
     led = make_ledger()
     for scope in (TENANT, DATASET, SUBJECT):
-        led.put_budget(T, Budget(scope, 1e6, 1e-5))
+        led.budgets.put(T, Budget(scope, 1e6, 1e-5))
     spend_mixed(led, 100)
-    assert all(led.verify(T, scope).ok for scope in (TENANT, DATASET, SUBJECT))
-    assert led.verify(T, DATASET).event_count == 100
+    assert all(led.audit.verify(T, scope).ok for scope in (TENANT, DATASET, SUBJECT))
+    assert led.audit.verify(T, DATASET).event_count == 100
 
 
 def test_audit_export_replays_to_same_state(
     ledger: Ledger, make_ledger: Callable[..., Ledger], tmp_path: object
 ) -> None:
     spend_mixed(ledger, 10)
-    lines = list(ledger.export_audit(T))
+    lines = list(ledger.audit.export(T))
     other = make_ledger(url=f"sqlite:///{tmp_path}/replayed.sqlite", enforce_with="rdp")
-    assert other.replay(lines) == 10
+    assert other.audit.replay(lines) == 10
     for scope in (TENANT, DATASET, SUBJECT):
-        a, b = ledger.remaining(T, scope), other.remaining(T, scope)
+        a, b = ledger.budgets.remaining(T, scope), other.budgets.remaining(T, scope)
         assert (a.epsilon_rdp, a.epsilon_tight) == pytest.approx((b.epsilon_rdp, b.epsilon_tight))
-        assert other.verify(T, scope).ok
-    assert list(other.export_audit(T)) == lines
+        assert other.audit.verify(T, scope).ok
+    assert list(other.audit.export(T)) == lines
 
 
 def test_audit_export_since_keeps_later_events_and_every_budget(
@@ -194,7 +194,7 @@ def test_audit_export_since_keeps_later_events_and_every_budget(
     clock.advance(10)
     cut = clock()
     spend_mixed(ledger, 2)
-    items = [json.loads(line) for line in ledger.export_audit(T, since=cut)]
+    items = [json.loads(line) for line in ledger.audit.export(T, since=cut)]
     kinds = [item["type"] for item in items]
     assert kinds.count("event") == 2 and kinds.count("budget") == 3
     assert all(item["committed_at"] >= cut for item in items if item["type"] == "event")
@@ -229,4 +229,4 @@ def test_history_pages_both_orders(ledger: Ledger) -> None:
         with pytest.raises(InvalidArgument):
             ledger.history(T, SUBJECT, page_token=bad)
         with pytest.raises(InvalidArgument):
-            ledger.list_budgets(T, T, page_token=bad)
+            ledger.budgets.page(T, T, page_token=bad)

@@ -18,23 +18,23 @@ T, D = "acme", "faces"
 
 def test_the_default_maximum_is_1e_5(make_ledger: Callable[..., Ledger]) -> None:
     led = make_ledger()
-    assert led.max_delta == 1e-5 == AccountantSettings().max_delta
-    assert led.put_budget(T, Budget(Scope(T), 10.0, 1e-5)).delta == 1e-5  # the maximum itself
+    assert led.budgets.max_delta == 1e-5 == AccountantSettings().max_delta
+    assert led.budgets.put(T, Budget(Scope(T), 10.0, 1e-5)).delta == 1e-5  # the maximum itself
     with pytest.raises(InvalidArgument) as info:
-        led.put_budget(T, Budget(Scope(T), 10.0, 1.5e-5))
+        led.budgets.put(T, Budget(Scope(T), 10.0, 1.5e-5))
     assert info.value.details["field"] == "budget.delta"
     assert "1.5e-05" in info.value.message and "1e-05" in info.value.message
-    assert led.remaining(T, Scope(T)).delta == 1e-5  # the refused put changed nothing
+    assert led.budgets.remaining(T, Scope(T)).delta == 1e-5  # the refused put changed nothing
 
 
 def test_a_subject_default_above_the_maximum_is_refused(make_ledger: Callable[..., Ledger]) -> None:
     led = make_ledger()
-    led.put_budget(T, Budget(Scope(T), 10.0, 1e-5))
+    led.budgets.put(T, Budget(Scope(T), 10.0, 1e-5))
     with pytest.raises(InvalidArgument) as info:
-        led.put_budget(T, Budget(Scope(T, D), 5.0, 1e-6, SubjectDefault(1.0, 1e-3)))
+        led.budgets.put(T, Budget(Scope(T, D), 5.0, 1e-6, SubjectDefault(1.0, 1e-3)))
     assert info.value.details == {"field": "budget.subject_default.delta", "limit": "1e-05"}
     assert "0.001" in info.value.message
-    assert [b.scope for b in led.list_budgets(T, T).budgets] == [Scope(T)]  # nothing written
+    assert [b.scope for b in led.budgets.page(T, T).budgets] == [Scope(T)]  # nothing written
 
 
 def test_the_maximum_is_a_setting(
@@ -45,11 +45,11 @@ def test_the_maximum_is_a_setting(
     assert settings.max_delta == 1e-3
     led = Ledger.from_settings(settings)
     try:
-        assert led.max_delta == 1e-3
+        assert led.budgets.max_delta == 1e-3
     finally:
         led.close()
     loose = make_ledger(max_delta=1e-3)
-    assert loose.put_budget(T, Budget(Scope(T), 10.0, 1e-4)).delta == 1e-4
+    assert loose.budgets.put(T, Budget(Scope(T), 10.0, 1e-4)).delta == 1e-4
     monkeypatch.setenv("VEIL_ACCOUNTANT_MAX_DELTA", "1.5")
     with pytest.raises(ValueError, match="max_delta"):
         AccountantSettings()
@@ -60,15 +60,15 @@ def test_a_replay_keeps_a_delta_above_the_maximum(
 ) -> None:
     """History accepted under a larger maximum (or before there was one) replays as it was."""
     loose = make_ledger(max_delta=1e-3)
-    loose.put_budget(T, Budget(Scope(T), 50.0, 1e-4))
-    loose.put_budget(T, Budget(Scope(T, D), 20.0, 1e-4, SubjectDefault(4.0, 1e-3)))
+    loose.budgets.put(T, Budget(Scope(T), 50.0, 1e-4))
+    loose.budgets.put(T, Budget(Scope(T, D), 20.0, 1e-4, SubjectDefault(4.0, 1e-3)))
     loose.spend(T, Charge(Gaussian(5.0), T, D, "k", subject_ids=("alice",)))
-    lines = list(loose.export_audit(T))
+    lines = list(loose.audit.export(T))
     strict = make_ledger(url=f"sqlite:///{tmp_path / 'replayed.sqlite'}")
-    assert strict.max_delta == 1e-5
-    assert strict.replay(lines) == 1
-    assert strict.remaining(T, Scope(T, D)).subject_default == SubjectDefault(4.0, 1e-3)
-    assert strict.remaining(T, Scope(T, D, "alice")).delta == 1e-3
-    assert list(strict.export_audit(T)) == lines
+    assert strict.budgets.max_delta == 1e-5
+    assert strict.audit.replay(lines) == 1
+    assert strict.budgets.remaining(T, Scope(T, D)).subject_default == SubjectDefault(4.0, 1e-3)
+    assert strict.budgets.remaining(T, Scope(T, D, "alice")).delta == 1e-3
+    assert list(strict.audit.export(T)) == lines
     with pytest.raises(InvalidArgument):  # a put is still checked
-        strict.put_budget(T, Budget(Scope(T), 60.0, 1e-4))
+        strict.budgets.put(T, Budget(Scope(T), 60.0, 1e-4))

@@ -21,7 +21,7 @@ def test_spend_and_refusal_metrics(tmp_path: object) -> None:
     )
     led.create_schema()
     for scope in (Scope("t"), Scope("t", "faces"), Scope("t", "misc")):
-        led.put_budget("t", Budget(scope, 3.0, 1e-5))
+        led.budgets.put("t", Budget(scope, 3.0, 1e-5))
     led.spend("t", Charge(Gaussian(5.0), "t", "faces", "k1"))
     led.spend("t", Charge(Gaussian(5.0), "t", "misc", "k2"))
     with contextlib.suppress(BudgetExhausted):
@@ -43,12 +43,12 @@ def test_open_reservations_are_counted_at_scrape_time(tmp_path: object) -> None:
     led.create_schema()
     other = Ledger(url, policy=Policy(enforce_with="rdp"))  # another replica, no metrics
     for scope in (Scope("t"), Scope("t", "d")):
-        led.put_budget("t", Budget(scope, 3.0, 1e-5))
+        led.budgets.put("t", Budget(scope, 3.0, 1e-5))
     gauge = "veil_accountant_reservations_outstanding"
     assert registry.get_sample_value(gauge) == 0
-    held = other.reserve("t", Charge(Gaussian(50.0), "t", "d", "r1"))
+    held = other.reservations.reserve("t", Charge(Gaussian(50.0), "t", "d", "r1"))
     assert registry.get_sample_value(gauge) == 1
-    other.release("t", held.reservation_id)
+    other.reservations.release("t", held.reservation_id)
     assert registry.get_sample_value(gauge) == 0
     other.close()
     led.close()

@@ -28,9 +28,9 @@ BIG = 1.2
 @pytest.fixture
 def ledger(make_ledger: Callable[..., Ledger]) -> Ledger:
     led = make_ledger(enforce_with="rdp")
-    led.put_budget(T, Budget(TENANT, 50.0, 1e-5))
-    led.put_budget(T, Budget(DATASET, 20.0, 1e-5))
-    led.put_budget(T, Budget(SUBJECT, 5.0, 1e-5))
+    led.budgets.put(T, Budget(TENANT, 50.0, 1e-5))
+    led.budgets.put(T, Budget(DATASET, 20.0, 1e-5))
+    led.budgets.put(T, Budget(SUBJECT, 5.0, 1e-5))
     return led
 
 
@@ -52,7 +52,7 @@ def charge(key: str, sigma: float = BIG, **kw: Any) -> Charge:
 
 
 def reserved(led: Ledger) -> float:
-    return led.remaining(T, SUBJECT).epsilon_reserved
+    return led.budgets.remaining(T, SUBJECT).epsilon_reserved
 
 
 def events(led: Ledger) -> int:
@@ -69,20 +69,20 @@ def test_the_id_is_derived_from_the_tenant_and_the_key() -> None:
 def test_same_key_twice_is_one_reservation_held_once(
     ledger: Ledger, clock: FakeClock, stored_rows: Callable[[], list[Any]]
 ) -> None:
-    first = ledger.reserve(T, charge("k", request_id="a"), lease_s=10)
+    first = ledger.reservations.reserve(T, charge("k", request_id="a"), lease_s=10)
     held = reserved(ledger)
     clock.advance(3)
-    again = ledger.reserve(T, charge("k", request_id="b"), lease_s=60)  # a retry
+    again = ledger.reservations.reserve(T, charge("k", request_id="b"), lease_s=60)  # a retry
     assert not first.replayed and again.replayed and again.spend_id == ""
     assert again.reservation_id == first.reservation_id
     assert again.expires_at == pytest.approx(first.expires_at - 10 + 3 + 60)  # extended
-    shorter = ledger.reserve(T, charge("k", request_id="c"), lease_s=1)
+    shorter = ledger.reservations.reserve(T, charge("k", request_id="c"), lease_s=1)
     assert shorter.expires_at == again.expires_at  # never shortened
     assert again.charge.request_id == "a"
     assert again.statuses == first.statuses  # as it will be after the commit, held once
     assert reserved(ledger) == pytest.approx(held) and held > 0
-    assert ledger.live_reservations() == 1 and len(stored_rows()) == 1
-    ledger.commit(T, first.reservation_id)
+    assert ledger.reservations.outstanding() == 1 and len(stored_rows()) == 1
+    ledger.reservations.commit(T, first.reservation_id)
     assert events(ledger) == 1
 
 
@@ -91,13 +91,13 @@ def test_concurrent_reserves_with_one_key_make_one_reservation(
 ) -> None:
     n = 8
     results = together(
-        n, lambda i: ledger.reserve(T, charge("race", request_id=str(i)), lease_s=60)
+        n, lambda i: ledger.reservations.reserve(T, charge("race", request_id=str(i)), lease_s=60)
     )
     got = [r for r in results if isinstance(r, Reservation)]
     assert len(got) == n, results
     assert len({r.reservation_id for r in got}) == 1
     assert sum(not r.replayed for r in got) == 1
-    assert len(stored_rows()) == 1 and ledger.live_reservations() == 1
+    assert len(stored_rows()) == 1 and ledger.reservations.outstanding() == 1
 
 
 @pytest.mark.parametrize("stale_reads", [1, 2])
@@ -107,7 +107,7 @@ def test_a_reservation_stored_meanwhile_is_replayed(
     """The two ways a concurrent Reserve of the key shows up (PostgreSQL), made to happen on
     every backend: found after the budgets are locked (1 stale read), or only by the primary
     key refusing the insert (2 stale reads: IntegrityError). The transaction runs again."""
-    first = ledger.reserve(T, charge("k"), lease_s=10)
+    first = ledger.reservations.reserve(T, charge("k"), lease_s=10)
     real, reads = reserving.stored, []
 
     def stale(conn: Any, rid: str, *, lock: bool) -> Any:
@@ -115,96 +115,96 @@ def test_a_reservation_stored_meanwhile_is_replayed(
         return None if len(reads) <= stale_reads else real(conn, rid, lock=lock)
 
     monkeypatch.setattr(reserving, "stored", stale)
-    again = ledger.reserve(T, charge("k"), lease_s=10)
+    again = ledger.reservations.reserve(T, charge("k"), lease_s=10)
     assert again.replayed and again.reservation_id == first.reservation_id
-    assert ledger.live_reservations() == 1
+    assert ledger.reservations.outstanding() == 1
 
 
 def test_a_committed_key_is_replayed_with_its_spend(
     ledger: Ledger, stored_rows: Callable[[], list[Any]]
 ) -> None:
-    held = ledger.reserve(T, charge("k"), lease_s=10)
-    receipt = ledger.commit(T, held.reservation_id)
-    again = ledger.reserve(T, charge("k"), lease_s=10)
+    held = ledger.reservations.reserve(T, charge("k"), lease_s=10)
+    receipt = ledger.reservations.commit(T, held.reservation_id)
+    again = ledger.reservations.reserve(T, charge("k"), lease_s=10)
     assert again.replayed and again.reservation_id == held.reservation_id
     assert again.spend_id == receipt.spend_id and again.expires_at == held.expires_at
     # The budgets as they stand after its spend (at their version now).
     assert [replace(s, version=0) for s in again.statuses] == list(receipt.statuses)
-    replayed = ledger.commit(T, again.reservation_id)
+    replayed = ledger.reservations.commit(T, again.reservation_id)
     assert replayed.replayed and replayed.spend_id == receipt.spend_id
-    assert events(ledger) == 1 and ledger.live_reservations() == 0
+    assert events(ledger) == 1 and ledger.reservations.outstanding() == 0
     assert reserved(ledger) == 0 and len(stored_rows()) == 1
 
 
 def test_an_expired_reservation_is_re_armed(
     ledger: Ledger, clock: FakeClock, stored_rows: Callable[[], list[Any]]
 ) -> None:
-    held = ledger.reserve(T, charge("k"), lease_s=5)
+    held = ledger.reservations.reserve(T, charge("k"), lease_s=5)
     clock.advance(6)  # the lease lapses
-    assert ledger.live_reservations() == 0
-    again = ledger.reserve(T, charge("k"), lease_s=5)
+    assert ledger.reservations.outstanding() == 0
+    again = ledger.reservations.reserve(T, charge("k"), lease_s=5)
     assert not again.replayed and again.reservation_id == held.reservation_id
     assert again.expires_at == pytest.approx(clock.now + 5) and len(again.statuses) == 3
-    assert ledger.live_reservations() == 1 and reserved(ledger) > 0
-    receipt = ledger.commit(T, again.reservation_id)
+    assert ledger.reservations.outstanding() == 1 and reserved(ledger) > 0
+    receipt = ledger.reservations.commit(T, again.reservation_id)
     assert not receipt.replayed and events(ledger) == 1 and len(stored_rows()) == 1
 
 
 def test_an_expired_reservation_whose_commit_failed_is_re_armed(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    held = ledger.reserve(T, charge("k"), lease_s=5)
+    held = ledger.reservations.reserve(T, charge("k"), lease_s=5)
     clock.advance(6)
     with pytest.raises(FailedPrecondition):
-        ledger.commit(T, held.reservation_id)  # stores it as expired
-    again = ledger.reserve(T, charge("k"), lease_s=5)
+        ledger.reservations.commit(T, held.reservation_id)  # stores it as expired
+    again = ledger.reservations.reserve(T, charge("k"), lease_s=5)
     assert not again.replayed and again.reservation_id == held.reservation_id
-    ledger.commit(T, again.reservation_id)
+    ledger.reservations.commit(T, again.reservation_id)
     assert events(ledger) == 1
 
 
 def test_a_released_reservation_is_re_armed(ledger: Ledger) -> None:
-    held = ledger.reserve(T, charge("k"), lease_s=10)
-    assert ledger.release(T, held.reservation_id)
+    held = ledger.reservations.reserve(T, charge("k"), lease_s=10)
+    assert ledger.reservations.release(T, held.reservation_id)
     assert reserved(ledger) == 0
-    again = ledger.reserve(T, charge("k"), lease_s=10)
+    again = ledger.reservations.reserve(T, charge("k"), lease_s=10)
     assert not again.replayed and again.reservation_id == held.reservation_id
-    assert reserved(ledger) > 0 and ledger.live_reservations() == 1
-    ledger.commit(T, again.reservation_id)
+    assert reserved(ledger) > 0 and ledger.reservations.outstanding() == 1
+    ledger.reservations.commit(T, again.reservation_id)
     assert events(ledger) == 1
 
 
 def test_the_key_with_another_charge_is_already_exists(ledger: Ledger) -> None:
-    held = ledger.reserve(T, charge("k"), lease_s=10)
+    held = ledger.reservations.reserve(T, charge("k"), lease_s=10)
     with pytest.raises(AlreadyExists, match="different charge"):
-        ledger.reserve(T, charge("k", sigma=2.0), lease_s=10)  # while live
-    ledger.commit(T, held.reservation_id)
+        ledger.reservations.reserve(T, charge("k", sigma=2.0), lease_s=10)  # while live
+    ledger.reservations.commit(T, held.reservation_id)
     with pytest.raises(AlreadyExists, match="different charge"):
-        ledger.reserve(T, charge("k", sigma=2.0), lease_s=10)  # once committed
+        ledger.reservations.reserve(T, charge("k", sigma=2.0), lease_s=10)  # once committed
     assert events(ledger) == 1
 
 
 def test_a_key_a_direct_spend_used_is_already_exists(ledger: Ledger, clock: FakeClock) -> None:
     ledger.spend(T, charge("spent"))
     with pytest.raises(AlreadyExists, match="already committed"):
-        ledger.reserve(T, charge("spent"), lease_s=10)
-    held = ledger.reserve(T, charge("k", sigma=20.0), lease_s=5)
+        ledger.reservations.reserve(T, charge("spent"), lease_s=10)
+    held = ledger.reservations.reserve(T, charge("k", sigma=20.0), lease_s=5)
     clock.advance(6)
     ledger.spend(T, charge("k", sigma=20.0))  # the key, spent directly once the lease lapsed
     with pytest.raises(AlreadyExists, match="already committed"):
-        ledger.reserve(T, charge("k", sigma=20.0), lease_s=5)  # not re-armed
-    assert ledger.live_reservations() == 0
+        ledger.reservations.reserve(T, charge("k", sigma=20.0), lease_s=5)  # not re-armed
+    assert ledger.reservations.outstanding() == 0
     with pytest.raises(FailedPrecondition):
-        ledger.commit(T, held.reservation_id)
+        ledger.reservations.commit(T, held.reservation_id)
     assert events(ledger) == 2
 
 
 def test_a_re_arm_over_the_budget_is_refused_and_holds_nothing(ledger: Ledger) -> None:
-    held = ledger.reserve(T, charge("k"), lease_s=10)
-    ledger.release(T, held.reservation_id)
+    held = ledger.reservations.reserve(T, charge("k"), lease_s=10)
+    ledger.reservations.release(T, held.reservation_id)
     ledger.spend(T, charge("other"))  # the room the released reservation had held
     with pytest.raises(BudgetExhausted):
-        ledger.reserve(T, charge("k"), lease_s=10)
-    assert ledger.live_reservations() == 0 and reserved(ledger) == 0
+        ledger.reservations.reserve(T, charge("k"), lease_s=10)
+    assert ledger.reservations.outstanding() == 0 and reserved(ledger) == 0
     with pytest.raises(FailedPrecondition, match="released"):
-        ledger.commit(T, held.reservation_id)  # still released
+        ledger.reservations.commit(T, held.reservation_id)  # still released

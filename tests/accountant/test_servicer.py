@@ -273,13 +273,13 @@ def test_events_pages_and_audit_export_replays(stub, budgets, tmp_path):
     assert sum(r["type"] == "event" for r in records) == 5
     fresh = Ledger(f"sqlite:///{tmp_path / 'replayed.sqlite'}")
     fresh.create_schema()
-    assert fresh.replay(lines.decode().splitlines()) == 5
+    assert fresh.audit.replay(lines.decode().splitlines()) == 5
     original = stub.GetBudget(pb.GetBudgetRequest(scope=scope("faces", "alice")), metadata=AUTH)
     from services.accountant.events import Scope
 
-    replayed = fresh.remaining("acme", Scope("acme", "faces", "alice"))
+    replayed = fresh.budgets.remaining("acme", Scope("acme", "faces", "alice"))
     assert replayed.epsilon_rdp == pytest.approx(original.epsilon_spent_rdp)
-    assert fresh.verify("acme", Scope("acme", "faces", "alice")).ok
+    assert fresh.audit.verify("acme", Scope("acme", "faces", "alice")).ok
     fresh.close()
 
 

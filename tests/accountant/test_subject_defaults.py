@@ -20,8 +20,8 @@ DEFAULT = SubjectDefault(4.0, 1e-6)
 @pytest.fixture
 def ledger(make_ledger: Callable[..., Ledger]) -> Ledger:
     led = make_ledger(enforce_with="rdp")
-    led.put_budget(T, Budget(Scope(T), 100.0, 1e-5))
-    led.put_budget(T, Budget(Scope(T, D), 50.0, 1e-5, DEFAULT))
+    led.budgets.put(T, Budget(Scope(T), 100.0, 1e-5))
+    led.budgets.put(T, Budget(Scope(T, D), 50.0, 1e-5, DEFAULT))
     return led
 
 
@@ -30,14 +30,14 @@ def charge(*subjects: str, sigma: float = 5.0, key: str = "k") -> Charge:
 
 
 def test_first_charge_creates_the_subject_budget_from_the_default(ledger: Ledger) -> None:
-    assert ledger.remaining(T, Scope(T, D)).subject_default == DEFAULT
+    assert ledger.budgets.remaining(T, Scope(T, D)).subject_default == DEFAULT
     receipt = ledger.spend(T, charge("new-1", "new-2"))
     assert len(receipt.statuses) == 4
     for subject in ("new-1", "new-2"):
-        status = ledger.remaining(T, Scope(T, D, subject))
+        status = ledger.budgets.remaining(T, Scope(T, D, subject))
         assert (status.limit_epsilon, status.delta) == (DEFAULT.epsilon, DEFAULT.delta)
         assert status.event_count == 1 and status.subject_default is None
-        assert ledger.verify(T, Scope(T, D, subject)).ok
+        assert ledger.audit.verify(T, Scope(T, D, subject)).ok
 
 
 def test_a_dry_run_projects_the_new_budget_and_writes_nothing(ledger: Ledger) -> None:
@@ -46,20 +46,20 @@ def test_a_dry_run_projects_the_new_budget_and_writes_nothing(ledger: Ledger) ->
     assert statuses[-1].limit_epsilon == DEFAULT.epsilon and not statuses[-1].exceeds
     assert ledger.check(T, charge("ghost", sigma=0.2))[-1].exceeds
     with pytest.raises(NotFound):
-        ledger.remaining(T, Scope(T, D, "ghost"))
+        ledger.budgets.remaining(T, Scope(T, D, "ghost"))
 
 
 def test_a_refused_first_charge_creates_nothing(ledger: Ledger) -> None:
     with pytest.raises(BudgetExhausted):
         ledger.spend(T, charge("greedy", sigma=0.2))  # far over the default ε = 4
     with pytest.raises(NotFound):
-        ledger.remaining(T, Scope(T, D, "greedy"))
-    assert ledger.remaining(T, Scope(T, D)).event_count == 0
+        ledger.budgets.remaining(T, Scope(T, D, "greedy"))
+    assert ledger.budgets.remaining(T, Scope(T, D)).event_count == 0
 
 
 def test_without_a_default_an_unknown_subject_is_not_found(ledger: Ledger) -> None:
-    ledger.put_budget(T, Budget(Scope(T, D), 50.0, 1e-5))  # the update removes the default
-    assert ledger.remaining(T, Scope(T, D)).subject_default is None
+    ledger.budgets.put(T, Budget(Scope(T, D), 50.0, 1e-5))  # the update removes the default
+    assert ledger.budgets.remaining(T, Scope(T, D)).subject_default is None
     with pytest.raises(NotFound):
         ledger.spend(T, charge("stranger"))
     with pytest.raises(NotFound):
@@ -89,18 +89,18 @@ def test_concurrent_first_charges_create_one_budget(ledger: Ledger) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    status = ledger.remaining(T, Scope(T, D, "racer"))
-    assert status.event_count == 8 and ledger.verify(T, Scope(T, D, "racer")).ok
-    page = ledger.list_budgets(T, T, dataset_id=D)
+    status = ledger.budgets.remaining(T, Scope(T, D, "racer"))
+    assert status.event_count == 8 and ledger.audit.verify(T, Scope(T, D, "racer")).ok
+    page = ledger.budgets.page(T, T, dataset_id=D)
     assert [b.scope.subject_id for b in page.budgets].count("racer") == 1
 
 
 def test_export_and_replay_keep_the_default(ledger: Ledger, make_ledger, tmp_path) -> None:
     ledger.spend(T, charge("a"))
-    lines = list(ledger.export_audit(T))
+    lines = list(ledger.audit.export(T))
     dataset_line = next(json.loads(x) for x in lines if '"dataset_id": "faces"' in x)
     assert dataset_line["subject_default"] == {"epsilon": 4.0, "delta": 1e-6}
     fresh = make_ledger(url=f"sqlite:///{tmp_path / 'replayed.sqlite'}")
-    assert fresh.replay(lines) == 1
-    assert fresh.remaining(T, Scope(T, D)).subject_default == DEFAULT
-    assert fresh.remaining(T, Scope(T, D, "a")).event_count == 1
+    assert fresh.audit.replay(lines) == 1
+    assert fresh.budgets.remaining(T, Scope(T, D)).subject_default == DEFAULT
+    assert fresh.budgets.remaining(T, Scope(T, D, "a")).event_count == 1

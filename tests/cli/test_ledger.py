@@ -26,7 +26,7 @@ def filled(path: Path) -> Ledger:
     ledger = Ledger(f"sqlite:///{path}")
     ledger.create_schema()
     for scope in (Scope("t"), Scope("t", "d"), Scope("t", "d", "s")):
-        ledger.put_budget("t", Budget(scope, 10.0, 1e-5))
+        ledger.budgets.put("t", Budget(scope, 10.0, 1e-5))
     for i in range(3):
         ledger.spend("t", Charge(Gaussian(20.0), "t", "d", f"k{i}", subject_ids=("s",)))
     return ledger
@@ -47,12 +47,12 @@ def test_verify_passes_then_catches_a_tampered_budget(tmp_path: Path) -> None:
 def test_replay_rebuilds_an_export_into_an_empty_ledger_only(tmp_path: Path) -> None:
     source = filled(tmp_path / "a.sqlite")
     export = tmp_path / "audit.jsonl"
-    export.write_text("\n".join(source.export_audit("t")) + "\n")
+    export.write_text("\n".join(source.audit.export("t")) + "\n")
     target = f"sqlite:///{tmp_path / 'b.sqlite'}"
     done = veil("replay", "--from-export", str(export), "--database-url", target)
     assert done.returncode == 0 and "replayed 3 events" in done.stdout
     rebuilt = Ledger(target)
-    assert rebuilt.remaining("t", Scope("t", "d", "s")).event_count == 3
+    assert rebuilt.budgets.remaining("t", Scope("t", "d", "s")).event_count == 3
     assert veil("verify", "--database-url", target).returncode == 0
     again = veil("replay", "--from-export", str(export), "--database-url", target)
     assert again.returncode == 2 and "not empty" in again.stderr
