@@ -4,17 +4,23 @@ The checker reads the import graph with ``ast`` (nothing of the project is run f
 static part) and reports every import the "Allowed arrows" table does not allow, and every
 direct import of a module the "never loads" table forbids. A subprocess test then imports
 each package of the second table in a fresh interpreter and looks at ``sys.modules``, which
-catches what a package loads through others. A test on a temporary tree shows the checker
-catching a forbidden import, so it can fail.
+catches what a package loads through others. The "Cores without transport" table is held
+the same two ways: every import of ours a core reaches (lazy ones included) is walked, then
+the core is imported in a fresh interpreter. The "Services on the Triton backend" table is
+held by importing, building, starting and stopping each service's app in a fresh
+interpreter with ``VEIL_INFERENCE_BACKEND=triton``. Tests on temporary trees show the
+checkers catching a forbidden import, so they can fail.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
+import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,6 +37,10 @@ class Rules:
     """package → the packages of ours it may import (itself and ``services`` implied)."""
     never: dict[str, set[str]]
     """package → third-party top-level modules it must never load."""
+    cores: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+    """core module → (what it never imports, even through others; what it never loads)."""
+    on_triton: dict[str, set[str]] = field(default_factory=dict)
+    """service package → what its app never loads on the Triton backend."""
 
 
 def _table(text: str, heading: str) -> list[list[str]]:
@@ -49,7 +59,12 @@ def read_rules(doc: Path = DOC) -> Rules:
     text = doc.read_text()
     allowed = {row[0]: _names(row[-1]) for row in _table(text, "Allowed arrows")}
     never = {row[0]: _names(row[-1]) for row in _table(text, "Modules a package never loads")}
-    return Rules(allowed, never)
+    cores = {
+        row[0]: (_names(row[-2]), _names(row[-1]))
+        for row in _table(text, "Cores without transport")
+    }
+    on_triton = {row[0]: _names(row[-1]) for row in _table(text, "Services on the Triton backend")}
+    return Rules(allowed, never, cores, on_triton)
 
 
 def package_of(module: str, packages: set[str]) -> str | None:
@@ -125,6 +140,13 @@ def test_the_rules_are_written_down() -> None:
     assert rules.allowed["services.common"] == set()
     assert "services.runtime" not in rules.allowed["services.kernels"]
     assert rules.never["services.accountant"] >= {"torch"}
+    for svc in ("sanitizer", "protection", "unlearning"):
+        never_imports, never_loads = rules.cores[f"services.{svc}.core"]
+        assert never_imports >= {"grpc", "services._proto", "services.runtime"}
+        assert never_loads >= {"grpc", "torch"}
+    assert rules.cores["services.accountant.ledger"][0] >= {"grpc", "services.runtime"}
+    assert rules.on_triton["services.sanitizer"] >= {"torch"}
+    assert rules.on_triton["services.protection"] >= {"torch"}
 
 
 def test_the_code_keeps_every_arrow() -> None:
@@ -222,3 +244,153 @@ def test_the_load_check_sees_what_is_loaded_through_another_module(tmp_path: Pat
     (tmp_path / "outer.py").write_text("import inner\n")
     (tmp_path / "inner.py").write_text("import sqlite3\n")
     assert loaded(["outer"], ["sqlite3", "tomllib"], tmp_path) == ["sqlite3"]
+
+
+# -- cores without transport -------------------------------------------------------------------
+
+
+def module_file(module: str, root: Path) -> Path | None:
+    """The file of ``module`` under ``root`` (a module or a package), None when none is."""
+    base = root / module.replace(".", "/")
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _in(module: str, packages: set[str]) -> str | None:
+    return next((p for p in packages if module == p or module.startswith(p + ".")), None)
+
+
+def core_violations(root: Path, core: str, forbidden: set[str]) -> list[str]:
+    """What ``core`` reaches of ``forbidden`` through every import of ours it reaches,
+    wherever the imports stand: a package of ours as ``core -> … -> importer -> package``
+    (once per importer), a third-party module as ``file:line: module imports grpc``."""
+    ours = {f for f in forbidden if f.split(".")[0] == "services"}
+    others = forbidden - ours
+    parent: dict[str, str] = {core: ""}
+    queue, found = [core], []
+    while queue:
+        module = queue.pop(0)
+        path = module_file(module, root)
+        if path is None:
+            continue
+        rel = path.relative_to(root).as_posix()
+        for line, target in imports_of(path, module):
+            head = target.split(".")[0]
+            if head in others:
+                found.append(f"{rel}:{line}: {module} imports {head}")
+            if head != "services":
+                continue
+            parts = target.split(".")
+            for n in range(2, len(parts) + 1):  # the packages on the way are imported too
+                name = ".".join(parts[:n])
+                if name in parent or module_file(name, root) is None:
+                    continue
+                parent[name] = module
+                package = _in(name, ours)
+                if package is None:
+                    queue.append(name)
+                    continue
+                chain = [module]
+                while parent[chain[-1]]:
+                    chain.append(parent[chain[-1]])
+                found.append(" -> ".join([*reversed(chain), package]))
+    return list(dict.fromkeys(found))
+
+
+def test_every_service_has_a_core_row() -> None:
+    cores = set(read_rules().cores)
+    services = {p.parent.name for p in (ROOT / "services").glob("*/app.py")}
+    assert services, "no service package found"
+    for svc in services:
+        assert any(c.startswith(f"services.{svc}.") for c in cores), svc
+
+
+@pytest.mark.parametrize("core", sorted(read_rules().cores))
+def test_a_core_reaches_no_transport(core: str) -> None:
+    assert module_file(core, ROOT) is not None, f"{core} does not exist"
+    assert core_violations(ROOT, core, read_rules().cores[core][0]) == []
+
+
+@pytest.mark.parametrize("core", sorted(read_rules().cores))
+def test_a_core_loads_no_transport_and_no_torch(core: str) -> None:
+    forbidden = sorted(read_rules().cores[core][1])
+    assert loaded([core], forbidden, ROOT) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"services/svc/helper.py": "def f():\n    from services.runtime import x\n"}, "helper"),
+        ({"services/svc/helper.py": "import grpc\n"}, "imports grpc"),
+        ({"services/svc/helper.py": "from services import runtime\n"}, "services.runtime"),
+        (
+            {
+                "services/svc/helper.py": "from .deeper import x\n",
+                "services/svc/deeper.py": "import grpc\n",
+            },
+            "deeper",
+        ),
+    ],
+)
+def test_the_core_checker_follows_imports(
+    tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    for rel in ("services/__init__.py", "services/svc/__init__.py", "services/runtime/__init__.py"):
+        _write(tmp_path, rel, "")
+    _write(tmp_path, "services/runtime/x.py", "")
+    _write(tmp_path, "services/svc/core.py", "from services.svc.helper import f\n")
+    _write(tmp_path, "services/svc/helper.py", "import json\n")
+    forbidden = {"grpc", "services.runtime"}
+    assert core_violations(tmp_path, "services.svc.core", forbidden) == []
+    for rel, text in files.items():
+        _write(tmp_path, rel, text)
+    found = core_violations(tmp_path, "services.svc.core", forbidden)
+    assert len(found) == 1 and expected in found[0], found
+
+
+# -- services on the Triton backend ------------------------------------------------------------
+
+ON_TRITON = """
+import asyncio, importlib, json, sys
+app_module = importlib.import_module({package!r} + ".app")
+settings = app_module.Settings(host="127.0.0.1", port=0, metrics_port=None)
+assert settings.inference.backend == "triton", settings.inference.backend
+app = app_module.build_app(settings)
+
+async def cycle():  # what a server runs, but bound to no port: start, readiness, stop
+    for hook in app.on_start:
+        await hook()
+    assert await app.ready() is False  # no Triton answers
+    for hook in app.on_stop:
+        await hook()
+
+asyncio.run(cycle())
+print(json.dumps(sorted(n for n in {forbidden!r} if n in sys.modules)))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("package", sorted(read_rules().on_triton))
+def test_a_service_on_triton_loads_no_torch(package: str, tmp_path: Path) -> None:
+    forbidden = sorted(read_rules().on_triton[package])
+    env = {
+        **os.environ,
+        "VEIL_INFERENCE_BACKEND": "triton",
+        "VEIL_INFERENCE_TRITON_URL": f"127.0.0.1:{_free_port()}",
+        "VEIL_INFERENCE_READY_TIMEOUT_S": "0.5",
+        "VEIL_DATA_DIR": str(tmp_path),
+    }
+    code = ON_TRITON.format(package=package, forbidden=forbidden)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, insert
 
 from services.cli.audit_service import TIMEOUT_S, Endpoints, ServicePlan
-from services.sanitizer.ledger import AccountantLedger, ChargeSpec, Held
+from services.sanitizer.ledger import AccountantLedger
+from services.sanitizer.ports import ChargeSpec, Held
 from services.sanitizer.sessions import PENDING, KeyClaim, Session, SessionStore, releases
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """What the served classifiers are: their resolution, classes and versions, from the model
-store's manifests (no weights are loaded).
+store's manifests (no weights are loaded, no torch is imported).
 
 A service that sends images to a classifier must resize them to its resolution and check
 the versions a request names; whichever backend runs the model, the store that the
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from services.common.errors import ModelNotReady, NotFound
 from services.inference.backend import InferenceSettings
 from services.serving.contract import CLASSIFIER, PROTECT, PROTECTOR
-from services.serving.loading import resolve_store, version_entry
+from services.serving.entries import read_store, version_entry
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def classifier_info(
     settings: InferenceSettings, name: str, entry: str | None = None
 ) -> ClassifierInfo:
     """The classifier served as ``name`` (``entry`` overrides the settings' mapping)."""
-    store = resolve_store(settings.store)
+    store = read_store(settings.store)
     chosen = entry or settings.classifiers.get(name)
     if not chosen:
         raise NotFound(

@@ -15,7 +15,8 @@ from services.common.errors import ModelNotReady, VeilError
 from services.inference.backend import InferenceBackend, InferenceSettings
 from services.serving.batch import BatchKernel, execute_batched
 from services.serving.contract import CLASSIFIER, DECODER, ENCODER, PROTECT, PROTECTOR, Arrays
-from services.serving.loading import build_kernel, resolve_store, version_entry
+from services.serving.entries import version_entry
+from services.serving.loading import build_kernel, resolve_store
 
 
 class LocalBackend(InferenceBackend):

@@ -7,6 +7,10 @@ resized back (bilinear: every value stays within [−ε, ε]) and added to the p
 resolution, which is kept. The result is rounded to 8 bits and clipped again to the ε-ball
 around the original, so ``linf`` ≤ ε holds for the bytes returned. For an R×R image the
 perturbation is exactly the kernel's.
+
+The kernels and the worker pool are ports (:mod:`services.protection.ports`) that
+:mod:`services.protection.app` wires: the core imports no grpc, no generated stubs, no
+runtime, and loads no torch (docs/ARCHITECTURE.md, "Cores without transport").
 """
 
 from __future__ import annotations
@@ -16,19 +20,18 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import cv2
 import numpy as np
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.imaging import ImageLimits, decode_image, encode_image
-from services.inference.backend import InferenceBackend, ProtectParams
+from services.inference.backend import ProtectParams
 from services.inference.catalog import ClassifierInfo
 from services.protection.metrics import ProtectionMetrics
+from services.protection.ports import Kernels, Offload
 from services.protection.settings import ProtectionSettings
 
-Offload = Callable[..., Any]
 MODES = ("fmd", "fast")
 
 
@@ -130,9 +133,9 @@ class Protection:
     def __init__(
         self,
         settings: ProtectionSettings,
-        backend: Callable[[], InferenceBackend],
+        backend: Callable[[], Kernels],
         authorized: ClassifierInfo,
-        evaluation: Callable[[], InferenceBackend],
+        evaluation: Callable[[], Kernels],
         unauthorized: dict[str, ClassifierInfo],
         metrics: ProtectionMetrics,
         offload: Offload,
@@ -302,9 +305,7 @@ class Protection:
         linf = [float(np.abs(a.astype(int) - b.astype(int)).max()) / 255 for a, b in decoded]
         psnrs = [psnr(a, b) for a, b in decoded]
 
-        async def accuracy(
-            backend: InferenceBackend, info: ClassifierInfo, v: int
-        ) -> tuple[float, float]:
+        async def accuracy(backend: Kernels, info: ClassifierInfo, v: int) -> tuple[float, float]:
             res = info.resolution
             originals = np.stack([to_model(a, res) for a, _ in decoded])
             protected = np.stack([to_model(b, res) for _, b in decoded])

@@ -21,9 +21,10 @@ from services.runtime.diagnostics import diagnostics_mount
 from services.runtime.server import Mount, ServiceApp
 from services.runtime.settings import ServiceSettings
 from services.sanitizer.core import Sanitizer
-from services.sanitizer.ledger import AccountantLedger, Ledger
+from services.sanitizer.ledger import AccountantLedger
 from services.sanitizer.metrics import SanitizerMetrics
 from services.sanitizer.pipeline import Pipeline
+from services.sanitizer.ports import Ledger
 from services.sanitizer.servicer import SanitizerServicer
 from services.sanitizer.sessions import SessionStore
 from services.sanitizer.settings import SanitizerSettings

@@ -25,6 +25,11 @@ never left may be redrawn; one that left is always the one recorded). A preview 
 is charged as the composition of all k candidates (one Gaussian with μ = √(Σ μ_i²));
 candidates of a seeded preview are never releasable. Ids that identify people (subject,
 dataset) never reach logs or metrics.
+
+The core reaches the accountant, the kernels and the worker pool only through the ports
+of :mod:`services.sanitizer.ports`, which :mod:`services.sanitizer.app` wires to the real
+adapters: it imports no grpc, no generated stubs, no runtime, and loads no torch
+(docs/ARCHITECTURE.md, "Cores without transport").
 """
 
 from __future__ import annotations
@@ -63,9 +68,9 @@ from services.kernels.mechanism import (
     release_rng,
 )
 from services.sanitizer.faces import Box
-from services.sanitizer.ledger import ChargeSpec, Held, Ledger, LedgerCost, Spent
 from services.sanitizer.metrics import SanitizerMetrics
-from services.sanitizer.pipeline import Draw, FaceChoice, Offload, Pipeline, Prepared
+from services.sanitizer.pipeline import Draw, FaceChoice, Pipeline, Prepared
+from services.sanitizer.ports import ChargeSpec, Held, Ledger, LedgerCost, Offload, Spent
 from services.sanitizer.sessions import KeyClaim, Session, SessionStore, StoredRelease
 from services.sanitizer.settings import SanitizerSettings
 

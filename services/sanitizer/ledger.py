@@ -1,19 +1,17 @@
 """The sanitizer's side of the accountant: charges over the accountant's gRPC API only.
 
-:class:`Ledger` is what the core sees (no grpc); :class:`AccountantLedger` implements it
-with the generated client. Every release is one Gaussian event whose noise multiplier is
-the release's own (a chosen preview candidate: the composition of all k candidates, which
-for Gaussian mechanisms is exactly one Gaussian with μ = √(Σ μ_i²)). The accountant's
-errors keep their status: a refused charge is RESOURCE_EXHAUSTED with the remaining budget
-in its details; a dataset without a budget is FAILED_PRECONDITION; an accountant that
-cannot be reached, or is too slow, is UNAVAILABLE.
+:class:`services.sanitizer.ports.Ledger` is what the core sees (no grpc);
+:class:`AccountantLedger` is its adapter over the generated client, which
+:mod:`services.sanitizer.app` wires in (the core never imports this module). The
+accountant's errors keep their status: a refused charge is RESOURCE_EXHAUSTED with the
+remaining budget in its details; a dataset without a budget is FAILED_PRECONDITION; an
+accountant that cannot be reached, or is too slow, is UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 from google.protobuf import duration_pb2
@@ -22,73 +20,9 @@ from services._proto.veil.v1 import accountant_pb2 as apb
 from services.common.errors import FailedPrecondition, NotFound, VeilError
 from services.runtime.client import VeilClient
 from services.runtime.errors import from_rpc_error
+from services.sanitizer.ports import ChargeSpec, Held, LedgerCost, Spent
 
 WHO = "the accountant"
-
-
-@dataclass(frozen=True)
-class ChargeSpec:
-    """One release's charge: a Gaussian event for one subject of a dataset."""
-
-    tenant: str
-    dataset: str
-    subject: str
-    noise_multiplier: float
-    key: str
-    """Idempotency key at the accountant (scoped to the tenant there): derived from the
-    caller's key or the session, so that a retry after a crash finds the same reservation
-    (and, once committed, the same spend) instead of charging again."""
-    request_id: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Held:
-    """A reservation at the accountant for one release."""
-
-    reservation_id: str
-    delta: float
-    """The least δ of the budgets it touches: the δ the ledger states its cost at, and so
-    the only δ a release may be calibrated at."""
-    replayed: bool = False
-    """The key's reservation already existed (a retry): the same one is returned."""
-    spend_id: str = ""
-    """Set when that reservation was already committed (under this very charge)."""
-
-
-@dataclass(frozen=True)
-class LedgerCost:
-    """The cost the ledger recorded for the event, as it labels it (e.g. ``rdp``)."""
-
-    epsilon: float
-    delta: float
-    accountant: str
-
-
-@dataclass(frozen=True)
-class Spent:
-    spend_id: str
-    replayed: bool
-    cost: LedgerCost | None = None
-
-
-class Ledger(Protocol):
-    """Reserve → Commit (or Release); errors are VeilErrors. Reserve and Commit are
-    idempotent by the charge's key, so either may be retried."""
-
-    async def reserve(self, charge: ChargeSpec, lease_s: float) -> Held: ...
-
-    async def commit(self, tenant: str, reservation_id: str) -> Spent: ...
-
-    async def release(self, tenant: str, reservation_id: str, reason: str) -> None: ...
-
-    async def delta(self, charge: ChargeSpec) -> float:
-        """The least δ of the budgets ``charge`` touches (a dry run: writes nothing)."""
-        ...
-
-    async def ready(self) -> bool: ...
-
-    async def close(self) -> None: ...
 
 
 def _charge_pb(spec: ChargeSpec) -> apb.Charge:
@@ -118,7 +52,8 @@ def _refined(error: VeilError) -> VeilError:
 
 
 class AccountantLedger:
-    """:class:`Ledger` over the accountant's gRPC API, with a delegate token."""
+    """:class:`~services.sanitizer.ports.Ledger` over the accountant's gRPC API, with a
+    delegate token."""
 
     def __init__(
         self, target: str, token: str, timeout_s: float, tls_ca: str | None = None

@@ -4,16 +4,17 @@ photo bytes ─decode─▶ pixels ─find/crop face─▶ crop (R×R) ─encode
    z ─privatize (services.kernels.mechanism: clip, noise σ·w_a, complement)─▶ z̃
    z̃, fresh x_T ─decode (DDIM)─▶ crop' ─paste back (feathered)─▶ photo' ─PNG─▶ bytes
 
-The encoder and decoder run on the inference backend (in-process or Triton); the
-mechanism's noise and x_T are drawn here, from the generator each draw brings (for a
-release, a PCG64 seeded with 256 OS-random bits). CPU-bound image work runs on the
-server's worker pool (``offload``), never on the event loop. ``bench/sanitizer.py`` and
-``veil audit`` call this same class.
+The encoder and decoder run on the inference backend (in-process or Triton), which the
+pipeline sees as its :class:`~services.sanitizer.ports.Kernels` port; the mechanism's
+noise and x_T are drawn here, from the generator each draw brings (for a release, a PCG64
+seeded with 256 OS-random bits). CPU-bound image work runs on the server's worker pool
+(``offload``), never on the event loop. ``bench/sanitizer.py`` and ``veil audit`` call
+this same class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,12 +22,11 @@ import numpy as np
 
 from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.inference.attributes import AttributeModel
-from services.inference.backend import InferenceBackend
 from services.kernels.mechanism import Calibration, Complement, fresh_noise, privatize
 from services.sanitizer.faces import Box, FaceCrop, crop_face, locate_face, paste_face
+from services.sanitizer.ports import Kernels
 
 T = TypeVar("T")
-Offload = Callable[..., Awaitable[Any]]
 
 
 async def inline(fn: Callable[..., T], /, *args: Any) -> T:
@@ -79,7 +79,7 @@ class Pipeline:
 
     def __init__(
         self,
-        backend: Callable[[], InferenceBackend],
+        backend: Callable[[], Kernels],
         model: AttributeModel,
         *,
         limits: ImageLimits | None = None,

@@ -1,14 +1,14 @@
-"""Weights for the served kernels: the model store, model versions, devices, kernels.
+"""Weights for the served kernels: the model store with torch, devices, kernels.
 
 Loading a classifier never imports diffusers (:mod:`services.kernels.models` imports the
 diffusion autoencoder lazily), which saves a classifier's Triton stub seconds of start-up.
+What a service reads of the store without building a kernel (where it is, version
+entries, the attribute model) is :mod:`services.serving.entries`, which loads no torch.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,25 +28,15 @@ from services.serving.batch import (
     ProtectorKernel,
 )
 from services.serving.contract import DECODER, ENCODER, PROTECT, PROTECTOR
+from services.serving.entries import store_root
 
 if TYPE_CHECKING:
     from services.kernels.diffae import DiffAE
-    from services.kernels.mechanism import AttributeSpace
 
 
 def resolve_store(root: str | Path | None) -> ModelStore:
-    """``root``, else ``$VEIL_MODEL_STORE``, else the packaged ``services/kernels/weights``."""
-    chosen = str(root or "") or os.environ.get("VEIL_MODEL_STORE", "")
-    return ModelStore(chosen or None)
-
-
-def version_entry(entry: str, version: int) -> str:
-    """Store entry of model version ``version``: 1 (or 0, latest) → ``entry``, N → ``entry-vN``.
-
-    The unlearning service writes ``<entry>-v2`` to the store and adds a ``2/`` directory
-    to the Triton model (triton_models/README.md).
-    """
-    return entry if version <= 1 else f"{entry}-v{version}"
+    """The store :func:`services.serving.entries.store_root` picks, with torch tensors."""
+    return ModelStore(store_root(root))
 
 
 def load_kernel_model(kind: str, entry: str, store: ModelStore) -> DiffAE | Classifier | Protector:
@@ -129,65 +119,3 @@ def build_kernel(
             kernel = ClassifierKernel(classifier, feature_layer)
     kernel.device = torch.device(device)
     return kernel
-
-
-ATTRIBUTE_DESCRIPTIONS = {
-    "male": "perceived gender (male vs not)",
-    "old": "perceived age (old vs young)",
-    "dark_skin": "skin tone (dark vs light)",
-    "glasses": "wearing glasses",
-    "smiling": "smiling",
-}
-"""Descriptions of the default attributes (a probes entry may carry its own in its config)."""
-
-
-def load_attribute_space(store: ModelStore, probes: str, diffae: str) -> AttributeModel:
-    """The mechanism's attribute subspace from the ``probes`` entry, checked against the
-    ``diffae`` entry it was fitted on (probes of another encoder would protect nothing)."""
-    from services.kernels.mechanism import AttributeSpace, orthonormal
-    from services.kernels.models import load_probes
-
-    try:
-        manifest = store.manifest(probes)
-        encoder = store.manifest(diffae)
-        probe_set = load_probes(probes, store)
-    except (NotFound, ModelIntegrityError) as exc:
-        raise ModelNotReady(
-            f"probes {probes!r} or diffae {diffae!r} cannot be loaded from the model store "
-            f"{store.root}: {exc.message}"
-        ) from None
-    fitted_on = manifest.config.get("diffae_sha256")
-    if fitted_on and fitted_on != encoder.sha256:
-        raise ModelNotReady(
-            f"probes {probes!r} were fitted on another diffae than {diffae!r} "
-            "(retrain them with `veil train probes`)"
-        )
-    descriptions = {**ATTRIBUTE_DESCRIPTIONS, **manifest.config.get("descriptions", {})}
-    eraser = probe_set.tensors().get("eraser_matrix"), probe_set.tensors().get("eraser_bias")
-    space = AttributeSpace(
-        names=probe_set.names,
-        directions=orthonormal(probe_set.directions.double().numpy()),
-        clip_bounds=probe_set.clip_bounds.double().numpy(),
-        eraser_matrix=None if eraser[0] is None else eraser[0].double().numpy(),
-        eraser_bias=None if eraser[1] is None else eraser[1].double().numpy(),
-        descriptions={n: descriptions.get(n, n) for n in probe_set.names},
-    )
-    return AttributeModel(
-        space=space,
-        diffae=diffae,
-        resolution=int(encoder.config.get("resolution", 0)),
-        training_data=str(encoder.data.get("uri", "")),
-        probes=probes,
-    )
-
-
-@dataclass(frozen=True)
-class AttributeModel:
-    """What the sanitizer needs besides the encoder and decoder: the attribute subspace,
-    and which model it belongs to."""
-
-    space: AttributeSpace
-    diffae: str
-    resolution: int
-    training_data: str
-    probes: str

@@ -23,7 +23,8 @@ import triton_python_backend_utils as pb_utils
 from services.common.errors import InvalidArgument, VeilError
 from services.serving.batch import execute_batched
 from services.serving.contract import MODELS
-from services.serving.loading import build_kernel, instance_device, resolve_store, version_entry
+from services.serving.entries import version_entry
+from services.serving.loading import build_kernel, instance_device, resolve_store
 
 
 class TritonPythonModel:

@@ -18,6 +18,7 @@ from services.inference.backend import InferenceSettings
 from services.runtime.diagnostics import diagnostics_mount
 from services.runtime.server import Mount, ServiceApp
 from services.runtime.settings import ServiceSettings
+from services.runtime.workers import WorkerPool
 from services.unlearning.core import Unlearning
 from services.unlearning.jobs import JobStore
 from services.unlearning.metrics import UnlearningMetrics
@@ -58,7 +59,8 @@ def build_app(settings: Settings) -> ServiceApp:
         assert handle is not None
         await handle.backend.load_model(model, version)
 
-    core = Unlearning(settings, store, publisher, load, metrics)
+    job_threads = WorkerPool(settings.max_running_jobs, 0, name="veil-unlearning")
+    core = Unlearning(settings, store, publisher, load, metrics, job_threads)
     app.mounts += [
         Mount(
             "veil.v1.Unlearning",

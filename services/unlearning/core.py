@@ -4,13 +4,18 @@
 row exists (so a bad request never becomes a failed job), keeps jobs in the
 :class:`~services.unlearning.jobs.JobStore`, and runs them: a poller claims queued jobs
 (at most ``max_running_jobs`` at once) and trains each on a thread of its own bounded pool
-(:class:`services.runtime.workers.WorkerPool`), off the event loop, renewing the job's lease
+(the :class:`~services.unlearning.ports.Workers` port, which the app wires to a
+``services.runtime.workers.WorkerPool``), off the event loop, renewing the job's lease
 while it runs. A finished job's model is published as the next version
 (:mod:`services.unlearning.publishing`: temp dir + rename) and loaded by the inference
 backend before the job turns SUCCEEDED; any failure on the way removes what was written.
 
 Tenancy: a job, and a version above 1, belong to the tenant that made them; another
 tenant's are NOT_FOUND. Version 1 (the trained base model) is every tenant's.
+
+The job threads and the backend's loader are ports (:mod:`services.unlearning.ports`):
+the core imports no grpc, no generated stubs, no runtime, and loads no torch until a job
+trains (docs/ARCHITECTURE.md, "Cores without transport").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +37,6 @@ from services.common.errors import (
     NotFound,
     VeilError,
 )
-from services.runtime.workers import WorkerPool
 from services.unlearning import training
 from services.unlearning.jobs import (
     CANCELLED,
@@ -46,13 +50,11 @@ from services.unlearning.jobs import (
     Version,
 )
 from services.unlearning.metrics import UnlearningMetrics
+from services.unlearning.ports import Loader, Workers
 from services.unlearning.publishing import Publisher, Weights
 from services.unlearning.settings import UnlearningSettings
 
 log = logging.getLogger(__name__)
-
-Loader = Callable[[str, int], Awaitable[None]]
-"""``load(model, version)``: make a published version servable (the inference backend)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Unlearning:
         publisher: Publisher,
         load: Loader,
         metrics: UnlearningMetrics,
+        workers: Workers,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -83,7 +86,7 @@ class Unlearning:
         self.load = load
         self.metrics = metrics
         self.worker = uuid.uuid4().hex[:16]
-        self.pool = WorkerPool(settings.max_running_jobs, 0, name="veil-unlearning")
+        self.pool = workers
         self._running: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         """Set by stop(): every job thread stops at its next step."""

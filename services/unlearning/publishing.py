@@ -7,7 +7,7 @@ Version N of the served model (N > 1) is two directories:
   store's format: ``services.kernels.store``), the manifest carrying where it came from
   (``unlearning``: parent version, method, job, revision) and its metrics;
 - ``<repository>/<model>/N/model.py``, a copy of version 1's (the code is the same; the
-  version number picks the entry: ``services.serving.loading.version_entry``), when the
+  version number picks the entry: ``services.serving.entries.version_entry``), when the
   service writes to a Triton model repository.
 
 Each is written whole into a hidden temporary directory beside its final place
@@ -36,7 +36,7 @@ TMP_PREFIX = ".unlearning-"
 
 def version_entry(entry: str, version: int) -> str:
     """Store entry of version ``version``: 1 (or 0) → ``entry``, N → ``entry-vN``; the same
-    rule as ``services.serving.loading.version_entry`` (a test holds them equal)."""
+    rule as ``services.serving.entries.version_entry`` (a test holds them equal)."""
     return entry if version <= 1 else f"{entry}-v{version}"
 
 

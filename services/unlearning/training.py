@@ -172,7 +172,7 @@ def run(
 
 def store_root(configured: Path | None) -> Path:
     """``configured``, else ``$VEIL_MODEL_STORE``, else the packaged store (the rule of
-    ``services.serving.loading.resolve_store``, which Triton's models follow)."""
+    ``services.serving.entries.store_root``, which Triton's models follow)."""
     import os
 
     from services.kernels.store import DEFAULT_ROOT

@@ -19,7 +19,8 @@ from services._proto.veil.v1 import sanitizer_pb2 as pb
 from services.common.errors import Unavailable
 from services.common.imaging import encode_image
 from services.kernels.data.synthfaces import SynthFaces
-from services.sanitizer.ledger import AccountantLedger, ChargeSpec, Held, Spent
+from services.sanitizer.ledger import AccountantLedger
+from services.sanitizer.ports import ChargeSpec, Held, Spent
 from tests.sanitizer.conftest import DATASET, SERVICE_TOKEN, TENANT_TOKEN
 from tests.support.server import ServerThread, bearer
 

@@ -164,6 +164,7 @@ def test_an_interrupted_publication_is_removed_by_the_next_attempt(
 
     from prometheus_client import CollectorRegistry
 
+    from services.runtime.workers import WorkerPool
     from services.unlearning.core import Unlearning
     from services.unlearning.metrics import UnlearningMetrics
     from tests.unlearning.conftest import settings
@@ -172,7 +173,12 @@ def test_an_interrupted_publication_is_removed_by_the_next_attempt(
         return None
 
     core = Unlearning(
-        settings(tmp_path, store), jobs, publisher, load, UnlearningMetrics(CollectorRegistry())
+        settings(tmp_path, store),
+        jobs,
+        publisher,
+        load,
+        UnlearningMetrics(CollectorRegistry()),
+        WorkerPool(1, 0),
     )
     taken = jobs.claim(core.worker, 5.0, 3)
     assert taken is not None and taken.attempts == 2

@@ -12,7 +12,7 @@ import pytest
 from services._proto.veil.v1 import unlearning_pb2 as pb
 from services.common.errors import FailedPrecondition, NotFound
 from services.kernels import unlearning as kernels
-from services.serving.loading import version_entry as serving_entry
+from services.serving.entries import version_entry as serving_entry
 from services.unlearning import converters, training
 from services.unlearning.publishing import Publisher, Weights, version_entry
 

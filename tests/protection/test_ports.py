@@ -1,0 +1,135 @@
+"""The protection core's ``Kernels`` port, one contract run on an in-memory fake and on the
+real adapter (the in-process backend, committed weights); then the core itself, with no
+server, protects an image on each."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.imaging import decode_image, encode_image
+from services.inference.backend import InferenceSettings, ProtectOutput, ProtectParams
+from services.inference.catalog import PROTECTION_MODELS, ClassifierInfo, classifier_info
+from services.kernels.data.synthfaces import SynthFaces
+from services.protection.core import Params, Protection, ProtectJob
+from services.protection.metrics import ProtectionMetrics
+from services.protection.ports import Kernels
+from services.protection.settings import ProtectionSettings
+
+T = TypeVar("T")
+FAST_EPSILON = 16 / 255
+"""The committed generator's bound (its config's ``epsilon``), in [0, 1] pixel units."""
+
+
+class FakeKernels:
+    """The :class:`~services.protection.ports.Kernels` port without a model: logits are a
+    fixed linear map of the channel means, features the pixels themselves; ``protect``
+    moves every pixel by the bound, against the sign of a fixed pattern."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.weights = np.random.default_rng(0).standard_normal((3, num_classes))
+
+    async def classify(
+        self, images: np.ndarray, *, model: str = "", version: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        flat = np.asarray(images, dtype=np.float32)
+        logits = flat.reshape(len(flat), 3, -1).mean(axis=2) @ self.weights
+        return logits.astype(np.float32), flat.reshape(len(flat), -1)
+
+    def _perturb(self, images: np.ndarray, epsilon: float, steps: int) -> ProtectOutput:
+        x = np.asarray(images, dtype=np.float32)
+        pattern = np.sign(np.sin(np.arange(x[0].size, dtype=np.float32))).reshape(x.shape[1:])
+        protected = np.clip(x - 2 * epsilon * pattern, -1.0, 1.0).astype(np.float32)
+        distortion = ((protected - x) ** 2).reshape(len(x), -1).mean(axis=1)
+        return ProtectOutput(protected, distortion.astype(np.float32), steps)
+
+    async def protect(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        params: ProtectParams | None = None,
+        *,
+        time_budget_s: float | None = None,
+    ) -> ProtectOutput:
+        chosen = params or ProtectParams()
+        return self._perturb(images, chosen.epsilon, chosen.iterations)
+
+    async def protect_fast(self, images: np.ndarray) -> ProtectOutput:
+        return self._perturb(images, FAST_EPSILON, 0)
+
+
+@pytest.fixture(scope="module")
+def authorized() -> ClassifierInfo:
+    return classifier_info(InferenceSettings(), "veil_classifier")
+
+
+@pytest.fixture(params=["fake", "local"])
+def kernels(request: pytest.FixtureRequest, authorized: ClassifierInfo) -> Iterator[Kernels]:
+    if request.param == "fake":
+        yield FakeKernels(authorized.num_classes)
+        return
+    from services.inference.local import LocalBackend
+
+    local = LocalBackend(InferenceSettings(models=PROTECTION_MODELS, surrogates=[]))
+    yield local
+    asyncio.run(local.close())
+
+
+def images(resolution: int, n: int = 2) -> np.ndarray:
+    faces = SynthFaces(n=n, seed=21, resolution=resolution)
+    pixels = np.stack([faces.pixels(i) for i in range(n)]).astype(np.float32)
+    return (pixels / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
+
+
+def test_kernels_classify_and_protect_within_the_bound(
+    kernels: Kernels, authorized: ClassifierInfo
+) -> None:
+    x = images(authorized.resolution)
+    params = ProtectParams(epsilon=8 / 255, step_size=2 / 255, iterations=3)
+
+    async def scenario() -> tuple[Any, ...]:
+        logits, features = await kernels.classify(x, model=authorized.name, version=1)
+        fmd = await kernels.protect(x, None, params)
+        fast = await kernels.protect_fast(x)
+        return logits, features, fmd, fast
+
+    logits, features, fmd, fast = asyncio.run(scenario())
+    assert np.asarray(logits).shape == (2, authorized.num_classes)
+    assert np.asarray(features).ndim == 2 and len(features) == 2
+    for out, bound, steps in ((fmd, params.epsilon, 3), (fast, FAST_EPSILON, 0)):
+        protected = np.asarray(out.protected)
+        assert protected.shape == x.shape and out.steps_run == steps
+        assert np.abs(protected - x).max() <= 2 * bound + 1e-5
+        assert np.asarray(out.feature_distortion).shape == (2,)
+
+
+async def inline(fn: Callable[..., T], /, *args: Any) -> T:
+    return fn(*args)
+
+
+@pytest.mark.parametrize("mode", ["fmd", "fast"])
+def test_the_core_protects_an_image_within_its_bound(
+    kernels: Kernels, authorized: ClassifierInfo, mode: str
+) -> None:
+    core = Protection(
+        ProtectionSettings(),
+        lambda: kernels,
+        authorized,
+        lambda: kernels,
+        {},
+        ProtectionMetrics(CollectorRegistry()),
+        inline,
+    )
+    photo = SynthFaces(n=1, seed=3, resolution=48).pixels(0)  # not the model's resolution
+    job = ProtectJob(encode_image(photo), mode=mode, params=Params(iterations=3), request_id="r")
+    out = asyncio.run(core.protect(job))
+    assert decode_image(out.image).pixels.shape == photo.shape
+    bound = Params().epsilon if mode == "fmd" else FAST_EPSILON
+    assert 0 < out.linf <= bound + 1e-9
+    assert out.steps_run == (3 if mode == "fmd" else 0) and out.mode == mode
+    assert (out.model, out.version, out.request_id) == (authorized.name, 1, "r")
