@@ -233,9 +233,14 @@ def status_rows(readme: str) -> list[dict[str, str]]:
     raise LookupError(f"README's Status section has no table with columns {STATUS_COLUMNS}")
 
 
+def _protos(row: dict[str, str]) -> list[str]:
+    """The proto services of a row: one, or several separated by commas (a server that
+    serves more than one, e.g. unlearning and its model registry)."""
+    return [p.strip().removeprefix("veil.v1.") for p in row["proto service"].split(",") if p]
+
+
 def _service_row_problems(row: dict[str, str], facts: Facts) -> list[str]:
     name, package, state = row["service"], row["package"], _state(row["status"])
-    proto = row["proto service"].removeprefix("veil.v1.")
     k8s = row["k8s"].rstrip("/")
     if state not in SERVICE_STATES:
         return [f"{name}: status {row['status']!r} is none of {SERVICE_STATES}"]
@@ -249,10 +254,11 @@ def _service_row_problems(row: dict[str, str], facts: Facts) -> list[str]:
     problems = []
     if package not in facts.packages:
         problems.append(f"{name}: package {package} does not exist")
-    elif proto not in facts.servicers.get(package, frozenset()):
-        problems.append(f"{name}: {package}/app.py registers no {proto} servicer")
-    if proto not in facts.protos:
-        problems.append(f"{name}: no `service {proto}` in proto/veil/v1/*.proto")
+    for proto in _protos(row):
+        if package in facts.packages and proto not in facts.servicers.get(package, frozenset()):
+            problems.append(f"{name}: {package}/app.py registers no {proto} servicer")
+        if proto not in facts.protos:
+            problems.append(f"{name}: no `service {proto}` in proto/veil/v1/*.proto")
     if k8s not in facts.k8s:
         problems.append(f"{name}: {k8s or '(none)'} is no Deployment listed in k8s/base/")
     if name not in facts.served:
@@ -283,7 +289,7 @@ def status_problems(readme: str, facts: Facts) -> list[str]:
     problems = [p for row in rows for p in _service_row_problems(row, facts)]
     packages = {row["package"] for row in rows}
     names = {row["service"] for row in rows}
-    protos = {row["proto service"].removeprefix("veil.v1.") for row in rows}
+    protos = {proto for row in rows for proto in _protos(row)}
     problems += [
         f"{p} (it has an app.py) has no status row" for p in facts.servicers.keys() - packages
     ]
@@ -322,23 +328,25 @@ def rpc_problems(readme: str, facts: Facts) -> list[str]:
     """Every rpc the README's RPC tables miss or invent, per service of the status table."""
     problems = []
     for row in status_rows(readme):
-        proto = row["proto service"].removeprefix("veil.v1.")
-        if _state(row["status"]) != "available" or proto not in facts.protos:
+        protos = [p for p in _protos(row) if p in facts.protos]
+        if _state(row["status"]) != "available" or not protos:
             continue
         found = _rpc_sections(readme, row["service"])
-        if len(found) != 1:
+        if len(found) != len(protos):
             headings = [h for h, _ in found]
             problems.append(
-                f"{row['service']}: want one section naming it with an RPC table, got {headings}"
+                f"{row['service']}: want {len(protos)} section(s) naming it with an RPC table "
+                f"(one per proto service), got {headings}"
             )
             continue
-        heading, named = found[0]
-        problems += [
-            f"{proto}.{r} is missing from '{heading}'" for r in facts.protos[proto] - named
-        ]
-        problems += [
-            f"'{heading}' names {r}, no rpc of {proto}" for r in named - facts.protos[proto]
-        ]
+        where = " + ".join(f"'{h}'" for h, _ in found)
+        named = set().union(*(n for _, n in found))
+        rpcs = set().union(*(facts.protos[p] for p in protos))
+        for proto in protos:
+            problems += [
+                f"{proto}.{r} is missing from {where}" for r in facts.protos[proto] - named
+            ]
+        problems += [f"{where} names {r}, no rpc of {', '.join(protos)}" for r in named - rpcs]
     spans = set(code_spans(readme))
     for proto in SHARED_PROTO_SERVICES & facts.protos.keys():
         problems += [
@@ -521,7 +529,7 @@ def test_the_checks_see_the_docs() -> None:
     assert {r["service"] for r in status_rows(readme)} >= {"accountant", "unlearning"}
     assert facts.protos["Accountant"] >= {"Spend", "ChargeBatch"}
     assert "k8s/base/unlearning" in facts.k8s
-    assert facts.servicers["services.unlearning"] == {"Unlearning"}
+    assert facts.servicers["services.unlearning"] == {"Unlearning", "ModelRegistry"}
     assert {"accountant", "sanitizer", "protection", "unlearning"} <= facts.served
     assert facts.served == set(SERVICES)
     assert sum(bool(figures(body)) for _, body in sections(readme)) >= 5

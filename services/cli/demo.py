@@ -27,6 +27,8 @@ SUBJECT_TOKEN = "demo-alice"
 """A data subject's own token: previews of alice's photos are shown to alice only."""
 SANITIZER_TOKEN = "demo-sanitizer"
 """The sanitizer's delegate token at the accountant (it charges its callers' tenants)."""
+PROTECTION_TOKEN = "demo-protection"
+"""Protection's delegate token at the model registry (it resolves its callers' models)."""
 
 
 def demo_image() -> bytes:
@@ -378,7 +380,14 @@ def main() -> int:
         ),
     )
     env.setdefault("VEIL_SANITIZER_ACCOUNTANT_TOKEN", SANITIZER_TOKEN)
-    env.setdefault("VEIL_UNLEARNING_TOKENS", json.dumps({DEMO_TOKEN: {"tenant": "demo"}}))
+    registry_grant = {"tenant": "veil", "scopes": ["modelregistry:resolve_model"]}
+    env.setdefault(
+        "VEIL_UNLEARNING_TOKENS",
+        json.dumps(
+            {DEMO_TOKEN: {"tenant": "demo"}, PROTECTION_TOKEN: {**registry_grant, "delegate": True}}
+        ),
+    )
+    env.setdefault("VEIL_PROTECTION_REGISTRY_TOKEN", PROTECTION_TOKEN)
     env.setdefault("VEIL_PROTECTION_TOKENS", json.dumps({DEMO_TOKEN: {"tenant": "demo"}}))
     # A short retrained reference: the demo compares against it, it does not need a good one.
     env.setdefault("VEIL_UNLEARNING_REFERENCE_STEPS", REFERENCE_STEPS)

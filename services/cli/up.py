@@ -112,6 +112,11 @@ def run_up(names: list[str], backend: str = "triton") -> int:
         # The sanitizer charges the accountant this stack starts (unless told otherwise).
         accountant = SERVICES["accountant"].settings()
         env.setdefault("VEIL_SANITIZER_ACCOUNTANT_URL", f"{accountant.host}:{accountant.port}")
+    if "unlearning" in names and "protection" in names:
+        # Protection resolves each tenant's authorized model at the registry this stack
+        # starts (the unlearning server's ModelRegistry).
+        unlearning = SERVICES["unlearning"].settings()
+        env.setdefault("VEIL_PROTECTION_REGISTRY_URL", f"{unlearning.host}:{unlearning.port}")
     children = {
         name: subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env)
         for name in names

@@ -140,13 +140,15 @@ class InferenceBackend(abc.ABC):
         params: ProtectParams | None = None,
         *,
         time_budget_s: float | None = None,
+        version: int = 0,
     ) -> ProtectOutput:
-        """FMD; labels −1/None = the authorized model's prediction. ``time_budget_s``
+        """FMD against version ``version`` of the authorized classifier (its serving
+        version; 0 = the latest); labels −1/None = its prediction. ``time_budget_s``
         (None or ≤ 0: no limit): the loop stops early rather than take longer, and
         ``steps_run`` says how far it got. The call's own deadline stays
         ``settings.protect_timeout_s``."""
         arrays = protect_inputs(images, labels, params, time_budget_s)
-        out = await self._call(PROTECT, arrays, timeout=self.settings.protect_timeout_s)
+        out = await self._call(PROTECT, arrays, version, timeout=self.settings.protect_timeout_s)
         steps = out["STEPS_RUN"]
         return ProtectOutput(
             protected=out["PROTECTED"],

@@ -20,6 +20,9 @@ from services.inference.catalog import PROTECTION_MODELS, ClassifierInfo, classi
 from services.inference.factory import create_backend
 from services.protection.core import Protection
 from services.protection.metrics import ProtectionMetrics
+from services.protection.models import SharedBase
+from services.protection.ports import AuthorizedModels
+from services.protection.registry import RegistryModels
 from services.protection.servicer import ProtectionServicer
 from services.protection.settings import ProtectionSettings
 from services.runtime.diagnostics import diagnostics_mount
@@ -72,6 +75,15 @@ def build_app(settings: Settings) -> ServiceApp:
             evaluation = create_backend(evaluation_settings)
         return evaluation
 
+    models: AuthorizedModels = SharedBase()
+    if settings.registry_url:
+        models = RegistryModels(
+            settings.registry_url,
+            settings.registry_token,
+            settings.registry_timeout_s,
+            settings.registry_cache_s,
+            settings.registry_tls_ca,
+        )
     core = Protection(
         settings,
         backend,
@@ -81,6 +93,7 @@ def build_app(settings: Settings) -> ServiceApp:
         metrics,
         app.workers.run,
         settings.image_limits,
+        models,
     )
     app.mounts += [
         Mount(
@@ -94,6 +107,7 @@ def build_app(settings: Settings) -> ServiceApp:
     async def stop() -> None:
         if evaluation is not None:
             await evaluation.close()
+        await models.close()
 
     app.on_stop.append(stop)
     handle = attach_backend(app, settings.inference)

@@ -29,7 +29,8 @@ from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.inference.backend import ProtectParams
 from services.inference.catalog import ClassifierInfo
 from services.protection.metrics import ProtectionMetrics
-from services.protection.ports import Kernels, Offload
+from services.protection.models import SharedBase
+from services.protection.ports import AuthorizedModels, Kernels, Offload, Resolved
 from services.protection.settings import ProtectionSettings
 
 MODES = ("fmd", "fast")
@@ -56,6 +57,8 @@ class ProtectJob:
     version: int = 0
     request_id: str = ""
     time_budget_s: float | None = None
+    tenant: str = ""
+    """Whose versions ``version`` names (0 = the tenant's production alias)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class Protection:
         metrics: ProtectionMetrics,
         offload: Offload,
         limits: ImageLimits | None = None,
+        models: AuthorizedModels | None = None,
     ) -> None:
         self.settings = settings
         self._backend = backend
@@ -149,24 +153,22 @@ class Protection:
         self.metrics = metrics
         self._offload = offload
         self.limits = limits or ImageLimits()
+        self.models = models or SharedBase()
 
     # -- validation ------------------------------------------------------------------------
 
-    def check_model(self, name: str, version: int) -> int:
-        """The authorized model's resolved version; NOT_FOUND for another model or version."""
+    async def check_model(self, tenant: str, name: str, version: int) -> Resolved:
+        """The tenant's version of the authorized model (0 = its production alias);
+        NOT_FOUND for another model, and for an unknown version or another tenant's
+        (the same answer)."""
         if name and name != self.authorized.name:
             raise NotFound(
-                f"authorized model {name!r} is not loaded; this server protects for "
-                f"{self.authorized.name!r} (versions {list(self.authorized.versions)})"
+                f"authorized model {name!r} is not served; this server protects for "
+                f"{self.authorized.name!r}"
             )
         if version < 0:
             raise InvalidArgument("version must be >= 0", details={"field": "authorized_model"})
-        if version and version not in self.authorized.versions:
-            raise NotFound(
-                f"{self.authorized.name!r} has no version {version}; loaded: "
-                f"{list(self.authorized.versions)}"
-            )
-        return version or max(self.authorized.versions)
+        return await self.models.resolve(tenant, self.authorized.name, version)
 
     def check_params(self, params: Params, mode: str) -> Params:
         s = self.settings
@@ -208,8 +210,8 @@ class Protection:
         start = time.perf_counter()
         mode = job.mode or self.settings.default_mode
         params = self.check_params(job.params, mode)
-        version = self.check_model(job.model, job.version)
         label = self.check_label(job.label)
+        resolved = await self.check_model(job.tenant, job.model, job.version)
         resolution = self.authorized.resolution
         pixels = (await self._offload(decode_image, job.image, self.limits)).pixels
         x = to_model(pixels, resolution)[None]
@@ -231,7 +233,9 @@ class Protection:
                 ce_weight=params.ce_weight,
             )
             labels = None if label is None else np.array([label])
-            out = await backend.protect(x, labels, kernel, time_budget_s=budget)
+            out = await backend.protect(
+                x, labels, kernel, time_budget_s=budget, version=resolved.serving
+            )
             steps = int(np.asarray(out.steps_run).reshape(-1)[0])
             early = steps < params.iterations
             self.metrics.steps.observe(steps)
@@ -241,7 +245,9 @@ class Protection:
         delta = protected_model[0] - x[0]
         result = await self._offload(apply_perturbation, pixels, delta, params.epsilon)
         check = np.stack([x[0], to_model(result, resolution)])
-        logits, _ = await backend.classify(check, model=self.authorized.name, version=version)
+        logits, _ = await backend.classify(
+            check, model=self.authorized.name, version=resolved.serving
+        )
         before, after = (int(v) for v in np.asarray(logits).argmax(1))
         data = await self._offload(encode_image, result, self.settings.output_format)
         linf = float(np.abs(result.astype(np.int16) - pixels.astype(np.int16)).max()) / 255
@@ -258,7 +264,7 @@ class Protection:
             mode=mode,
             psnr_db=psnr(pixels, result),
             model=self.authorized.name,
-            version=version,
+            version=resolved.number,
             request_id=job.request_id,
         )
 
@@ -285,12 +291,13 @@ class Protection:
         model: str,
         version: int,
         unauthorized: Sequence[tuple[str, int]],
+        tenant: str = "",
     ) -> Evaluation:
         if not pairs:
             raise InvalidArgument("give at least one labelled pair", details={"field": "images"})
         if len(pairs) > 1024:
             raise InvalidArgument("at most 1024 pairs per call", details={"field": "images"})
-        version = self.check_model(model, version)
+        resolved = await self.check_model(tenant, model, version)
         others = self.known_unauthorized(unauthorized)
 
         def decode(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +323,7 @@ class Protection:
                 float(np.mean(np.asarray(after).argmax(1) == labels)),
             )
 
-        auth = await accuracy(self._backend(), self.authorized, version)
+        auth = await accuracy(self._backend(), self.authorized, resolved.serving)
         results = []
         for name, v in others:
             info = self.unauthorized[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from services._proto.veil.v1 import common_pb2, protection_pb2_grpc
 from services._proto.veil.v1 import protection_pb2 as pb
@@ -25,9 +26,9 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServicer):
         self.format = core.settings.output_format
 
     async def Protect(self, request: pb.ProtectRequest, context) -> pb.ProtectResponse:
-        require_tenant(request.tenant_id)
-        out = await self.core.protect(cv.job_from_pb(request, _budget(context)))
-        return cv.protected_to_pb(out, self.format)
+        tenant = require_tenant(request.tenant_id)
+        job = replace(cv.job_from_pb(request, _budget(context)), tenant=tenant)
+        return cv.protected_to_pb(await self.core.protect(job), self.format)
 
     async def ProtectBatch(
         self, request_iterator: AsyncIterator[pb.ProtectRequest], context
@@ -41,8 +42,9 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServicer):
 
         async def one(request: pb.ProtectRequest) -> None:
             try:
-                require_tenant(request.tenant_id)
-                out = await self.core.protect(cv.job_from_pb(request, _budget(context)))
+                tenant = require_tenant(request.tenant_id)
+                job = replace(cv.job_from_pb(request, _budget(context)), tenant=tenant)
+                out = await self.core.protect(job)
                 await done.put(cv.protected_to_pb(out, self.format))
             except VeilError as exc:
                 error = common_pb2.ItemError(code=status_code(exc).value[0], message=exc.message)
@@ -73,11 +75,11 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServicer):
                 task.cancel()
 
     async def Evaluate(self, request: pb.EvaluateRequest, context) -> pb.EvaluateResponse:
-        require_tenant(request.tenant_id)
         out = await self.core.evaluate(
             cv.pairs_from_pb(request),
             request.authorized_model.name,
             int(request.authorized_model.version),
             [(m.name, int(m.version)) for m in request.unauthorized_models],
+            tenant=require_tenant(request.tenant_id),
         )
         return cv.evaluation_to_pb(out)

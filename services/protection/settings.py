@@ -37,5 +37,19 @@ class ProtectionSettings(BaseSettings):
     unauthorized: dict[str, str] = Field(default_factory=_unauthorized)
     """Evaluate: models standing in for unauthorized black-box classifiers, name → model
     store entry. They run in this process (evaluation instruments, not served models)."""
+    registry_url: str | None = None
+    """``host:port`` of the model registry (the unlearning server's
+    ``veil.v1.ModelRegistry``): each tenant's authorized model is then its own
+    ``production`` version. Unset: every tenant gets the shared base (version 1) only."""
+    registry_token: str = ""
+    """Bearer token presented to the registry: a delegate token with scope
+    ``modelregistry:resolve_model`` (it resolves for each caller's tenant)."""
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline of each registry call; past it the request fails UNAVAILABLE."""
+    registry_cache_s: float = Field(default=2.0, ge=0, le=300)
+    """How long a resolution is reused: a tenant's new production version is served at
+    most this long after it is published."""
+    registry_tls_ca: str | None = None
+    """PEM file of the CA that signed the registry's certificate; unset = plaintext."""
     output_format: Literal["PNG", "WEBP"] = "PNG"
     """Format of returned images: lossless, so the perturbation survives."""

@@ -107,6 +107,7 @@ class VeilClient:
             "sanitizer": ("sanitizer_pb2_grpc", "SanitizerStub"),
             "unlearning": ("unlearning_pb2_grpc", "UnlearningStub"),
             "protection": ("protection_pb2_grpc", "ProtectionStub"),
+            "registry": ("registry_pb2_grpc", "ModelRegistryStub"),
         }
         if name not in stubs:
             raise AttributeError(name)

@@ -12,7 +12,7 @@ import asyncio
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services._proto.veil.v1 import unlearning_pb2_grpc
+from services._proto.veil.v1 import registry_pb2_grpc, unlearning_pb2_grpc
 from services.inference.attach import attach_backend
 from services.inference.backend import InferenceSettings
 from services.runtime.diagnostics import diagnostics_mount
@@ -23,6 +23,7 @@ from services.unlearning.core import Unlearning
 from services.unlearning.jobs import JobStore
 from services.unlearning.metrics import UnlearningMetrics
 from services.unlearning.publishing import Publisher
+from services.unlearning.registry_servicer import RegistryServicer
 from services.unlearning.servicer import UnlearningServicer
 from services.unlearning.settings import UnlearningSettings
 from services.unlearning.training import store_root
@@ -52,12 +53,14 @@ def build_app(settings: Settings) -> ServiceApp:
         entry,
         settings.model_name,
         settings.model_repository,
+        also=tuple(settings.served_with),
     )
     handle = None
 
     async def load(model: str, version: int) -> None:
         assert handle is not None
-        await handle.backend.load_model(model, version)
+        for served in publisher.served_models():  # the classifier, and FMD against it
+            await handle.backend.load_model(served, version)
 
     job_threads = WorkerPool(settings.max_running_jobs, 0, name="veil-unlearning")
     core = Unlearning(settings, store, publisher, load, metrics, job_threads)
@@ -66,6 +69,11 @@ def build_app(settings: Settings) -> ServiceApp:
             "veil.v1.Unlearning",
             UnlearningServicer(core),
             unlearning_pb2_grpc.add_UnlearningServicer_to_server,
+        ),
+        Mount(
+            "veil.v1.ModelRegistry",
+            RegistryServicer(core),
+            registry_pb2_grpc.add_ModelRegistryServicer_to_server,
         ),
         diagnostics_mount("unlearning", settings.image_limits),
     ]

@@ -13,7 +13,8 @@ from services._proto.veil.v1 import common_pb2
 from services._proto.veil.v1 import unlearning_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.unlearning.core import Page
-from services.unlearning.jobs import Job, JobSpec, Version
+from services.unlearning.jobs import Job, JobSpec
+from services.unlearning.registry import Version
 
 METHOD_NAMES: dict[int, str] = {
     pb.UNLEARNING_METHOD_RETRAIN: "retrain",
@@ -164,6 +165,12 @@ def version_to_pb(version: Version) -> pb.ModelVersion:
         metrics={k: float(v) for k, v in version.metrics.items()},
         parent_version=version.parent_version,
         method=version.method,
+        aliases=list(version.aliases),
+        lineage={
+            k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in version.lineage.items()
+            if v is not None
+        },
     )
     stamp = _time(version.created_at)
     if stamp is not None and version.created_at > 0:

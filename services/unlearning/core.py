@@ -38,23 +38,32 @@ from services.common.errors import (
     VeilError,
 )
 from services.unlearning import training
-from services.unlearning.jobs import (
-    CANCELLED,
-    FAILED,
-    LOADING,
-    READY,
-    RETIRED,
-    Job,
-    JobSpec,
-    JobStore,
-    Version,
-)
+from services.unlearning.jobs import CANCELLED, FAILED, Job, JobSpec, JobStore
 from services.unlearning.metrics import UnlearningMetrics
 from services.unlearning.ports import Loader, Workers
 from services.unlearning.publishing import Publisher, Weights
+from services.unlearning.registry import (
+    BASE,
+    LOADING,
+    PRODUCTION,
+    SERVABLE,
+    Version,
+    with_aliases,
+)
 from services.unlearning.settings import UnlearningSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model as a tenant sees it (the registry's ``RegisteredModel``)."""
+
+    name: str
+    aliases: dict[str, int]
+    resolution: int
+    num_classes: int
+    target: str
 
 
 @dataclass(frozen=True)
@@ -130,8 +139,9 @@ class Unlearning:
         """Check ``spec`` (limits, method, options, base model, attributes) and queue it;
         with a known idempotency key, the original job."""
         self._check_limits(spec)
-        base = await self._resolve(tenant, spec.model_name, spec.base_version)
-        manifest = await asyncio.to_thread(self.publisher.manifest, base)
+        found = await self._resolve(tenant, spec.model_name, spec.base_version)
+        base = found.version
+        manifest = await asyncio.to_thread(self.publisher.manifest, found.serial)
         known = training.known_attributes(manifest)
         unknown = [a for a in spec.attributes if a not in known]
         if unknown:
@@ -208,13 +218,13 @@ class Unlearning:
 
     # -- versions --------------------------------------------------------------------------
 
-    async def _resolve(self, tenant: str, model_name: str, version: int) -> int:
-        """The version number ``version`` names for ``tenant`` (0 = the latest READY);
+    async def _resolve(self, tenant: str, model_name: str, version: int) -> Version:
+        """The version ``version`` names for ``tenant`` (0 = its ``production`` alias);
         NOT_FOUND when unknown, another tenant's, or not servable."""
         found = await self.get_version(tenant, model_name, version)
-        if found.state not in (READY, RETIRED):
+        if found.state not in SERVABLE:
             raise NotFound(f"{model_name} version {found.version} is {found.state}, not servable")
-        return found.version
+        return found
 
     def _check_model(self, model_name: str) -> None:
         if model_name != self.settings.model_name:
@@ -232,29 +242,76 @@ class Unlearning:
         created = manifest.get("created_at", "")
         return Version(
             model_name=self.settings.model_name,
-            version=1,
+            version=BASE,
             tenant="",
-            state=READY,
+            state=SERVABLE[0],
             parent_version=0,
             parent_job_id="",
             method="",
             metrics=metrics,
             created_at=_epoch(created),
+            serial=BASE,
+            lineage={key: manifest[key] for key in ("command", "seed", "data") if key in manifest},
         )
 
     async def get_version(self, tenant: str, model_name: str, version: int) -> Version:
+        """The tenant's version ``version`` (0 = what its ``production`` alias names, else
+        its latest READY one, else the base), with the aliases that name it; another
+        tenant's is NOT_FOUND, word for word as an unknown number."""
         self._check_model(model_name)
         if version < 0:
             raise InvalidArgument("version must be >= 0", details={"field": "ref.version"})
+        names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
+        if version == 0 and PRODUCTION in names:
+            version = names[PRODUCTION]
         if version == 0:
             latest = await asyncio.to_thread(self.store.latest_ready, tenant, model_name)
-            return latest if latest is not None else await self._base()
-        if version == 1:
-            return await self._base()
-        found = await asyncio.to_thread(self.store.get_version, tenant, model_name, version)
-        if found is None:
-            raise NotFound(f"no version {version} of {model_name!r}")
-        return found
+            found = latest if latest is not None else await self._base()
+        elif version == BASE:
+            found = await self._base()
+        else:
+            hit = await asyncio.to_thread(self.store.get_version, tenant, model_name, version)
+            if hit is None:
+                raise NotFound(f"no version {version} of {model_name!r}")
+            found = hit
+        return with_aliases(found, names)
+
+    async def model(self, tenant: str, model_name: str) -> Model:
+        """What ``model_name`` serves (from its base's manifest) and the tenant's aliases."""
+        self._check_model(model_name)
+        manifest = await asyncio.to_thread(self.publisher.manifest, BASE)
+        config = manifest.get("config", {})
+        names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
+        return Model(
+            name=model_name,
+            aliases=names,
+            resolution=int(config.get("resolution", 32)),
+            num_classes=int(config.get("num_classes", 2)),
+            target=str(config.get("target", "")),
+        )
+
+    async def models(self, tenant: str) -> list[Model]:
+        """The models the tenant can name: the one this service publishes versions of."""
+        return [await self.model(tenant, self.settings.model_name)]
+
+    async def resolve(self, tenant: str, model_name: str, version: int, alias: str) -> Version:
+        """The servable version a reference names for ``tenant``: ``version``, or (0) what
+        ``alias`` names (``production`` when empty; unset = the latest READY). An unset
+        alias other than ``production`` is NOT_FOUND."""
+        if version == 0 and alias and alias != PRODUCTION:
+            names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
+            if alias not in names:
+                raise NotFound(f"{model_name!r} has no alias {alias!r}")
+            version = names[alias]
+        return await self._resolve(tenant, model_name, version)
+
+    async def set_alias(self, tenant: str, model_name: str, alias: str, version: int) -> Version:
+        """Point the tenant's ``alias`` at its servable version ``version`` (>= 1)."""
+        self._check_model(model_name)
+        if version < 1:
+            raise InvalidArgument("version must be >= 1", details={"field": "ref.version"})
+        await asyncio.to_thread(self.store.set_alias, tenant, model_name, alias, version)
+        return await self.get_version(tenant, model_name, version)
 
     async def list_versions(
         self, tenant: str, model_name: str, page: Page
@@ -266,7 +323,8 @@ class Unlearning:
         )
         if page.offset <= total < page.offset + page.size:
             rows.append(await self._base())
-        return rows, total + 1
+        names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
+        return [with_aliases(v, names) for v in rows], total + 1
 
     async def rollback(
         self, tenant: str, model_name: str, target: int, reason: str, key: str
@@ -284,15 +342,17 @@ class Unlearning:
             if found is not None and found.state != LOADING:
                 return found
         old = await self.get_version(tenant, model_name, target)
-        if old.state not in (READY, RETIRED):
+        if old.state not in SERVABLE:
             raise FailedPrecondition(f"version {target} is {old.state}; it cannot be served")
-        number = await asyncio.to_thread(
-            self.store.allocate, tenant, model_name, target, "rollback", "", key
+        lineage = {"command": f"RollbackModel to version {target}", "reason": reason}
+        new = await asyncio.to_thread(
+            self.store.allocate, tenant, model_name, target, "rollback", "", key, lineage
         )
+        number, serial = new.version, new.serial
         published = False
         try:
-            manifest = await asyncio.to_thread(self.publisher.manifest, target)
-            blob = await asyncio.to_thread(self.publisher.blob, target)
+            manifest = await asyncio.to_thread(self.publisher.manifest, old.serial)
+            blob = await asyncio.to_thread(self.publisher.blob, old.serial)
             weights = Weights(
                 blob=blob,
                 config=manifest.get("config", {}),
@@ -301,16 +361,16 @@ class Unlearning:
                 provenance={"parent_version": target, "method": "rollback", "reason": reason},
                 command=f"RollbackModel to version {target}",
             )
-            await asyncio.to_thread(self.publisher.publish, f"rb{number}", number, weights)
+            await asyncio.to_thread(self.publisher.publish, f"rb{serial}", serial, weights)
             published = True
-            await self.load(model_name, number)
+            await self.load(model_name, serial)
         except BaseException:
             if published:
-                await asyncio.to_thread(self.publisher.remove, number)
-            await asyncio.to_thread(self.publisher.sweep, f"rb{number}")
-            await asyncio.to_thread(self.store.delete_version, model_name, number)
+                await asyncio.to_thread(self.publisher.remove, serial)
+            await asyncio.to_thread(self.publisher.sweep, f"rb{serial}")
+            await asyncio.to_thread(self.store.delete_version, model_name, serial)
             raise
-        await asyncio.to_thread(self.store.mark_version, model_name, number, READY, old.metrics)
+        await asyncio.to_thread(self.store.promote, model_name, serial, old.metrics)
         await asyncio.to_thread(self.store.retire_above, tenant, model_name, target, number)
         self.metrics.published.labels(method="rollback").inc()
         return await self.get_version(tenant, model_name, number)
@@ -367,8 +427,8 @@ class Unlearning:
         """Remove what an interrupted attempt of this job published halfway."""
         await asyncio.to_thread(self.publisher.sweep, job_id)
         for version in await asyncio.to_thread(self.store.unfinished_versions, job_id):
-            await asyncio.to_thread(self.publisher.remove, version.version)
-            await asyncio.to_thread(self.store.delete_version, version.model_name, version.version)
+            await asyncio.to_thread(self.publisher.remove, version.serial)
+            await asyncio.to_thread(self.store.delete_version, version.model_name, version.serial)
 
     async def _train_and_publish(self, job: Job) -> str:
         """Train, publish, load; the job's final state."""
@@ -386,8 +446,9 @@ class Unlearning:
 
         heart = asyncio.create_task(self._heartbeat(job.job_id, phase, flags))
         try:
-            manifest = await asyncio.to_thread(self.publisher.manifest, job.base_version)
-            blob = await asyncio.to_thread(self.publisher.blob, job.base_version)
+            base = await self.get_version(job.tenant, job.spec.model_name, job.base_version)
+            manifest = await asyncio.to_thread(self.publisher.manifest, base.serial)
+            blob = await asyncio.to_thread(self.publisher.blob, base.serial)
             request = training.Request(
                 spec=job.spec,
                 base_version=job.base_version,
@@ -420,9 +481,24 @@ class Unlearning:
         await asyncio.to_thread(
             self.store.heartbeat, job.job_id, self.worker, self.settings.lease_s, "publishing", 0.99
         )
-        number = await asyncio.to_thread(
-            self.store.allocate, tenant, name, job.base_version, job.spec.method, job.job_id
+        lineage = {
+            "command": f"unlearning job {job.job_id} ({job.spec.method})",
+            "data": job.spec.dataset_uri,
+            "removed": len(job.spec.removed_ids),
+            "replaced": len(job.spec.replaced_ids),
+            "attributes": list(job.spec.attributes),
+        }
+        new = await asyncio.to_thread(
+            self.store.allocate,
+            tenant,
+            name,
+            job.base_version,
+            job.spec.method,
+            job.job_id,
+            "",
+            lineage,
         )
+        number, serial = new.version, new.serial
         weights = Weights(
             blob=result.blob,
             config=result.config,
@@ -439,22 +515,27 @@ class Unlearning:
             command=f"unlearning job {job.job_id} ({job.spec.method})",
         )
         try:
-            await asyncio.to_thread(self.publisher.publish, job.job_id, number, weights)
+            await asyncio.to_thread(self.publisher.publish, job.job_id, serial, weights)
         except (VeilError, OSError) as exc:  # nothing of this version is left in place
             await asyncio.to_thread(self.publisher.sweep, job.job_id)
-            await asyncio.to_thread(self.store.delete_version, name, number)
+            await asyncio.to_thread(self.store.delete_version, name, serial)
             reason = exc.message if isinstance(exc, VeilError) else type(exc).__name__
             await asyncio.to_thread(
                 self.store.finish, job.job_id, self.worker, FAILED, f"publishing failed: {reason}"
             )
             return FAILED
         try:
-            await self.load(name, number)
+            await self.load(name, serial)
             done = await asyncio.to_thread(
-                self.store.succeed, job.job_id, self.worker, number, result.metrics, result.report
+                self.store.succeed,
+                job.job_id,
+                self.worker,
+                new,
+                result.metrics,
+                result.report,
             )
         except VeilError as exc:
-            await self._unpublish(name, number)
+            await self._unpublish(name, serial)
             await asyncio.to_thread(
                 self.store.finish,
                 job.job_id,
@@ -464,17 +545,17 @@ class Unlearning:
             )
             return FAILED
         except BaseException:
-            await self._unpublish(name, number)
+            await self._unpublish(name, serial)
             raise
         if not done:  # cancelled or taken over meanwhile: this version was never announced
-            await self._unpublish(name, number)
+            await self._unpublish(name, serial)
             return CANCELLED
         self.metrics.published.labels(method=job.spec.method).inc()
         return "succeeded"
 
-    async def _unpublish(self, name: str, number: int) -> None:
-        await asyncio.to_thread(self.publisher.remove, number)
-        await asyncio.to_thread(self.store.delete_version, name, number)
+    async def _unpublish(self, name: str, serial: int) -> None:
+        await asyncio.to_thread(self.publisher.remove, serial)
+        await asyncio.to_thread(self.store.delete_version, name, serial)
 
     async def _heartbeat(self, job_id: str, phase: dict[str, Any], flags: dict[str, bool]) -> None:
         """Renew the lease and record progress every ``lease_s / 3`` (at most ``poll_s``)."""

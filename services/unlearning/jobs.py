@@ -1,6 +1,7 @@
 """Unlearning jobs and the model versions they publish, in a database every replica shares.
 
-SQLite (one replica, the default) or PostgreSQL (several). Two tables:
+SQLite (one replica, the default) or PostgreSQL (several). Two tables here, beside the
+model registry's (``services.unlearning.registry``):
 
 - ``unlearning_jobs``: what was asked (the spec, as JSON), whose it is, where it stands,
   and who runs it: a replica *claims* a queued job with a lease (``worker``,
@@ -8,10 +9,10 @@ SQLite (one replica, the default) or PostgreSQL (several). Two tables:
   the lease lapses the job is claimable again, from the start (``attempts`` counts the
   tries; past ``max_attempts`` it is FAILED). Nothing is lost on a restart: a job is in a
   row before SubmitJob answers.
-- ``unlearning_versions``: every version above 1 of a served model, with its tenant. A
-  version is inserted LOADING before its files are written, and turns READY in the same
-  transaction that marks its job SUCCEEDED; a LOADING row whose job is not SUCCEEDED is
-  the trace of an interrupted publication, which the next claimant of the job removes
+- ``unlearning_versions`` (the registry's): every version above 1 of a served model, with
+  its tenant. A version is inserted LOADING before its files are written, and turns READY
+  in the same transaction that marks its job SUCCEEDED; a LOADING row whose job is not
+  SUCCEEDED is the trace of an interrupted publication, which the next claimant of the job removes
   (files and row), so no half-published version survives.
 
 Every method is one short transaction; times are seconds since the epoch.
@@ -30,7 +31,6 @@ from sqlalchemy import (
     Column,
     Float,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
@@ -42,14 +42,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy import delete as sql_delete
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import TableStore
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
-
-metadata = MetaData()
+from services.unlearning.registry import RegistryStore, Version, metadata
 
 jobs = Table(
     "unlearning_jobs",
@@ -77,22 +74,6 @@ jobs = Table(
     UniqueConstraint("tenant", "idempotency_key", name="uq_unlearning_jobs_key"),
 )
 
-versions = Table(
-    "unlearning_versions",
-    metadata,
-    Column("model_name", String(255), primary_key=True),
-    Column("version", Integer, primary_key=True),
-    Column("tenant", String(255), nullable=False, index=True),
-    Column("state", String(16), nullable=False),
-    Column("parent_version", Integer, nullable=False),
-    Column("parent_job_id", String(64), nullable=False, default=""),
-    Column("method", String(32), nullable=False),
-    Column("metrics", Text, nullable=False, default="{}"),
-    Column("created_at", Float, nullable=False),
-    Column("idempotency_key", String(255), nullable=True),
-    UniqueConstraint("tenant", "model_name", "idempotency_key", name="uq_unlearning_versions_key"),
-)
-
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
     "running",
@@ -101,7 +82,6 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-LOADING, READY, RETIRED, BROKEN = "loading", "ready", "retired", "failed"
 
 
 @dataclass(frozen=True)
@@ -154,19 +134,6 @@ class Job:
         return self.state in TERMINAL
 
 
-@dataclass(frozen=True)
-class Version:
-    model_name: str
-    version: int
-    tenant: str
-    state: str
-    parent_version: int
-    parent_job_id: str
-    method: str
-    metrics: dict[str, float]
-    created_at: float
-
-
 def _job(row: Row[Any]) -> Job:
     return Job(
         job_id=row.job_id,
@@ -187,21 +154,7 @@ def _job(row: Row[Any]) -> Job:
     )
 
 
-def _version(row: Row[Any]) -> Version:
-    return Version(
-        model_name=row.model_name,
-        version=int(row.version),
-        tenant=row.tenant,
-        state=row.state,
-        parent_version=int(row.parent_version),
-        parent_job_id=row.parent_job_id,
-        method=row.method,
-        metrics=json.loads(row.metrics),
-        created_at=float(row.created_at),
-    )
-
-
-class JobStore(TableStore):
+class JobStore(RegistryStore):
     """The unlearning tables on one engine; every method is one short transaction."""
 
     metadata = metadata
@@ -429,11 +382,12 @@ class JobStore(TableStore):
         self,
         job_id: str,
         worker: str,
-        version: int,
+        version: Version,
         metrics: dict[str, float],
         report: dict[str, Any],
     ) -> bool:
-        """In one transaction: the job SUCCEEDED with its report, its version READY.
+        """In one transaction: the job SUCCEEDED with its report, its ``version`` READY and
+        its tenant's ``production`` alias.
         False (nothing changed) when the job is no longer ``worker``'s."""
         with self._tx() as conn:
             row = conn.execute(
@@ -443,164 +397,14 @@ class JobStore(TableStore):
             ).first()
             if row is None:
                 return False
-            conn.execute(
-                update(versions)
-                .where(versions.c.model_name == row.model_name, versions.c.version == version)
-                .values(state=READY, metrics=json.dumps(metrics, sort_keys=True))
-            )
+            self.publish_ready(conn, row.model_name, version.serial, metrics)
             self._end(conn, job_id, SUCCEEDED, "")
             conn.execute(
                 update(jobs)
                 .where(jobs.c.job_id == job_id)
-                .values(result_version=version, report=json.dumps(report, sort_keys=True))
+                .values(result_version=version.version, report=json.dumps(report, sort_keys=True))
             )
             return True
-
-    # -- versions --------------------------------------------------------------------------
-
-    def allocate(
-        self,
-        tenant: str,
-        model_name: str,
-        parent_version: int,
-        method: str,
-        job_id: str = "",
-        idempotency_key: str = "",
-    ) -> int:
-        """The next version number of ``model_name`` (above 1 and every stored one), as a
-        LOADING row of ``tenant``; numbers are never reused while the row exists."""
-        for _ in range(20):
-            try:
-                with self._tx() as conn:
-                    top = conn.execute(
-                        select(func.max(versions.c.version)).where(
-                            versions.c.model_name == model_name
-                        )
-                    ).scalar_one_or_none()
-                    number = max(int(top or 1), 1) + 1
-                    conn.execute(
-                        insert(versions).values(
-                            model_name=model_name,
-                            version=number,
-                            tenant=tenant,
-                            state=LOADING,
-                            parent_version=parent_version,
-                            parent_job_id=job_id,
-                            method=method,
-                            metrics="{}",
-                            created_at=time.time(),
-                            idempotency_key=idempotency_key or None,
-                        )
-                    )
-                return number
-            except IntegrityError:  # another replica took that number (or that key)
-                if idempotency_key:
-                    raise
-                continue
-        raise FailedPrecondition(f"could not allocate a version of {model_name!r}; retry")
-
-    def mark_version(
-        self, model_name: str, version: int, state: str, metrics: dict[str, float] | None = None
-    ) -> None:
-        values: dict[str, Any] = {"state": state}
-        if metrics is not None:
-            values["metrics"] = json.dumps(metrics, sort_keys=True)
-        with self._tx() as conn:
-            conn.execute(
-                update(versions)
-                .where(versions.c.model_name == model_name, versions.c.version == version)
-                .values(**values)
-            )
-
-    def delete_version(self, model_name: str, version: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                sql_delete(versions).where(
-                    versions.c.model_name == model_name, versions.c.version == version
-                )
-            )
-
-    def unfinished_versions(self, job_id: str) -> list[Version]:
-        """LOADING versions of ``job_id``: an interrupted publication's leftovers."""
-        with self._tx(readonly=True) as conn:
-            rows = conn.execute(
-                select(versions).where(
-                    versions.c.parent_job_id == job_id, versions.c.state == LOADING
-                )
-            ).all()
-        return [_version(r) for r in rows]
-
-    def version_by_key(self, tenant: str, model_name: str, key: str) -> Version | None:
-        with self._tx(readonly=True) as conn:
-            row = conn.execute(
-                select(versions).where(
-                    versions.c.tenant == tenant,
-                    versions.c.model_name == model_name,
-                    versions.c.idempotency_key == key,
-                )
-            ).first()
-        return None if row is None else _version(row)
-
-    def get_version(self, tenant: str, model_name: str, version: int) -> Version | None:
-        """The tenant's version, or None (unknown or another tenant's)."""
-        with self._tx(readonly=True) as conn:
-            row = conn.execute(
-                select(versions).where(
-                    versions.c.tenant == tenant,
-                    versions.c.model_name == model_name,
-                    versions.c.version == version,
-                )
-            ).first()
-        return None if row is None else _version(row)
-
-    def latest_ready(self, tenant: str, model_name: str) -> Version | None:
-        with self._tx(readonly=True) as conn:
-            row = conn.execute(
-                select(versions)
-                .where(
-                    versions.c.tenant == tenant,
-                    versions.c.model_name == model_name,
-                    versions.c.state == READY,
-                )
-                .order_by(versions.c.version.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else _version(row)
-
-    def list_versions(
-        self, tenant: str, model_name: str, offset: int, limit: int
-    ) -> tuple[list[Version], int]:
-        """One page of the tenant's versions (above 1), newest first, and their count."""
-        where = (versions.c.tenant == tenant, versions.c.model_name == model_name)
-        with self._tx(readonly=True) as conn:
-            total = conn.execute(
-                select(func.count()).select_from(versions).where(*where)
-            ).scalar_one()
-            rows = conn.execute(
-                select(versions)
-                .where(*where)
-                .order_by(versions.c.version.desc())
-                .offset(offset)
-                .limit(limit)
-            ).all()
-        return [_version(r) for r in rows], int(total)
-
-    def retire_above(self, tenant: str, model_name: str, version: int, below: int) -> int:
-        """Retire the tenant's READY versions in (``version``, ``below``); how many."""
-        with self._tx() as conn:
-            return int(
-                conn.execute(
-                    update(versions)
-                    .where(
-                        versions.c.tenant == tenant,
-                        versions.c.model_name == model_name,
-                        versions.c.state == READY,
-                        versions.c.version > version,
-                        versions.c.version < below,
-                    )
-                    .values(state=RETIRED)
-                ).rowcount
-            )
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (the metrics' gauge)."""

@@ -8,7 +8,11 @@ Version N of the served model (N > 1) is two directories:
   (``unlearning``: parent version, method, job, revision) and its metrics;
 - ``<repository>/<model>/N/model.py``, a copy of version 1's (the code is the same; the
   version number picks the entry: ``services.serving.entries.version_entry``), when the
-  service writes to a Triton model repository.
+  service writes to a Triton model repository; the same for each model of ``also`` that
+  the repository holds (``veil_protect``: FMD against that version).
+
+N is the version's *serial* (``services.unlearning.registry``): unique across tenants,
+never shown to one.
 
 Each is written whole into a hidden temporary directory beside its final place
 (``.unlearning-<job>-…``), flushed, and renamed into place: a reader sees the directory
@@ -71,17 +75,35 @@ class Publisher:
     """Writes and removes versions of ``model`` (store entry ``entry``) under ``store`` and,
     if given, the Triton ``repository``."""
 
-    def __init__(self, store: Path, entry: str, model: str, repository: Path | None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        entry: str,
+        model: str,
+        repository: Path | None,
+        also: tuple[str, ...] = (),
+    ) -> None:
         self.store = Path(store)
         self.entry = entry
         self.model = model
         self.repository = None if repository is None else Path(repository)
+        self.also = also
+
+    def served_models(self) -> list[str]:
+        """The repository's models a version is served by: ``model`` and those of ``also``
+        whose version 1 the repository holds (just ``model`` without a repository)."""
+        if self.repository is None:
+            return [self.model]
+        root = self.repository
+        return [self.model] + [m for m in self.also if (root / m / "1" / "model.py").is_file()]
 
     def entry_dir(self, version: int) -> Path:
         return self.store / version_entry(self.entry, version)
 
-    def version_dir(self, version: int) -> Path | None:
-        return None if self.repository is None else self.repository / self.model / str(version)
+    def version_dir(self, version: int, model: str = "") -> Path | None:
+        if self.repository is None:
+            return None
+        return self.repository / (model or self.model) / str(version)
 
     def manifest(self, version: int) -> dict[str, Any]:
         """The store manifest of ``version``; NOT_FOUND when the store lacks it."""
@@ -110,8 +132,8 @@ class Publisher:
         """Write version ``version`` (store entry, then repository directory), each renamed
         into place whole. An existing final directory is an error (numbers are unique)."""
         name = version_entry(self.entry, version)
-        target = self.version_dir(version)
-        for final in (self.entry_dir(version), target):
+        targets = [self.version_dir(version, m) for m in self.served_models()]
+        for final in (self.entry_dir(version), *targets):
             if final is not None and final.exists():
                 raise FailedPrecondition(
                     f"{final} exists already: version {version} of {self.model!r} was made "
@@ -140,11 +162,14 @@ class Publisher:
         _fsync_dir(tmp)
         os.rename(tmp, self.entry_dir(version))
         _fsync_dir(self.store)
-        if target is None:
-            return
         try:
-            self._publish_version_dir(job_id, version, target)
+            for target in targets:
+                if target is not None:
+                    self._publish_version_dir(job_id, version, target)
         except BaseException:
+            for target in targets:
+                if target is not None:
+                    shutil.rmtree(target, ignore_errors=True)
             shutil.rmtree(self.entry_dir(version), ignore_errors=True)
             raise
 
@@ -164,16 +189,17 @@ class Publisher:
         """Delete version ``version`` (repository directory first, then the store entry)."""
         if version <= 1:
             return
-        target = self.version_dir(version)
-        if target is not None:
-            shutil.rmtree(target, ignore_errors=True)
+        for model in self.served_models():
+            target = self.version_dir(version, model)
+            if target is not None:
+                shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(self.entry_dir(version), ignore_errors=True)
 
     def sweep(self, job_id: str) -> int:
         """Delete the temporary directories a publication of ``job_id`` left; how many."""
         roots = [self.store]
         if self.repository is not None:
-            roots.append(self.repository / self.model)
+            roots += [self.repository / model for model in self.served_models()]
         gone = 0
         for root in roots:
             for path in root.glob(f"{TMP_PREFIX}{job_id}-*") if root.is_dir() else ():

@@ -31,6 +31,10 @@ class UnlearningSettings(BaseSettings):
     """Triton model repository: a published version N gets ``<model_name>/N/model.py``
     (a copy of version 1's) and Triton is asked to load it (explicit model control).
     None: no repository (the local backend loads versions from the store on first use)."""
+    served_with: list[str] = Field(default_factory=lambda: ["veil_protect"])
+    """Repository models that serve each version of ``model_name`` too (each gets the
+    version's ``N/model.py`` when the repository holds its version 1, and is loaded with
+    it): ``veil_protect`` runs FMD against that version."""
     work_dir: Path = Field(default_factory=lambda: data_dir() / "unlearning")
     """Scratch space: the retrained reference's cache, keyed by base model and revision."""
 

@@ -875,14 +875,15 @@ def test_rendered_environment_is_what_the_services_read(
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
 def test_protection_is_stateless(overlay: str) -> None:
-    """No database, no accountant: nothing from a Secret but its callers' tokens, no volume
-    but those tokens and /tmp, and no way to (or from) the accountant."""
+    """No database, no accountant: nothing from a Secret but its registry token, no volume
+    but its callers' tokens and /tmp, and no way to (or from) the accountant."""
     objs = render(overlay)
     protection = one(objs, "Deployment", "veil-protection")
     container = the_container(protection)
     env = config_env(objs, container)
     assert not [k for k in env if "DATABASE" in k or "ACCOUNTANT" in k], env
-    assert all("value" in e for e in container["env"]), "no setting from a Secret"
+    from_secrets = [e["name"] for e in container["env"] if "value" not in e]
+    assert from_secrets == ["VEIL_PROTECTION_REGISTRY_TOKEN"], from_secrets
     volumes = {v["name"]: v for v in protection["spec"]["template"]["spec"]["volumes"]}
     assert set(volumes) == {"tokens", "tmp"}
     secret = volumes["tokens"]["secret"]["secretName"]  # with a hash suffix where generated
@@ -915,7 +916,9 @@ def test_protection_network_policy(overlay: str) -> None:
         assert egress_to(policy, pod_labels(deploy), grpc_port)
         assert admits(policy_of(objs, deploy), pod_labels(protection), "grpc")
     assert bool(triton) == (overlay == "gpu")
-    assert len(peers) == len(triton), "egress to named peers: Triton only"
+    unlearning = one(objs, "Deployment", "veil-unlearning")
+    assert egress_to(policy, pod_labels(unlearning), SERVICES["unlearning"].port), "registry"
+    assert len(peers) == 1 + len(triton), "egress to named peers: the registry and Triton"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)

@@ -55,6 +55,7 @@ class FakeKernels:
         params: ProtectParams | None = None,
         *,
         time_budget_s: float | None = None,
+        version: int = 0,
     ) -> ProtectOutput:
         chosen = params or ProtectParams()
         return self._perturb(images, chosen.epsilon, chosen.iterations)

@@ -22,9 +22,13 @@ from services.runtime.settings import TokenGrant
 from tests.support.server import ServerThread, bearer, serve
 
 TOKEN_A, TOKEN_B = "unlearning-test-acme", "unlearning-test-globex"
+TOKEN_SERVICE = "unlearning-test-protection-service"
 TOKENS = {
     TOKEN_A: TokenGrant(tenant="acme", scopes=["*"]),
     TOKEN_B: TokenGrant(tenant="globex", scopes=["*"]),
+    TOKEN_SERVICE: TokenGrant(
+        tenant="veil-protection", scopes=["modelregistry:resolve_model"], delegate=True
+    ),
 }
 MODEL, ENTRY = "veil_classifier", "task-resnet"
 BASE_URI = "synthfaces://?n=300&seed=7"

@@ -13,12 +13,12 @@ from services.unlearning.jobs import (
     CANCELLED,
     FAILED,
     QUEUED,
-    READY,
     RUNNING,
     SUCCEEDED,
     JobSpec,
     JobStore,
 )
+from services.unlearning.registry import PREVIOUS, PRODUCTION, READY
 
 M = "veil_classifier"
 SPEC = JobSpec(M, 0, "synthfaces://?n=300&seed=7", (), ("a",), ("male",), "feature")
@@ -91,10 +91,12 @@ def test_versions_are_numbered_once_and_succeed_with_their_job(jobs: JobStore) -
     job = jobs.submit("acme", SPEC, 1, "v")
     assert jobs.claim("w", 30.0, 3) is not None
     with ThreadPoolExecutor(4) as pool:
-        numbers = list(pool.map(lambda _: jobs.allocate("acme", M, 1, "x", job.job_id), range(8)))
-    assert sorted(numbers) == list(range(2, 10))
-    assert [v.version for v in jobs.unfinished_versions(job.job_id)] == sorted(numbers)
-    assert jobs.succeed(job.job_id, "w", 2, {"task_accuracy": 0.9}, {"figures": {}})
+        made = list(pool.map(lambda _: jobs.allocate("acme", M, 1, "x", job.job_id), range(8)))
+    numbers = sorted(v.version for v in made)
+    assert numbers == list(range(2, 10)) and sorted(v.serial for v in made) == numbers
+    assert [v.version for v in jobs.unfinished_versions(job.job_id)] == numbers
+    second = next(v for v in made if v.version == 2)
+    assert jobs.succeed(job.job_id, "w", second, {"task_accuracy": 0.9}, {"figures": {}})
     assert jobs.get("acme", job.job_id).state == SUCCEEDED
     version = jobs.get_version("acme", M, 2)
     assert (
@@ -102,3 +104,5 @@ def test_versions_are_numbered_once_and_succeed_with_their_job(jobs: JobStore) -
     )
     assert jobs.get_version("globex", M, 2) is None
     assert jobs.latest_ready("acme", M) == version
+    assert jobs.aliases("acme", M) == {PRODUCTION: 2, PREVIOUS: 1}
+    assert jobs.aliases("globex", M) == {}

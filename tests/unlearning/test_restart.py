@@ -151,7 +151,7 @@ def test_an_interrupted_publication_is_removed_by_the_next_attempt(
     claimed = jobs.claim("dead-replica", 0.01, 3)
     assert claimed is not None and claimed.job_id == job.job_id
     publisher = Publisher(store, ENTRY, MODEL, repository)
-    number = jobs.allocate("acme", MODEL, 1, "finetune", job.job_id)
+    number = jobs.allocate("acme", MODEL, 1, "finetune", job.job_id).version
     weights = Weights(b"not-really-weights", {}, {}, {}, {})
     publisher.publish(job.job_id, number, weights)  # renamed into both places, row LOADING
     staged = store / f".unlearning-{job.job_id}-{ENTRY}-v9"

@@ -171,7 +171,7 @@ class JobEvent(_message.Message):
     def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., phase: _Optional[str] = ..., report: _Optional[_Union[UnlearningReport, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("ref", "state", "parent_job_id", "created_at", "metrics", "parent_version", "method")
+    __slots__ = ("ref", "state", "parent_job_id", "created_at", "metrics", "parent_version", "method", "aliases", "lineage")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,13 @@ class ModelVersion(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LineageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REF_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +193,8 @@ class ModelVersion(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     ref: _common_pb2.ModelRef
     state: ModelVersionState
     parent_job_id: str
@@ -193,7 +202,9 @@ class ModelVersion(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     parent_version: int
     method: str
-    def __init__(self, ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., parent_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parent_version: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    lineage: _containers.ScalarMap[str, str]
+    def __init__(self, ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., parent_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parent_version: _Optional[int] = ..., method: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., lineage: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListModelVersionsRequest(_message.Message):
     __slots__ = ("tenant_id", "model_name", "page")
