@@ -101,6 +101,24 @@ def refusal(channel: grpc.Channel, token: str, version: int) -> tuple[grpc.Statu
     return caught.value.code(), caught.value.details()  # type: ignore[attr-defined]
 
 
+def evaluate(channel: grpc.Channel, token: str, version: int, protected: bytes) -> float:
+    """Evaluate one pair against the tenant's ``version``: the authorized accuracy."""
+    stub = protection_pb2_grpc.ProtectionStub(channel)
+    pair = pb.LabeledImage(
+        original=common_pb2.Image(data=image()),
+        protected=common_pb2.Image(data=protected),
+        label=0,
+    )
+    out = stub.Evaluate(
+        pb.EvaluateRequest(
+            images=[pair], authorized_model=common_pb2.ModelRef(name=MODEL, version=version)
+        ),
+        metadata=bearer(token),
+        timeout=60,
+    )
+    return float(out.authorized_accuracy_original)
+
+
 def publish(channel: grpc.Channel, token: str, steps: int) -> int:
     """An unlearning job of ``token``'s tenant, run to its end; the version it made."""
     stub = unlearning_pb2_grpc.UnlearningStub(channel)
@@ -151,6 +169,10 @@ def test_a_publish_becomes_that_tenants_authorized_model_only(
         unknown_code, unknown = refusal(prot, GLOBEX, 99)
         assert code == unknown_code == grpc.StatusCode.NOT_FOUND
         assert said.replace("2", "N") == unknown.replace("99", "N")
+        assert evaluate(prot, ACME, 2, mine.image.data) >= 0.0  # Evaluate resolves as well
+        with pytest.raises(grpc.RpcError) as caught:
+            evaluate(prot, GLOBEX, 2, mine.image.data)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
 
         assert publish(reg, GLOBEX, steps=6) == 2  # numbered within globex: its own 2
         time.sleep(CACHE_S + 0.2)

@@ -111,7 +111,7 @@ def test_kill_9_mid_job_leaves_no_half_published_version(
     served.append(first.start())
     with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
         client = Client(channel, TOKEN_A)
-        job = client.SubmitJob(submit_request(options={"steps": "400"}))
+        job = client.SubmitJob(submit_request(options={"steps": "150"}))
         wait_running(client, job.status.job_id)
     first.kill()
     assert published(store) == []  # nothing staged in the store's view
