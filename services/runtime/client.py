@@ -140,6 +140,34 @@ class VeilClient:
         await self.close()
 
 
+class LazyClient:
+    """A :class:`VeilClient` made on first use — inside the server's event loop, since an
+    aio channel is bound to the loop it was made in — for a service that calls another
+    (the sanitizer the accountant, protection the model registry)."""
+
+    def __init__(self, target: str, token: str = "", tls_ca: str | None = None) -> None:
+        self._target, self._token, self._tls_ca = target, token, tls_ca
+        self._client: VeilClient | None = None
+
+    def get(self) -> VeilClient:
+        if self._client is None:
+            ca = Path(self._tls_ca) if self._tls_ca else None
+            self._client = VeilClient(self._target, self._token or None, root_certificates=ca)
+        return self._client
+
+    async def ready(self) -> bool:
+        """The callee's overall readiness is SERVING (never raises)."""
+        try:
+            return await self.get().check_health() == 1  # SERVING
+        except grpc.RpcError:
+            return False
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
 def wait_until_ready(
     target: str, timeout: float = 30.0, *, alive: Callable[[], bool] | None = None
 ) -> None:

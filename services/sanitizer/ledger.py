@@ -11,14 +11,13 @@ accountant that cannot be reached, or is too slow, is UNAVAILABLE.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2
 
 from services._proto.veil.v1 import accountant_pb2 as apb
 from services.common.errors import FailedPrecondition, NotFound, VeilError
-from services.runtime.client import VeilClient
+from services.runtime.client import LazyClient
 from services.runtime.errors import from_rpc_error
 from services.sanitizer.ports import ChargeSpec, Held, LedgerCost, Spent
 
@@ -58,21 +57,11 @@ class AccountantLedger:
     def __init__(
         self, target: str, token: str, timeout_s: float, tls_ca: str | None = None
     ) -> None:
-        self._target, self._token, self._tls_ca = target, token, tls_ca
-        self._client_: VeilClient | None = None
+        self._client = LazyClient(target, token, tls_ca)
         self._timeout = timeout_s
 
-    @property
-    def _client(self) -> VeilClient:
-        """Created on first use, inside the server's event loop (an aio channel is bound to
-        the loop it was made in)."""
-        if self._client_ is None:
-            ca = Path(self._tls_ca) if self._tls_ca else None
-            self._client_ = VeilClient(self._target, self._token or None, root_certificates=ca)
-        return self._client_
-
     async def _call(self, method: str, request: object) -> object:
-        stub = self._client.accountant
+        stub = self._client.get().accountant
         try:
             return await getattr(stub, method)(request, timeout=self._timeout)
         except grpc.RpcError as exc:
@@ -113,12 +102,7 @@ class AccountantLedger:
         return min((b.delta for b in check.projected), default=check.cost.delta)
 
     async def ready(self) -> bool:
-        try:
-            return await self._client.check_health() == 1  # SERVING
-        except grpc.RpcError:
-            return False
+        return await self._client.ready()
 
     async def close(self) -> None:
-        client, self._client_ = self._client_, None
-        if client is not None:
-            await client.close()
+        await self._client.close()
