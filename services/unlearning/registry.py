@@ -47,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import delete as sql_delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -382,17 +383,22 @@ class RegistryStore(TableStore):
 
     @staticmethod
     def _upsert(conn: Connection, tenant: str, model: str, alias: str, number: int) -> None:
-        key = (
-            aliases.c.tenant == tenant,
-            aliases.c.model_name == model,
-            aliases.c.alias == alias,
-        )
-        now = time.time()
-        if conn.execute(update(aliases).where(*key).values(number=number, updated_at=now)).rowcount:
-            return
+        """Insert or move one alias in one statement (``ON CONFLICT DO UPDATE`` on both
+        databases): two publishes racing to create a tenant's first alias both succeed,
+        the later commit's version wins."""
+        values = {
+            "tenant": tenant,
+            "model_name": model,
+            "alias": alias,
+            "number": number,
+            "updated_at": time.time(),
+        }
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(aliases).values(**values)
         conn.execute(
-            insert(aliases).values(
-                tenant=tenant, model_name=model, alias=alias, number=number, updated_at=now
+            statement.on_conflict_do_update(
+                index_elements=[aliases.c.tenant, aliases.c.model_name, aliases.c.alias],
+                set_={"number": number, "updated_at": values["updated_at"]},
             )
         )
 

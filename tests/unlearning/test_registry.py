@@ -111,3 +111,20 @@ def test_aliases_name_servable_versions_only(jobs: JobStore) -> None:
     for bad in ("", "Prod", "9lives", "a" * 65, "prod/uction"):
         with pytest.raises(InvalidArgument):
             jobs.set_alias("acme", M, bad, 1)
+
+
+def test_two_publishes_at_once_both_land_and_production_names_one(jobs: JobStore) -> None:
+    """The first alias of a tenant's model created by two publishes at the same moment: no
+    error (both insert the row; one statement each), and production names one of them."""
+    made = [jobs.allocate("acme", M, 1, "x") for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def promote(version):  # type: ignore[no-untyped-def]
+        barrier.wait()
+        jobs.promote(M, version.serial, {})
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(promote, made))
+    names = jobs.aliases("acme", M)
+    assert names[PRODUCTION] in {v.version for v in made}
+    assert all(jobs.get_version("acme", M, v.version).state == READY for v in made)  # type: ignore[union-attr]

@@ -126,7 +126,7 @@ class UnlearningServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelVersion(self, request, context):
-        """One model version (version 0 = the latest READY one).
+        """One model version (version 0 = the tenant's "production" version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,7 +134,7 @@ class UnlearningServicer:
 
     def RollbackModel(self, request, context):
         """Rolls a model back to an earlier version in one call: the target's weights are
-        published as a new version (so "latest" serves them) and the versions between are
+        published as a new version ("production" moves to it) and the versions between are
         RETIRED. Returns the new version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
