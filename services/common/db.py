@@ -127,15 +127,19 @@ def transaction(engine: Engine, *, readonly: bool = False) -> Iterator[Connectio
 
 
 def create_schema(engine: Engine, metadata: MetaData) -> None:
-    """Create the tables of ``metadata`` that are missing and add the nullable columns an
-    existing table lacks (idempotent; the only migration: columns are only ever added, and
-    nullable); for a SQLite file, its directory first."""
+    """Create the tables of ``metadata`` that are missing, add the nullable columns an
+    existing table lacks, then the indexes it lacks (idempotent; the only migration:
+    columns and indexes are only ever added, columns nullable); for a SQLite file, its
+    directory first."""
     path = sqlite_file(str(engine.url))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         metadata.create_all(engine)
         _add_missing_columns(engine, metadata)
+        for table in metadata.sorted_tables:
+            for index in table.indexes:  # create_all makes them with new tables only
+                index.create(engine, checkfirst=True)
     except (OperationalError, InterfaceError) as exc:
         raise Unavailable(
             f"the database is unavailable ({type(exc.orig).__name__}); retry",

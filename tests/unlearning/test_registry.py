@@ -128,3 +128,64 @@ def test_two_publishes_at_once_both_land_and_production_names_one(jobs: JobStore
     names = jobs.aliases("acme", M)
     assert names[PRODUCTION] in {v.version for v in made}
     assert all(jobs.get_version("acme", M, v.version).state == READY for v in made)  # type: ignore[union-attr]
+
+
+def test_a_database_from_before_numbers_gains_the_columns_and_the_unique_index(
+    database_url: str,
+) -> None:
+    """The tables as the previous release made them (no ``number``, ``lineage`` or index):
+    start-up adds both columns and the unique index, old rows keep their numbers, and two
+    replicas allocating at once still get distinct numbers."""
+    from sqlalchemy import Column as C
+    from sqlalchemy import Float, MetaData, String, Table, Text, create_engine, inspect
+    from sqlalchemy import Integer as I
+
+    old = MetaData()
+    Table(
+        "unlearning_versions",
+        old,
+        C("model_name", String(255), primary_key=True),
+        C("version", I, primary_key=True),
+        C("tenant", String(255), nullable=False),
+        C("state", String(16), nullable=False),
+        C("parent_version", I, nullable=False),
+        C("parent_job_id", String(64), nullable=False),
+        C("method", String(32), nullable=False),
+        C("metrics", Text, nullable=False),
+        C("created_at", Float, nullable=False),
+        C("idempotency_key", String(255), nullable=True),
+    )
+    engine = create_engine(database_url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(old.tables["unlearning_versions"]).values(
+                model_name=M,
+                version=2,
+                tenant="acme",
+                state=READY,
+                parent_version=1,
+                parent_job_id="j",
+                method="x",
+                metrics="{}",
+                created_at=0.0,
+            )
+        )
+    engine.dispose()
+
+    jobs = JobStore(database_url)
+    jobs.create_schema()
+    jobs.create_schema()  # idempotent
+    found = inspect(jobs.engine)
+    assert {"number", "lineage"} <= {c["name"] for c in found.get_columns("unlearning_versions")}
+    unique = [i for i in found.get_indexes("unlearning_versions") if i["unique"]]
+    assert [i["column_names"] for i in unique] == [["tenant", "model_name", "number"]]
+    assert jobs.get_version("acme", M, 2) is not None
+    barrier = threading.Barrier(4)
+
+    def allocate(_: int):  # type: ignore[no-untyped-def]
+        barrier.wait()
+        return jobs.allocate("acme", M, 2, "x").version
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(allocate, range(4))) == [3, 4, 5, 6]
