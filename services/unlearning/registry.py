@@ -178,24 +178,36 @@ class RegistryStore(TableStore):
                             versions.c.model_name == model_name, versions.c.tenant == tenant
                         )
                     ).scalar_one_or_none()
-                    serial = max(int(top or BASE), BASE) + 1
-                    number = max(int(mine or BASE), BASE) + 1
-                    values = {
-                        "model_name": model_name,
-                        "version": serial,
-                        "number": number,
-                        "tenant": tenant,
-                        "state": LOADING,
-                        "parent_version": parent_version,
-                        "parent_job_id": job_id,
-                        "method": method,
-                        "metrics": "{}",
-                        "created_at": time.time(),
-                        "idempotency_key": idempotency_key or None,
-                        "lineage": json.dumps(lineage or {}, sort_keys=True),
-                    }
-                    conn.execute(insert(versions).values(**values))
-                return _version(_Values(values))  # type: ignore[arg-type]
+                    made = Version(
+                        model_name=model_name,
+                        version=max(int(mine or BASE), BASE) + 1,
+                        tenant=tenant,
+                        state=LOADING,
+                        parent_version=parent_version,
+                        parent_job_id=job_id,
+                        method=method,
+                        metrics={},
+                        created_at=time.time(),
+                        serial=max(int(top or BASE), BASE) + 1,
+                        lineage=dict(lineage or {}),
+                    )
+                    conn.execute(
+                        insert(versions).values(
+                            model_name=made.model_name,
+                            version=made.serial,
+                            number=made.version,
+                            tenant=made.tenant,
+                            state=made.state,
+                            parent_version=made.parent_version,
+                            parent_job_id=made.parent_job_id,
+                            method=made.method,
+                            metrics="{}",
+                            created_at=made.created_at,
+                            idempotency_key=idempotency_key or None,
+                            lineage=json.dumps(made.lineage, sort_keys=True),
+                        )
+                    )
+                return made
             except IntegrityError:  # another replica took that number (or that key)
                 if idempotency_key:
                     raise
@@ -401,23 +413,6 @@ class RegistryStore(TableStore):
                 set_={"number": number, "updated_at": values["updated_at"]},
             )
         )
-
-    def tenant_models(self, tenant: str) -> dict[str, int]:
-        """Model name → how many versions (above 1) the tenant has."""
-        with self._tx(readonly=True) as conn:
-            rows = conn.execute(
-                select(versions.c.model_name, func.count())
-                .where(versions.c.tenant == tenant)
-                .group_by(versions.c.model_name)
-            ).all()
-        return {name: int(n) for name, n in rows}
-
-
-class _Values:
-    """A row-like view of a dict (to build a :class:`Version` from inserted values)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
 
 
 def with_aliases(version: Version, names: dict[str, int]) -> Version:
