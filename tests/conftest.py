@@ -38,6 +38,23 @@ class _Internal(logging.Handler):
             self.seen.append(record.getMessage())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``veil train`` registers what it writes in the unlearning service's database: the
+    tests' trainings register into a SQLite file of their own, never the user's (a test
+    that names a registry, or sets the variable itself, still wins)."""
+    key = "VEIL_UNLEARNING_DATABASE_URL"
+    before = os.environ.get(key)
+    if before is None:
+        path = tmp_path_factory.mktemp("registry") / "unlearning.sqlite"
+        os.environ[key] = f"sqlite:///{path}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+
+
 @pytest.fixture(autouse=True)
 def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     """No RPC of any test ends INTERNAL (an unhandled error in an in-process server), unless

@@ -19,6 +19,7 @@ import grpc
 from services._proto.veil.v1 import accountant_pb2 as pb
 from services._proto.veil.v1 import common_pb2, diagnostics_pb2
 from services.cli.registry import SERVICES
+from services.cli.up import REGISTRY_CLIENTS
 from services.common.imaging import encode_image
 from services.runtime.client import VeilClient
 
@@ -27,8 +28,9 @@ SUBJECT_TOKEN = "demo-alice"
 """A data subject's own token: previews of alice's photos are shown to alice only."""
 SANITIZER_TOKEN = "demo-sanitizer"
 """The sanitizer's delegate token at the accountant (it charges its callers' tenants)."""
-PROTECTION_TOKEN = "demo-protection"
-"""Protection's delegate token at the model registry (it resolves its callers' models)."""
+REGISTRY_TOKENS = {client: f"demo-{client}-registry" for client in REGISTRY_CLIENTS}
+"""The delegate token each client of the model registry presents there (protection
+resolves its callers' models, the sanitizer reads its encoder's record)."""
 
 
 def demo_image() -> bytes:
@@ -289,9 +291,11 @@ async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) 
     print(f"PutBudget       dataset {dataset} 100, every subject 3 by default (δ=1e-5)")
     info = await backend.sanitizer.ListAttributes(spb.ListAttributesRequest())
     names = ", ".join(a.name for a in info.attributes)
+    model = info.model
+    registered = "current" if model.current else "a newer one is registered"
     print(
-        f"ListAttributes  {names}; model {info.model.name} at "
-        f"{info.model.resolution}x{info.model.resolution}, trained on {info.model.training_data}"
+        f"ListAttributes  {names}; model {model.name} version {model.version} ({registered}) "
+        f"at {model.resolution}x{model.resolution}, trained on {model.training_data}"
     )
     photo = common_pb2.Image(data=demo_image())
     preview = await alice.sanitizer.CreatePreview(
@@ -380,14 +384,16 @@ def main() -> int:
         ),
     )
     env.setdefault("VEIL_SANITIZER_ACCOUNTANT_TOKEN", SANITIZER_TOKEN)
-    registry_grant = {"tenant": "veil", "scopes": ["modelregistry:resolve_model"]}
-    env.setdefault(
-        "VEIL_UNLEARNING_TOKENS",
-        json.dumps(
-            {DEMO_TOKEN: {"tenant": "demo"}, PROTECTION_TOKEN: {**registry_grant, "delegate": True}}
-        ),
-    )
-    env.setdefault("VEIL_PROTECTION_REGISTRY_TOKEN", PROTECTION_TOKEN)
+    registry_grant = {
+        "tenant": "veil",
+        "scopes": ["modelregistry:resolve_model"],
+        "delegate": True,
+    }
+    unlearning_grants: dict[str, Any] = {DEMO_TOKEN: {"tenant": "demo"}}
+    for service, token in REGISTRY_TOKENS.items():
+        unlearning_grants[token] = registry_grant
+        env.setdefault(f"VEIL_{service.upper()}_REGISTRY_TOKEN", token)
+    env.setdefault("VEIL_UNLEARNING_TOKENS", json.dumps(unlearning_grants))
     env.setdefault("VEIL_PROTECTION_TOKENS", json.dumps({DEMO_TOKEN: {"tenant": "demo"}}))
     # A short retrained reference: the demo compares against it, it does not need a good one.
     env.setdefault("VEIL_UNLEARNING_REFERENCE_STEPS", REFERENCE_STEPS)

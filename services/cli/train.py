@@ -3,6 +3,14 @@
 Wire into the top-level parser with :func:`add_train_parser`;
 each leaf parser sets ``handler`` (``args.handler(args) -> int``). Every trained model is
 written to the store (``--out``) with the full command that made it and its seed.
+
+Then it is registered in the model registry (:mod:`services.unlearning.trained`: a new
+content of the entry is its next version, the content already registered changes nothing),
+in the database ``--registry-url`` names (default: the unlearning service's,
+``VEIL_UNLEARNING_DATABASE_URL``); ``--no-register`` writes the store entry only. Exit
+status 3 (:data:`UNREGISTERED`): the entry is written but the registry could not be reached;
+nothing needs re-training, since the unlearning service registers the entries of its store
+that are not registered yet when it starts.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from services.kernels.defaults import (
 if TYPE_CHECKING:
     import torch
 
+    from services.kernels.manifests import Manifest
     from services.kernels.probes import ProbeSet
     from services.kernels.training.data import ImageTable
     from services.kernels.training.loop import TrainConfig, TrainResult
@@ -35,6 +44,8 @@ PROBE_DATA = "synthfaces://?n=5000&seed=1"
 """Probes are fitted on faces the autoencoder never saw (another seed)."""
 CHECKPOINTS = DEFAULT_CACHE.parent / "checkpoints"
 HOLDOUT = 0.05
+UNREGISTERED = 3
+"""Exit status: the store entry is written, but the model registry could not be reached."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -59,6 +70,38 @@ def _common(parser: argparse.ArgumentParser, steps: int, batch: int, lr: float, 
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="dataset cache")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _registry_arguments(parser)
+
+
+def _database_url(text: str) -> str:
+    """``--registry-url``: a SQLAlchemy URL (a SQLite file's path absolute), checked before
+    training starts."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from services.common.db import check_url
+
+    try:
+        make_url(text)
+        return check_url(text)
+    except (ArgumentError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _registry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry-url",
+        type=_database_url,
+        metavar="URL",
+        help="SQLAlchemy URL of the model registry's database (default: the unlearning"
+        " service's, VEIL_UNLEARNING_DATABASE_URL); exit 3 if it cannot be reached (the"
+        " store entry is written all the same)",
+    )
+    parser.add_argument(
+        "--no-register",
+        action="store_true",
+        help="write the store entry only, without registering it in the model registry",
+    )
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -130,6 +173,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     probes.add_argument("--seed", type=int, default=0)
     probes.add_argument("--threads", type=int, default=None, help="(default: the idle cores)")
     probes.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    _registry_arguments(probes)
     probes.set_defaults(handler=run_train_probes)
     return train
 
@@ -146,6 +190,8 @@ def command_line(args: argparse.Namespace) -> str:
         "out",
         "cache_dir",
         "init_recipe",
+        "registry_url",
+        "no_register",
     }
     parts = ["veil", "train", args.model_kind]
     for key, value in sorted(vars(args).items()):
@@ -220,7 +266,69 @@ def _finish(args: argparse.Namespace, kind: str, result: TrainResult, config: di
     )
     rows = {**result.summary(), "model": f"{manifest.name} v{manifest.version}"}
     print(format_table(rows, f"trained {kind} → {store.path(args.name)}"))
+    return _register(args, manifest)
+
+
+def _register(args: argparse.Namespace, manifest: Manifest) -> int:
+    """Register the store entry ``manifest`` describes (just written to ``args.out``) in the
+    model registry, unless ``--no-register``, and say so: 0, or :data:`UNREGISTERED` when the
+    registry cannot be reached (the entry stays written; the unlearning service adopts it)."""
+    if args.no_register:
+        return 0
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from services.common.errors import VeilError
+    from services.kernels.manifests import StoreReader
+    from services.unlearning.trained import TRAINED_BY, TrainedStore, from_manifest
+
+    url = args.registry_url or ""
+    try:
+        if not url:
+            from services.unlearning.settings import UnlearningSettings
+
+            url = UnlearningSettings().database_url
+        registry = TrainedStore(url)
+        try:
+            registry.create_schema()
+            record, new = registry.register(from_manifest(manifest, TRAINED_BY))
+        finally:
+            registry.close()
+    except (SQLAlchemyError, VeilError, OSError, ImportError, ValueError) as exc:
+        print(
+            f"veil train: {manifest.name} is written to {StoreReader(args.out).path(manifest.name)}"
+            f" but NOT registered in the model registry"
+            f" ({_masked(url) if url else 'VEIL_UNLEARNING_DATABASE_URL'}): {_reason(exc)}\n"
+            "Nothing needs re-training: the unlearning service registers every entry of its"
+            " model store not registered yet when it starts; start (or restart) it on this"
+            " store with its database reachable.",
+            file=sys.stderr,
+        )
+        return UNREGISTERED
+    where = f"in the model registry ({_masked(url)})"
+    if new:
+        print(f"registered {record.name} version {record.number} {where}")
+    else:
+        print(f"already registered: {record.name} version {record.number} {where}")
     return 0
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "an unparsable URL"
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on why: the driver's own message where there is one (the services' errors
+    keep only its class name, for their logs; an operator at a terminal wants it)."""
+    driver = getattr(exc, "orig", None) or getattr(exc.__context__, "orig", None)
+    text = str(driver) if driver is not None else getattr(exc, "message", str(exc))
+    return f"{type(exc).__name__}: {' '.join(text.split())}"
 
 
 def _checkpoint_dir(args: argparse.Namespace) -> Path:
@@ -341,7 +449,7 @@ def run_train_probes(args: argparse.Namespace) -> int:
     }
     if not args.no_eraser:
         metrics.update(_fit_eraser(probes, codes, table.attributes))
-    store.save(
+    manifest = store.save(
         args.name,
         "probes",
         probes.tensors(),
@@ -358,8 +466,8 @@ def run_train_probes(args: argparse.Namespace) -> int:
     print(format_table(rows, f"probes on {args.diffae} → {store.path(args.name)}"))
     if missing:
         print(f"not linearly readable (< {args.threshold:.0%}): {sorted(missing)}", file=sys.stderr)
-        return 1 if args.strict else 0
-    return 0
+    unregistered = _register(args, manifest)
+    return unregistered or (1 if missing and args.strict else 0)
 
 
 def _fit_eraser(probes: ProbeSet, codes: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:

@@ -14,6 +14,10 @@ from typing import Any
 
 from services.cli.registry import SERVICES, uses_inference
 
+REGISTRY_CLIENTS = ("protection", "sanitizer")
+"""Services that ask the model registry: protection (each tenant's authorized model) and
+the sanitizer (the record of the encoder and probes it serves)."""
+
 
 def add_up_parser(subparsers: Any) -> argparse.ArgumentParser:
     up = subparsers.add_parser("up", help="run the local stack, one process per service")
@@ -112,11 +116,15 @@ def run_up(names: list[str], backend: str = "triton") -> int:
         # The sanitizer charges the accountant this stack starts (unless told otherwise).
         accountant = SERVICES["accountant"].settings()
         env.setdefault("VEIL_SANITIZER_ACCOUNTANT_URL", f"{accountant.host}:{accountant.port}")
-    if "unlearning" in names and "protection" in names:
-        # Protection resolves each tenant's authorized model at the registry this stack
-        # starts (the unlearning server's ModelRegistry).
+    if "unlearning" in names:
+        # The registry this stack starts (the unlearning server's ModelRegistry) is where
+        # its clients resolve models.
         unlearning = SERVICES["unlearning"].settings()
-        env.setdefault("VEIL_PROTECTION_REGISTRY_URL", f"{unlearning.host}:{unlearning.port}")
+        for client in REGISTRY_CLIENTS:
+            if client in names:
+                env.setdefault(
+                    f"VEIL_{client.upper()}_REGISTRY_URL", f"{unlearning.host}:{unlearning.port}"
+                )
     children = {
         name: subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env)
         for name in names

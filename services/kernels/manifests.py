@@ -134,3 +134,27 @@ class StoreReader:
             except (NotFound, ModelIntegrityError) as exc:
                 report[each] = exc.message
         return report
+
+
+LINEAGE_CONFIG = ("role", "attribute", "arch", "diffae_sha256", "authorized_sha256")
+"""Config keys a manifest's lineage carries besides how it was trained."""
+
+
+def manifest_lineage(manifest: Manifest) -> dict[str, str]:
+    """Where a store entry came from, as its manifest records it: ``command``, ``seed``,
+    ``data`` (its URI), ``data_n``, ``created_at``, ``sha256`` and the config keys of
+    :data:`LINEAGE_CONFIG`; empty values left out. The model registry records these for a
+    trained model (plus ``registered_by``); the sanitizer reports them without a registry."""
+    data = manifest.data or {}
+    lineage = {
+        "command": manifest.command,
+        "seed": "" if manifest.seed is None else str(manifest.seed),
+        "data": str(data.get("uri", "")),
+        "data_n": str(data.get("n", "")),
+        "created_at": manifest.created_at,
+        "sha256": manifest.sha256,
+    }
+    for key in LINEAGE_CONFIG:
+        if manifest.config.get(key) not in (None, ""):
+            lineage[key] = str(manifest.config[key])
+    return {k: v for k, v in lineage.items() if v != ""}

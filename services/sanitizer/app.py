@@ -1,7 +1,9 @@
-"""The sanitizer's server: settings, the pipeline, sessions, the accountant client.
+"""The sanitizer's server: settings, the pipeline, sessions, the accountant client and,
+when ``registry_url`` is set, the model registry's client.
 
 Ready when the encoder and decoder answer on the inference backend, the session database
 answers and the accountant reports SERVING: without the accountant no image may leave.
+Readiness does not wait for the registry: only ListAttributes asks it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from services.sanitizer.core import Sanitizer
 from services.sanitizer.ledger import AccountantLedger
 from services.sanitizer.metrics import SanitizerMetrics
 from services.sanitizer.pipeline import Pipeline
-from services.sanitizer.ports import Ledger
+from services.sanitizer.ports import Ledger, ModelRecords
+from services.sanitizer.registry import RegistryRecords
 from services.sanitizer.servicer import SanitizerServicer
 from services.sanitizer.sessions import SessionStore
 from services.sanitizer.settings import SanitizerSettings
@@ -62,6 +65,15 @@ def build_app(
         settings.accountant_timeout_s,
         settings.accountant_tls_ca,
     )
+    records: ModelRecords | None = None
+    if settings.registry_url:
+        records = RegistryRecords(
+            settings.registry_url,
+            settings.registry_token,
+            settings.registry_timeout_s,
+            settings.registry_cache_s,
+            settings.registry_tls_ca,
+        )
     handle = None
 
     def backend():  # the running backend (UNAVAILABLE before start and after stop)
@@ -76,7 +88,7 @@ def build_app(
         output_format=settings.output_format,
         backend_ready=lambda: handle.last_ready if handle is not None else None,
     )
-    core = Sanitizer(settings, pipeline, store, accountant, metrics, app.workers.run)
+    core = Sanitizer(settings, pipeline, store, accountant, metrics, app.workers.run, records)
     app.mounts += [
         Mount(
             "veil.v1.Sanitizer",
@@ -111,6 +123,8 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
         await accountant.close()
+        if records is not None:
+            await records.close()
         await asyncio.to_thread(store.close)
 
     app.on_start.append(start)

@@ -26,10 +26,10 @@ is charged as the composition of all k candidates (one Gaussian with μ = √(Σ
 candidates of a seeded preview are never releasable. Ids that identify people (subject,
 dataset) never reach logs or metrics.
 
-The core reaches the accountant, the kernels and the worker pool only through the ports
-of :mod:`services.sanitizer.ports`, which :mod:`services.sanitizer.app` wires to the real
-adapters: it imports no grpc, no generated stubs, no runtime, and loads no torch
-(docs/ARCHITECTURE.md, "Cores without transport").
+The core reaches the accountant, the kernels, the worker pool and the model registry only
+through the ports of :mod:`services.sanitizer.ports`, which :mod:`services.sanitizer.app`
+wires to the real adapters: it imports no grpc, no generated stubs, no runtime, and loads
+no torch (docs/ARCHITECTURE.md, "Cores without transport").
 """
 
 from __future__ import annotations
@@ -67,10 +67,19 @@ from services.kernels.mechanism import (
     preview_rngs,
     release_rng,
 )
+from services.sanitizer.description import Describer, ModelDescription
 from services.sanitizer.faces import Box
 from services.sanitizer.metrics import SanitizerMetrics
 from services.sanitizer.pipeline import Draw, FaceChoice, Pipeline, Prepared
-from services.sanitizer.ports import ChargeSpec, Held, Ledger, LedgerCost, Offload, Spent
+from services.sanitizer.ports import (
+    ChargeSpec,
+    Held,
+    Ledger,
+    LedgerCost,
+    ModelRecords,
+    Offload,
+    Spent,
+)
 from services.sanitizer.sessions import KeyClaim, Session, SessionStore, StoredRelease
 from services.sanitizer.settings import SanitizerSettings
 
@@ -222,7 +231,10 @@ class Sanitizer:
         ledger: Ledger,
         metrics: SanitizerMetrics,
         offload: Offload,
+        records: ModelRecords | None = None,
     ) -> None:
+        """``records``: the model registry's records of the loaded entries (None: no
+        registry; the store's manifests describe the model)."""
         self.settings = settings
         self.pipeline = pipeline
         self.space = pipeline.space
@@ -230,6 +242,12 @@ class Sanitizer:
         self.ledger = ledger
         self.metrics = metrics
         self._offload = offload
+        self._describer = Describer(pipeline.model, records)
+
+    async def describe(self, tenant: str) -> ModelDescription:
+        """The encoder and probes this server loaded, as the registry records them for
+        ``tenant`` (:mod:`services.sanitizer.description`); registry errors propagate."""
+        return await self._describer.describe(tenant)
 
     # -- validation ------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 :mod:`services.sanitizer.app` wires each port to its real adapter: :class:`Ledger` to
 :class:`services.sanitizer.ledger.AccountantLedger` (the accountant's gRPC API),
 :class:`Kernels` to the running inference backend (in-process or Triton), :data:`Offload`
-to the server's worker pool. Tests wire in-memory fakes instead and run the same
-assertions on both (``tests/sanitizer/test_ports.py``).
+to the server's worker pool, :class:`ModelRecords` (when a registry is configured) to
+:class:`services.sanitizer.registry.RegistryRecords` (the model registry's gRPC API). Tests
+wire in-memory fakes instead and run the same assertions on both
+(``tests/sanitizer/test_ports.py``, ``tests/sanitizer/test_registry.py``).
 
 Every release is one Gaussian event whose noise multiplier is the release's own (a chosen
 preview candidate: the composition of all k candidates, which for Gaussian mechanisms is
@@ -105,3 +107,26 @@ Offload = Callable[..., Awaitable[Any]]
 """``await offload(fn, *args)``: ``fn(*args)`` off the event loop (the server's worker pool,
 ``services.runtime.workers.WorkerPool.run``; :func:`services.sanitizer.pipeline.inline` in
 tests and benches)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the model registry records of a trained model: its newest registration."""
+
+    version: int
+    sha256: str
+    """SHA-256 of that registration's weights: what its store entry holds now."""
+    lineage: dict[str, str] = field(default_factory=dict)
+    """Where it came from: ``command``, ``seed``, ``data``, ``sha256``, ``registered_by``, …"""
+
+
+class ModelRecords(Protocol):
+    """The model registry's records of the store entries the sanitizer loaded (shared by
+    every tenant, resolved for the caller's). Errors are VeilErrors: a registry that cannot
+    be reached, is too slow or refuses the sanitizer's token is Unavailable."""
+
+    async def record(self, tenant: str, entry: str) -> Record | None:
+        """The newest registration of ``entry``; None when the registry does not know it."""
+        ...
+
+    async def close(self) -> None: ...

@@ -35,8 +35,8 @@ class SanitizerServicer(sanitizer_pb2_grpc.SanitizerServicer):
         self.format = core.pipeline.output_format
 
     async def ListAttributes(self, request, context) -> pb.ListAttributesResponse:
-        space, model = self.core.space, self.core.pipeline.model
-        settings = self.core.settings
+        space, settings = self.core.space, self.core.settings
+        model = await self.core.describe(_caller("").tenant)
         return pb.ListAttributesResponse(
             attributes=[
                 pb.AttributeInfo(
@@ -47,10 +47,15 @@ class SanitizerServicer(sanitizer_pb2_grpc.SanitizerServicer):
                 for i, name in enumerate(space.names)
             ],
             model=pb.SanitizerModel(
-                name=model.diffae,
+                name=model.name,
                 resolution=model.resolution,
                 training_data=model.training_data,
                 notes=MODEL_NOTES.format(res=model.resolution),
+                version=model.version,
+                lineage=model.lineage,
+                probes=model.probes,
+                probes_lineage=model.probes_lineage,
+                current=model.current,
             ),
             max_strengths=settings.max_strengths,
             default_complement=cv.COMPLEMENT_OF[settings.default_complement],

@@ -29,6 +29,21 @@ class SanitizerSettings(BaseSettings):
     """Deadline of each accountant call; past it the release fails UNAVAILABLE, uncharged."""
     accountant_tls_ca: str | None = None
     """PEM file of the CA that signed the accountant's certificate; unset = plaintext."""
+    registry_url: str | None = None
+    """``host:port`` of the model registry (the unlearning server's
+    ``veil.v1.ModelRegistry``): ListAttributes then gives the encoder's and the probes'
+    version and lineage as registered, and whether they are still the current ones. Unset:
+    version 0, the lineage from the model store's manifests."""
+    registry_token: str = ""
+    """Bearer token presented to the registry: a delegate token with scope
+    ``modelregistry:resolve_model`` (it resolves for each caller's tenant)."""
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline of each registry call; past it ListAttributes fails UNAVAILABLE."""
+    registry_cache_s: float = Field(default=2.0, ge=0, le=300)
+    """How long a registry answer is reused: a newly registered encoder shows at most this
+    long after its registration."""
+    registry_tls_ca: str | None = None
+    """PEM file of the CA that signed the registry's certificate; unset = plaintext."""
     reservation_lease_s: float = Field(default=120.0, gt=0, le=600)
     """Lease of the reservation held while an image is generated (then committed)."""
     commit_attempts: int = Field(default=4, ge=1, le=20)

@@ -9,11 +9,16 @@ manifests and a probe set's arrays needs numpy and safetensors only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import ModelNotReady, NotFound
-from services.kernels.manifests import DEFAULT_ROOT, ModelIntegrityError, StoreReader
+from services.kernels.manifests import (
+    DEFAULT_ROOT,
+    ModelIntegrityError,
+    StoreReader,
+    manifest_lineage,
+)
 from services.kernels.mechanism import AttributeSpace, orthonormal
 
 
@@ -50,13 +55,20 @@ ATTRIBUTE_DESCRIPTIONS = {
 @dataclass(frozen=True)
 class AttributeModel:
     """What the sanitizer needs besides the encoder and decoder: the attribute subspace,
-    and which model it belongs to."""
+    and which model it belongs to (with what the store's manifests say of both entries)."""
 
     space: AttributeSpace
     diffae: str
     resolution: int
     training_data: str
     probes: str
+    diffae_sha256: str = ""
+    """SHA-256 of the encoder's weights (its manifest's: the backend checks the weights it
+    loads against it)."""
+    probes_sha256: str = ""
+    diffae_lineage: dict[str, str] = field(default_factory=dict)
+    """:func:`manifest_lineage` of the encoder's entry."""
+    probes_lineage: dict[str, str] = field(default_factory=dict)
 
 
 def load_attribute_space(store: StoreReader, probes: str, diffae: str) -> AttributeModel:
@@ -95,4 +107,8 @@ def load_attribute_space(store: StoreReader, probes: str, diffae: str) -> Attrib
         resolution=int(encoder.config.get("resolution", 0)),
         training_data=str(encoder.data.get("uri", "")),
         probes=probes,
+        diffae_sha256=encoder.sha256,
+        probes_sha256=manifest.sha256,
+        diffae_lineage=manifest_lineage(encoder),
+        probes_lineage=manifest_lineage(manifest),
     )

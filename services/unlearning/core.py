@@ -37,7 +37,7 @@ from services.common.errors import (
     NotFound,
     VeilError,
 )
-from services.unlearning import training
+from services.unlearning import trained, training
 from services.unlearning.jobs import CANCELLED, FAILED, Job, JobSpec, JobStore
 from services.unlearning.metrics import UnlearningMetrics
 from services.unlearning.ports import Loader, Workers
@@ -52,8 +52,11 @@ from services.unlearning.registry import (
     with_aliases,
 )
 from services.unlearning.settings import UnlearningSettings
+from services.unlearning.trained import Trained
 
 log = logging.getLogger(__name__)
+LINEAGE = ("command", "seed", "data", "sha256")
+"""What version 1's lineage takes from its store manifest."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class Model:
     resolution: int
     num_classes: int
     target: str
+    kind: str = "classifier"
+    shared: bool = False
+    """A trained model every tenant shares (:mod:`services.unlearning.trained`)."""
+    current: Version | None = None
+    """The version that version 0 names for the tenant."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,12 @@ class Unlearning:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the tables, then begin taking jobs (those a dead replica left included)."""
+        """Create the tables, register the model store's entries the registry lacks, then
+        begin taking jobs (those a dead replica left included)."""
         await asyncio.to_thread(self.store.create_schema)
+        adopted = await asyncio.to_thread(trained.adopt, self.store, self.publisher.store)
+        if adopted:
+            log.info("registered %d trained models from the model store", len(adopted))
         self.pool.start()
         self._closing = False
         if self._poller is None:
@@ -140,6 +152,7 @@ class Unlearning:
         """Check ``spec`` (limits, method, options, base model, attributes) and queue it;
         with a known idempotency key, the original job."""
         self._check_limits(spec)
+        self._check_model(spec.model_name)
         found = await self._resolve(tenant, spec.model_name, spec.base_version)
         base = found.version
         manifest = await asyncio.to_thread(self.publisher.manifest, found.serial)
@@ -252,16 +265,22 @@ class Unlearning:
             metrics=metrics,
             created_at=_epoch(created),
             serial=BASE,
-            lineage={key: manifest[key] for key in ("command", "seed", "data") if key in manifest},
+            lineage={k: manifest[k] for k in LINEAGE if k in manifest},
         )
 
     async def get_version(self, tenant: str, model_name: str, version: int) -> Version:
         """The tenant's version ``version`` (0 = what its ``production`` alias names, else
         its latest READY one, else the base), with the aliases that name it; another
-        tenant's is NOT_FOUND, word for word as an unknown number."""
-        self._check_model(model_name)
+        tenant's is NOT_FOUND, word for word as an unknown number. A shared trained model's
+        version 0 is its newest registration."""
         if version < 0:
             raise InvalidArgument("version must be >= 0", details={"field": "ref.version"})
+        shared = await self._shared(model_name)
+        if shared is not None:
+            match = [t for t in shared if t.number == version or (version == 0 and t.current)]
+            if not match:
+                raise NotFound(f"no version {version} of {model_name!r}")
+            return match[0].as_version()
         names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
         if version == 0 and PRODUCTION in names:
             version = names[PRODUCTION]
@@ -277,9 +296,35 @@ class Unlearning:
             found = hit
         return with_aliases(found, names)
 
+    async def _shared(self, model_name: str) -> list[Trained] | None:
+        """A shared trained model's registrations, newest first; None for the model this
+        service publishes; NOT_FOUND for any other name."""
+        if model_name == self.settings.model_name:
+            return None
+        found = await asyncio.to_thread(self.store.trained_versions, model_name)
+        if not found:
+            raise NotFound(f"no model {model_name!r}")
+        return found
+
+    @staticmethod
+    def _shared_model(newest: Trained) -> Model:
+        return Model(
+            name=newest.name,
+            aliases={},
+            resolution=newest.resolution,
+            num_classes=newest.num_classes,
+            target=newest.target,
+            kind=newest.kind,
+            shared=True,
+            current=newest.as_version(),
+        )
+
     async def model(self, tenant: str, model_name: str) -> Model:
-        """What ``model_name`` serves (from its base's manifest) and the tenant's aliases."""
-        self._check_model(model_name)
+        """What ``model_name`` serves (from its base's manifest, or the registration of a
+        shared trained model), the tenant's aliases and what its version 0 names."""
+        shared = await self._shared(model_name)
+        if shared is not None:
+            return self._shared_model(shared[0])
         manifest = await asyncio.to_thread(self.publisher.manifest, BASE)
         config = manifest.get("config", {})
         names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
@@ -289,16 +334,32 @@ class Unlearning:
             resolution=int(config.get("resolution", 32)),
             num_classes=int(config.get("num_classes", 2)),
             target=str(config.get("target", "")),
+            current=await self.get_version(tenant, model_name, 0),
         )
 
     async def models(self, tenant: str) -> list[Model]:
-        """The models the tenant can name: the one this service publishes versions of."""
-        return [await self.model(tenant, self.settings.model_name)]
+        """The models the tenant can name: the one this service publishes versions of,
+        then every shared trained model, by name."""
+        served = await self.model(tenant, self.settings.model_name)
+        trained = await asyncio.to_thread(self.store.trained_models)
+        return [served] + [self._shared_model(t) for t in trained if t.name != served.name]
 
     async def resolve(self, tenant: str, model_name: str, version: int, alias: str) -> Version:
         """The servable version a reference names for ``tenant``: ``version``, or (0) what
         ``alias`` names (``production`` when empty; unset = the latest READY). An unset
-        alias other than ``production`` is NOT_FOUND."""
+        alias other than ``production`` is NOT_FOUND. A shared trained model resolves only
+        to its newest registration (the store holds no other) and has no aliases."""
+        shared = await self._shared(model_name)
+        if shared is not None:
+            if alias and alias != PRODUCTION:
+                raise NotFound(f"{model_name!r} has no alias {alias!r}")
+            found = await self.get_version(tenant, model_name, version)
+            if found.state != READY:
+                raise NotFound(
+                    f"{model_name} version {found.version} was replaced in the model store;"
+                    " it is not servable"
+                )
+            return found
         if version == 0 and alias and alias != PRODUCTION:
             names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
             if alias not in names:
@@ -308,7 +369,11 @@ class Unlearning:
 
     async def set_alias(self, tenant: str, model_name: str, alias: str, version: int) -> Version:
         """Point the tenant's ``alias`` at its servable version ``version`` (>= 1)."""
-        self._check_model(model_name)
+        if await self._shared(model_name) is not None:
+            raise FailedPrecondition(
+                f"{model_name!r} is a shared trained model: it has no aliases",
+                details={"field": "ref.name"},
+            )
         if version < 1:
             raise InvalidArgument("version must be >= 1", details={"field": "ref.version"})
         await asyncio.to_thread(self.store.set_alias, tenant, model_name, alias, version)
@@ -317,8 +382,13 @@ class Unlearning:
     async def list_versions(
         self, tenant: str, model_name: str, page: Page
     ) -> tuple[list[Version], int]:
-        """The tenant's versions, newest first, then version 1 (the base) last."""
-        self._check_model(model_name)
+        """The tenant's versions, newest first, then version 1 (the base) last; a shared
+        trained model's registrations, newest first."""
+        shared = await self._shared(model_name)
+        if shared is not None:
+            return [t.as_version() for t in shared[page.offset : page.offset + page.size]], len(
+                shared
+            )
         rows, total = await asyncio.to_thread(
             self.store.list_versions, tenant, model_name, page.offset, page.size
         )

@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.unlearning.registry import RegistryStore, Version, metadata
+from services.unlearning.trained import TrainedStore
 
 jobs = Table(
     "unlearning_jobs",
@@ -154,7 +155,7 @@ def _job(row: Row[Any]) -> Job:
     )
 
 
-class JobStore(RegistryStore):
+class JobStore(RegistryStore, TrainedStore):
     """The unlearning tables on one engine; every method is one short transaction."""
 
     metadata = metadata

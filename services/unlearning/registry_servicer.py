@@ -17,13 +17,18 @@ from services.unlearning.registry import check_alias
 
 
 def _model_to_pb(model: Model) -> pb.RegisteredModel:
-    return pb.RegisteredModel(
+    out = pb.RegisteredModel(
         name=model.name,
         aliases=dict(model.aliases),
         resolution=model.resolution,
         num_classes=model.num_classes,
         target=model.target,
+        kind=model.kind,
+        shared=model.shared,
     )
+    if model.current is not None:
+        out.current.CopyFrom(cv.version_to_pb(model.current))
+    return out
 
 
 class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
@@ -70,7 +75,9 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         model = await self.core.model(tenant, request.ref.name)
         return pb.ResolvedModel(
             version=cv.version_to_pb(version),
-            serving_version=version.serial,
+            serving_version=0 if model.shared else version.serial,
             resolution=model.resolution,
             num_classes=model.num_classes,
+            kind=model.kind,
+            sha256=str(version.lineage.get("sha256", "")),
         )

@@ -1,9 +1,9 @@
-"""The protection service reaches the model registry (``veil.v1.ModelRegistry`` on the
-unlearning server) the way the sanitizer reaches the accountant: the URL names the
+"""The protection service and the sanitizer reach the model registry (``veil.v1.ModelRegistry``
+on the unlearning server) the way the sanitizer reaches the accountant: the URL names the
 unlearning Service's gRPC port, the token comes from a Secret, the unlearning server's
-tokens hold it as a delegate with the scope ``ResolveModel`` needs, and both network
-policies let the call through. Every Secret a Deployment reads is generated locally and
-documented for the gpu overlay."""
+tokens hold it as a delegate with the scope ``ResolveModel`` needs (and nothing more), and
+both network policies let the call through. Every Secret a Deployment reads is generated
+locally and documented for the gpu overlay."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 
 from services._proto.veil.v1 import registry_pb2
 from services.cli.registry import SERVICES
+from services.cli.up import REGISTRY_CLIENTS
 from services.runtime.auth import Principal
 from services.runtime.server import ServiceApp
 from services.runtime.settings import TokenGrant
 from tests.k8s.test_manifests import (
-    IDS,
     K8S,
     OVERLAYS,
     Obj,
@@ -40,6 +40,8 @@ from tests.k8s.test_manifests import (
 REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["ModelRegistry"]
 TENANT_METHODS = ("ListModels", "GetModel", "SetAlias")
 """The registry RPCs a tenant calls (its own token's scopes)."""
+CLIENTS = [(overlay, client) for overlay in OVERLAYS for client in REGISTRY_CLIENTS]
+CLIENT_IDS = [f"{overlay}-overlay-{client}" for overlay, client in CLIENTS]
 
 
 def scope(method: str) -> str:
@@ -56,43 +58,46 @@ def allows(grant: TokenGrant, wanted: str) -> bool:
     return principal.allows(wanted)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
-def test_protection_registry_url_names_the_unlearning_service(overlay: str) -> None:
+@pytest.mark.parametrize(("overlay", "client"), CLIENTS, ids=CLIENT_IDS)
+def test_registry_url_names_the_unlearning_service(overlay: str, client: str) -> None:
     objs = render(overlay)
-    container = the_container(one(objs, "Deployment", "veil-protection"))
+    container = the_container(one(objs, "Deployment", f"veil-{client}"))
     env = config_env(objs, container)
-    service, port = service_address(objs, env["VEIL_PROTECTION_REGISTRY_URL"])
+    prefix = f"VEIL_{client.upper()}_REGISTRY"
+    service, port = service_address(objs, env[f"{prefix}_URL"])
     assert service is service_of(objs, one(objs, "Deployment", "veil-unlearning"))
     grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert port == grpc["port"] == SERVICES["unlearning"].port
-    (token,) = [e for e in container["env"] if e["name"] == "VEIL_PROTECTION_REGISTRY_TOKEN"]
+    (token,) = [e for e in container["env"] if e["name"] == f"{prefix}_TOKEN"]
     ref = token["valueFrom"]["secretKeyRef"]
     assert ref["key"] == "token"
-    assert re.fullmatch(r"veil-protection-registry-token(-[a-z0-9]+)?", ref["name"]), ref
+    assert re.fullmatch(rf"veil-{client}-registry-token(-[a-z0-9]+)?", ref["name"]), ref
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
-def test_unlearning_and_protection_policies_let_protection_resolve(overlay: str) -> None:
+@pytest.mark.parametrize(("overlay", "client"), CLIENTS, ids=CLIENT_IDS)
+def test_unlearning_and_client_policies_let_the_client_resolve(overlay: str, client: str) -> None:
     objs = render(overlay)
-    protection = one(objs, "Deployment", "veil-protection")
+    caller = one(objs, "Deployment", f"veil-{client}")
     unlearning = one(objs, "Deployment", "veil-unlearning")
-    assert admits(policy_of(objs, unlearning), pod_labels(protection), "grpc")
+    assert admits(policy_of(objs, unlearning), pod_labels(caller), "grpc")
     assert admits(policy_of(objs, unlearning), {"veil.dev/client": "true"}, "grpc")
-    assert egress_to(
-        policy_of(objs, protection), pod_labels(unlearning), SERVICES["unlearning"].port
-    )
+    assert egress_to(policy_of(objs, caller), pod_labels(unlearning), SERVICES["unlearning"].port)
 
 
-def test_local_unlearning_knows_the_protection_delegate_token() -> None:
+def test_local_unlearning_knows_each_clients_delegate_token() -> None:
     objs = render("local")
-    protection = one(objs, "Deployment", "veil-protection")
-    token = secret_value(objs, the_container(protection), "VEIL_PROTECTION_REGISTRY_TOKEN")
     grants = mounted_tokens(objs, one(objs, "Deployment", "veil-unlearning"))
-    grant = grants[token]
-    assert grant.delegate, "ResolveModel answers delegate tokens only"
-    assert allows(grant, scope("ResolveModel"))
-    assert not any(allows(grant, scope(m)) for m in TENANT_METHODS), "resolve only"
-    callers = [g for t, g in grants.items() if t != token]
+    delegates = set()
+    for client in REGISTRY_CLIENTS:
+        container = the_container(one(objs, "Deployment", f"veil-{client}"))
+        token = secret_value(objs, container, f"VEIL_{client.upper()}_REGISTRY_TOKEN")
+        grant = grants[token]
+        assert grant.delegate, f"{client}: ResolveModel answers delegate tokens only"
+        assert allows(grant, scope("ResolveModel")), client
+        assert not any(allows(grant, scope(m)) for m in TENANT_METHODS), f"{client}: resolve only"
+        delegates.add(token)
+    assert len(delegates) == len(REGISTRY_CLIENTS), "one token per client"
+    callers = [g for t, g in grants.items() if t not in delegates]
     assert callers and not any(g.delegate for g in callers), "callers never get delegate"
     for method in TENANT_METHODS:  # the local client may use the registry
         assert all(allows(g, scope(method)) for g in callers), method
@@ -122,7 +127,7 @@ def test_every_secret_the_gpu_overlay_reads_is_documented() -> None:
     readme = (K8S / "README.md").read_text()
     overlay = (K8S / "overlays" / "gpu" / "kustomization.yaml").read_text()
     secrets = referenced_secrets(render("gpu"))
-    assert "veil-protection-registry-token" in secrets
+    assert {f"veil-{client}-registry-token" for client in REGISTRY_CLIENTS} <= secrets
     for name in sorted(secrets):
         assert f"create secret generic {name} " in readme, f"k8s/README.md: {name}"
         assert re.search(rf"\b{re.escape(name)}\b", overlay), f"gpu kustomization: {name}"

@@ -4,9 +4,10 @@ token, and the tokens callers use."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -30,6 +31,24 @@ TOKENS = {
     SERVICE_TOKEN: TokenGrant(tenant="veil", scopes=["accountant:*"], delegate=True),
 }
 DATASET = "faces"
+T = TypeVar("T")
+Run = Callable[[Awaitable[T]], T]
+
+
+@pytest.fixture
+def run() -> Iterator[Run[Any]]:
+    """Runs a coroutine on this test's one event loop (a gRPC client's channel is bound to
+    the loop it was made in)."""
+    loop = asyncio.new_event_loop()
+
+    def call(awaitable: Awaitable[Any]) -> Any:
+        async def main() -> Any:
+            return await awaitable
+
+        return loop.run_until_complete(main())
+
+    yield call
+    loop.close()
 
 
 def accountant_app(database_url: str, **overrides: Any):  # type: ignore[no-untyped-def]

@@ -1,8 +1,9 @@
 """In-memory fakes of the sanitizer's ports (``services.sanitizer.ports``).
 
-``tests/sanitizer/test_ports.py`` holds each fake to the same contract as the real adapter
-(the accountant over gRPC, the in-process backend), so a core test that runs on a fake
-tests what it would on the real thing.
+``tests/sanitizer/test_ports.py`` and ``tests/sanitizer/test_registry.py`` hold each fake
+to the same contract as the real adapter (the accountant over gRPC, the in-process backend,
+the model registry over gRPC), so a core test that runs on a fake tests what it would on
+the real thing.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import AlreadyExists, BudgetExhausted, FailedPrecondition
+from services.common.errors import AlreadyExists, BudgetExhausted, FailedPrecondition, Unavailable
 from services.kernels.mechanism import gaussian_epsilon
-from services.sanitizer.ports import ChargeSpec, Held, LedgerCost, Spent
+from services.sanitizer.ports import ChargeSpec, Held, LedgerCost, Record, Spent
 
 
 @dataclass
@@ -136,3 +137,30 @@ class FakeKernels:
     async def decode(self, z: np.ndarray, x_T: np.ndarray, steps: int) -> np.ndarray:
         shift = np.asarray(z, dtype=np.float32).mean(axis=1)[:, None, None, None]
         return np.tanh(0.5 * np.asarray(x_T, dtype=np.float32) + shift).astype(np.float32)
+
+
+class FakeRecords:
+    """The :class:`~services.sanitizer.ports.ModelRecords` port in memory: the registrations
+    of each trained entry, the same for every tenant (shared models), numbered 1, 2, …
+    (registering the newest content again changes nothing, as the registry does)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, list[Record]] = {}
+        self.down = False
+        """Every call fails Unavailable, as with a registry that cannot be reached."""
+
+    def register(self, entry: str, sha256: str, lineage: dict[str, str]) -> Record:
+        versions = self.entries.setdefault(entry, [])
+        if versions and versions[-1].sha256 == sha256:
+            return versions[-1]
+        versions.append(Record(len(versions) + 1, sha256, {**lineage, "sha256": sha256}))
+        return versions[-1]
+
+    async def record(self, tenant: str, entry: str) -> Record | None:
+        if self.down:
+            raise Unavailable("the model registry is unavailable (fake)")
+        versions = self.entries.get(entry)
+        return versions[-1] if versions else None
+
+    async def close(self) -> None:
+        pass

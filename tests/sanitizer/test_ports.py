@@ -5,15 +5,15 @@
 loopback gRPC. ``Kernels``: :class:`tests.sanitizer.fakes.FakeKernels` and the in-process
 backend with the committed weights. Then the core itself (no server: the pipeline, the
 session store on SQLite, the worker pool replaced by ``inline``) releases, replays and is
-refused on each ledger, with the fake kernels.
+refused on each ledger, with the fake kernels. (``ModelRecords``, the model registry:
+``tests/sanitizer/test_registry.py``.)
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,32 +31,12 @@ from services.sanitizer.pipeline import FaceChoice, Pipeline, inline
 from services.sanitizer.ports import ChargeSpec, Kernels, Ledger
 from services.sanitizer.sessions import SessionStore
 from services.sanitizer.settings import SanitizerSettings
-from tests.sanitizer.conftest import DATASET, SERVICE_TOKEN
+from tests.sanitizer.conftest import DATASET, SERVICE_TOKEN, Run
 from tests.sanitizer.fakes import FakeKernels, FakeLedger
 from tests.support.server import ServerThread
 
-T = TypeVar("T")
 SUBJECT_EPSILON, DELTA = 10.0, 1e-5
 """The budget ``tests.sanitizer.conftest.accountant`` gives each subject of the dataset."""
-
-
-Run = Callable[[Awaitable[T]], T]
-
-
-@pytest.fixture
-def run() -> Iterator[Run[Any]]:
-    """Runs a coroutine on this test's one event loop (the accountant client's channel is
-    bound to the loop it was made in)."""
-    loop = asyncio.new_event_loop()
-
-    def call(awaitable: Awaitable[Any]) -> Any:
-        async def main() -> Any:
-            return await awaitable
-
-        return loop.run_until_complete(main())
-
-    yield call
-    loop.close()
 
 
 @pytest.fixture(params=["fake", "accountant"])

@@ -4,14 +4,27 @@ resolution that only Veil's services may ask for."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import grpc
 import pytest
 
 from services._proto.veil.v1 import common_pb2, registry_pb2_grpc
 from services._proto.veil.v1 import registry_pb2 as rpb
 from services._proto.veil.v1 import unlearning_pb2 as pb
+from services.kernels.manifests import StoreReader
+from services.unlearning.trained import ADOPTED, TRAINED_BY, TrainedStore, from_manifest
 from tests.support.server import bearer
-from tests.unlearning.conftest import MODEL, TOKEN_A, TOKEN_B, TOKEN_SERVICE, Client
+from tests.unlearning.conftest import (
+    ENTRY,
+    MODEL,
+    TOKEN_A,
+    TOKEN_B,
+    TOKEN_SERVICE,
+    Client,
+    submit_request,
+)
 from tests.unlearning.test_service import code_of, run_job
 
 
@@ -46,7 +59,9 @@ def test_two_tenants_number_alias_and_resolve_their_own_versions(
     lineage = model.versions[0].lineage
     assert lineage["data"].startswith("synthfaces://") and job_a.status.job_id in lineage["command"]
     assert model.resolution > 0 and model.num_classes >= 2
-    assert [m.name for m in a.ListModels(rpb.ListModelsRequest()).models] == [MODEL]
+    listed = a.ListModels(rpb.ListModelsRequest()).models
+    assert [(m.name, m.shared) for m in listed] == [(MODEL, False), (ENTRY, True)]
+    assert listed[0].current.ref.version == 2 and listed[0].kind == "classifier"
 
     # Only a delegate token resolves, and each tenant resolves to its own weights.
     code, _ = code_of(a.ResolveModel, rpb.ResolveModelRequest(tenant_id="acme", ref=ref()))
@@ -102,3 +117,64 @@ def test_resolve_refuses_a_negative_version(channel: grpc.Channel, version: int)
         service.ResolveModel, rpb.ResolveModelRequest(tenant_id="acme", ref=ref(version))
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_trained_models_are_shared_read_only_and_follow_the_store(
+    acme: Client, channel: grpc.Channel, store: Path, database_url: str
+) -> None:
+    """The service adopts its store's entries at start (with their manifests' lineage);
+    a new registration of an entry (``veil train``) is its new current version, the old
+    one history that no longer resolves; a shared model takes no alias and no job."""
+    a, g, service = (Registry(channel, t) for t in (TOKEN_A, TOKEN_B, TOKEN_SERVICE))
+    manifest = StoreReader(store).manifest(ENTRY)
+    seen = {m.name: m for m in a.ListModels(rpb.ListModelsRequest()).models}
+    shared = seen[ENTRY]
+    assert shared.shared and shared.kind == "classifier" and dict(shared.aliases) == {}
+    assert shared == {m.name: m for m in g.ListModels(rpb.ListModelsRequest()).models}[ENTRY]
+    first = shared.current
+    assert first.ref.version == 1 and first.state == pb.MODEL_VERSION_STATE_READY
+    assert first.lineage["sha256"] == manifest.sha256
+    assert first.lineage["command"] == manifest.command
+    assert first.lineage["seed"] == str(manifest.seed)
+    assert first.lineage["data"] == manifest.data["uri"]
+    assert first.lineage["registered_by"] == ADOPTED
+    resolved = service.ResolveModel(
+        rpb.ResolveModelRequest(tenant_id="acme", ref=common_pb2.ModelRef(name=ENTRY))
+    )
+    assert (resolved.sha256, resolved.serving_version) == (manifest.sha256, 0)
+    assert resolved.kind == "classifier" and resolved.resolution == shared.resolution
+
+    # veil train writes new weights into the entry and registers them.
+    registry = TrainedStore(database_url)
+    newer = replace(from_manifest(manifest, TRAINED_BY), sha256="0" * 64)
+    made, new = registry.register(newer)
+    assert new and made.number == 2
+    assert registry.register(newer) == (replace(made, registered_at=made.registered_at), False)
+    model = a.GetModel(rpb.GetModelRequest(name=ENTRY))
+    assert [(v.ref.version, v.state) for v in model.versions] == [
+        (2, pb.MODEL_VERSION_STATE_READY),
+        (1, pb.MODEL_VERSION_STATE_RETIRED),
+    ]
+    assert model.current.ref.version == 2 and model.current.lineage["registered_by"] == TRAINED_BY
+    now = service.ResolveModel(
+        rpb.ResolveModelRequest(tenant_id="globex", ref=common_pb2.ModelRef(name=ENTRY))
+    )
+    assert now.version.ref.version == 2 and now.sha256 == "0" * 64
+    old = rpb.ResolveModelRequest(tenant_id="acme", ref=common_pb2.ModelRef(name=ENTRY, version=1))
+    assert code_of(service.ResolveModel, old)[0] == grpc.StatusCode.NOT_FOUND
+
+    code, _ = code_of(
+        a.SetAlias,
+        rpb.SetAliasRequest(ref=common_pb2.ModelRef(name=ENTRY, version=2), alias="production"),
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    code, _ = code_of(acme.SubmitJob, submit_request(base_model=common_pb2.ModelRef(name=ENTRY)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    for call, request in (
+        (a.GetModel, rpb.GetModelRequest(name="nope")),
+        (
+            service.ResolveModel,
+            rpb.ResolveModelRequest(tenant_id="acme", ref=common_pb2.ModelRef(name="nope")),
+        ),
+    ):
+        assert code_of(call, request)[0] == grpc.StatusCode.NOT_FOUND

@@ -26,7 +26,7 @@ from services._proto.veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 from services._proto.veil.v1 import unlearning_pb2 as veil_dot_v1_dot_unlearning__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16veil/v1/registry.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\x1a\x18veil/v1/unlearning.proto\"\x8e\x02\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x07\x61liases\x18\x02 \x03(\x0b\x32%.veil.v1.RegisteredModel.AliasesEntry\x12\'\n\x08versions\x18\x03 \x03(\x0b\x32\x15.veil.v1.ModelVersion\x12#\n\x04page\x18\x04 \x01(\x0b\x32\x15.veil.v1.PageResponse\x12\x12\n\nresolution\x18\x05 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\x12\x0e\n\x06target\x18\x07 \x01(\t\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"&\n\x11ListModelsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.veil.v1.RegisteredModel\"V\n\x0fGetModelRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x04page\x18\x03 \x01(\x0b\x32\x14.veil.v1.PageRequest\"S\n\x0fSetAliasRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1e\n\x03ref\x18\x02 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"W\n\x13ResolveModelRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1e\n\x03ref\x18\x02 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"y\n\rResolvedModel\x12&\n\x07version\x18\x01 \x01(\x0b\x32\x15.veil.v1.ModelVersion\x12\x17\n\x0fserving_version\x18\x02 \x01(\x03\x12\x12\n\nresolution\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x32\x99\x02\n\rModelRegistry\x12\x45\n\nListModels\x12\x1a.veil.v1.ListModelsRequest\x1a\x1b.veil.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x18.veil.v1.GetModelRequest\x1a\x18.veil.v1.RegisteredModel\x12;\n\x08SetAlias\x12\x18.veil.v1.SetAliasRequest\x1a\x15.veil.v1.ModelVersion\x12\x44\n\x0cResolveModel\x12\x1c.veil.v1.ResolveModelRequest\x1a\x16.veil.v1.ResolvedModelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16veil/v1/registry.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\x1a\x18veil/v1/unlearning.proto\"\xd4\x02\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x07\x61liases\x18\x02 \x03(\x0b\x32%.veil.v1.RegisteredModel.AliasesEntry\x12\'\n\x08versions\x18\x03 \x03(\x0b\x32\x15.veil.v1.ModelVersion\x12#\n\x04page\x18\x04 \x01(\x0b\x32\x15.veil.v1.PageResponse\x12\x12\n\nresolution\x18\x05 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\x0e\n\x06shared\x18\t \x01(\x08\x12&\n\x07\x63urrent\x18\n \x01(\x0b\x32\x15.veil.v1.ModelVersion\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"&\n\x11ListModelsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.veil.v1.RegisteredModel\"V\n\x0fGetModelRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x04page\x18\x03 \x01(\x0b\x32\x14.veil.v1.PageRequest\"S\n\x0fSetAliasRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1e\n\x03ref\x18\x02 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"W\n\x13ResolveModelRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1e\n\x03ref\x18\x02 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\x97\x01\n\rResolvedModel\x12&\n\x07version\x18\x01 \x01(\x0b\x32\x15.veil.v1.ModelVersion\x12\x17\n\x0fserving_version\x18\x02 \x01(\x03\x12\x12\n\nresolution\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t2\x99\x02\n\rModelRegistry\x12\x45\n\nListModels\x12\x1a.veil.v1.ListModelsRequest\x1a\x1b.veil.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x18.veil.v1.GetModelRequest\x1a\x18.veil.v1.RegisteredModel\x12;\n\x08SetAlias\x12\x18.veil.v1.SetAliasRequest\x1a\x15.veil.v1.ModelVersion\x12\x44\n\x0cResolveModel\x12\x1c.veil.v1.ResolveModelRequest\x1a\x16.veil.v1.ResolvedModelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTEREDMODEL_ALIASESENTRY']._loaded_options = None
   _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_options = b'8\001'
   _globals['_REGISTEREDMODEL']._serialized_start=84
-  _globals['_REGISTEREDMODEL']._serialized_end=354
-  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_start=308
-  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_end=354
-  _globals['_LISTMODELSREQUEST']._serialized_start=356
-  _globals['_LISTMODELSREQUEST']._serialized_end=394
-  _globals['_LISTMODELSRESPONSE']._serialized_start=396
-  _globals['_LISTMODELSRESPONSE']._serialized_end=458
-  _globals['_GETMODELREQUEST']._serialized_start=460
-  _globals['_GETMODELREQUEST']._serialized_end=546
-  _globals['_SETALIASREQUEST']._serialized_start=548
-  _globals['_SETALIASREQUEST']._serialized_end=631
-  _globals['_RESOLVEMODELREQUEST']._serialized_start=633
-  _globals['_RESOLVEMODELREQUEST']._serialized_end=720
-  _globals['_RESOLVEDMODEL']._serialized_start=722
-  _globals['_RESOLVEDMODEL']._serialized_end=843
-  _globals['_MODELREGISTRY']._serialized_start=846
-  _globals['_MODELREGISTRY']._serialized_end=1127
+  _globals['_REGISTEREDMODEL']._serialized_end=424
+  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_start=378
+  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_end=424
+  _globals['_LISTMODELSREQUEST']._serialized_start=426
+  _globals['_LISTMODELSREQUEST']._serialized_end=464
+  _globals['_LISTMODELSRESPONSE']._serialized_start=466
+  _globals['_LISTMODELSRESPONSE']._serialized_end=528
+  _globals['_GETMODELREQUEST']._serialized_start=530
+  _globals['_GETMODELREQUEST']._serialized_end=616
+  _globals['_SETALIASREQUEST']._serialized_start=618
+  _globals['_SETALIASREQUEST']._serialized_end=701
+  _globals['_RESOLVEMODELREQUEST']._serialized_start=703
+  _globals['_RESOLVEMODELREQUEST']._serialized_end=790
+  _globals['_RESOLVEDMODEL']._serialized_start=793
+  _globals['_RESOLVEDMODEL']._serialized_end=944
+  _globals['_MODELREGISTRY']._serialized_start=947
+  _globals['_MODELREGISTRY']._serialized_end=1228
 # @@protoc_insertion_point(module_scope)

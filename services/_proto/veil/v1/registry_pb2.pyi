@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisteredModel(_message.Message):
-    __slots__ = ("name", "aliases", "versions", "page", "resolution", "num_classes", "target")
+    __slots__ = ("name", "aliases", "versions", "page", "resolution", "num_classes", "target", "kind", "shared", "current")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,9 @@ class RegisteredModel(_message.Message):
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     aliases: _containers.ScalarMap[str, int]
     versions: _containers.RepeatedCompositeFieldContainer[_unlearning_pb2.ModelVersion]
@@ -31,7 +34,10 @@ class RegisteredModel(_message.Message):
     resolution: int
     num_classes: int
     target: str
-    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Mapping[str, int]] = ..., versions: _Optional[_Iterable[_Union[_unlearning_pb2.ModelVersion, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ..., resolution: _Optional[int] = ..., num_classes: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
+    kind: str
+    shared: bool
+    current: _unlearning_pb2.ModelVersion
+    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Mapping[str, int]] = ..., versions: _Optional[_Iterable[_Union[_unlearning_pb2.ModelVersion, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ..., resolution: _Optional[int] = ..., num_classes: _Optional[int] = ..., target: _Optional[str] = ..., kind: _Optional[str] = ..., shared: _Optional[bool] = ..., current: _Optional[_Union[_unlearning_pb2.ModelVersion, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("tenant_id",)
@@ -76,13 +82,17 @@ class ResolveModelRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class ResolvedModel(_message.Message):
-    __slots__ = ("version", "serving_version", "resolution", "num_classes")
+    __slots__ = ("version", "serving_version", "resolution", "num_classes", "kind", "sha256")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     version: _unlearning_pb2.ModelVersion
     serving_version: int
     resolution: int
     num_classes: int
-    def __init__(self, version: _Optional[_Union[_unlearning_pb2.ModelVersion, _Mapping]] = ..., serving_version: _Optional[int] = ..., resolution: _Optional[int] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    kind: str
+    sha256: str
+    def __init__(self, version: _Optional[_Union[_unlearning_pb2.ModelVersion, _Mapping]] = ..., serving_version: _Optional[int] = ..., resolution: _Optional[int] = ..., num_classes: _Optional[int] = ..., kind: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...

@@ -82,7 +82,8 @@ class ModelRegistryServicer:
 
     def SetAlias(self, request, context):
         """Points one of the tenant's aliases at one of its servable versions (or the base, 1).
-        Moving "production" moves "previous" to the version it named.
+        Moving "production" moves "previous" to the version it named. A shared model has no
+        aliases: FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

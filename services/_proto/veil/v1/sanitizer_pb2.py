@@ -26,49 +26,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from services._proto.veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17veil/v1/sanitizer.proto\x12\x07veil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14veil/v1/common.proto\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"?\n\rFaceSelection\x12\x13\n\x0bwhole_image\x18\x01 \x01(\x08\x12\x19\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0c.veil.v1.Box\"X\n\x0eSanitizerModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nresolution\x18\x02 \x01(\x05\x12\x15\n\rtraining_data\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x01(\t\"F\n\rAttributeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nclip_bound\x18\x03 \x01(\x01\"4\n\x0f\x41ttributeWeight\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\x17\n\x15ListAttributesRequest\"\xd0\x01\n\x16ListAttributesResponse\x12*\n\nattributes\x18\x01 \x03(\x0b\x32\x16.veil.v1.AttributeInfo\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.veil.v1.SanitizerModel\x12\x15\n\rmax_strengths\x18\x03 \x01(\x05\x12/\n\x12\x64\x65\x66\x61ult_complement\x18\x04 \x01(\x0e\x32\x13.veil.v1.Complement\x12\x1a\n\x12\x64\x65\x66\x61ult_ddim_steps\x18\x05 \x01(\x05\"\xbc\x02\n\x14\x43reatePreviewRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x1d\n\x05image\x18\x04 \x01(\x0b\x32\x0e.veil.v1.Image\x12)\n\x07weights\x18\x05 \x03(\x0b\x32\x18.veil.v1.AttributeWeight\x12\x11\n\tstrengths\x18\x06 \x03(\x01\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\x01\x12\x12\n\nddim_steps\x18\x08 \x01(\x05\x12\x11\n\x04seed\x18\t \x01(\x04H\x00\x88\x01\x01\x12\'\n\ncomplement\x18\n \x01(\x0e\x32\x13.veil.v1.Complement\x12$\n\x04\x66\x61\x63\x65\x18\x0b \x01(\x0b\x32\x16.veil.v1.FaceSelectionB\x07\n\x05_seed\"z\n\tCandidate\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\x1d\n\x05image\x18\x03 \x01(\x0b\x32\x0e.veil.v1.Image\x12.\n\x10\x63ost_if_released\x18\x04 \x01(\x0b\x32\x14.veil.v1.PrivacyCost\"\xa3\x01\n\x15\x43reatePreviewResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\ncandidates\x18\x02 \x03(\x0b\x32\x12.veil.v1.Candidate\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x08\x66\x61\x63\x65_box\x18\x04 \x01(\x0b\x32\x0c.veil.v1.Box\"u\n\x0eReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x07\x65psilon\x18\x02 \x01(\x01H\x00\x12\x19\n\x0f\x63\x61ndidate_index\x18\x03 \x01(\x05H\x00\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\n\x06\x63hoice\"\xb3\x02\n\x0fReleaseResponse\x12\x1d\n\x05image\x18\x01 \x01(\x0b\x32\x0e.veil.v1.Image\x12\"\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x14.veil.v1.PrivacyCost\x12\x10\n\x08spend_id\x18\x03 \x01(\t\x12\x1e\n\x08\x66\x61\x63\x65_box\x18\x04 \x01(\x0b\x32\x0c.veil.v1.Box\x12\x16\n\x0e\x63omposed_draws\x18\x05 \x01(\x05\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\'\n\ncomplement\x18\x07 \x01(\x0e\x32\x13.veil.v1.Complement\x12\x13\n\x0brdp_epsilon\x18\x08 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\t \x01(\x01\x12)\n\x0bledger_cost\x18\n \x01(\x0b\x32\x14.veil.v1.PrivacyCost\"*\n\x14\x43\x61ncelPreviewRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x43\x61ncelPreviewResponse\"\xb2\x02\n\x0fSanitizeRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x1d\n\x05image\x18\x04 \x01(\x0b\x32\x0e.veil.v1.Image\x12)\n\x07weights\x18\x05 \x03(\x0b\x32\x18.veil.v1.AttributeWeight\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\x01\x12\x12\n\nddim_steps\x18\x08 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\'\n\ncomplement\x18\n \x01(\x0e\x32\x13.veil.v1.Complement\x12$\n\x04\x66\x61\x63\x65\x18\x0b \x01(\x0b\x32\x16.veil.v1.FaceSelection\"R\n\x14SanitizeBatchRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12)\n\x07request\x18\x02 \x01(\x0b\x32\x18.veil.v1.SanitizeRequest\"\x93\x01\n\x15SanitizeBatchResponse\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x18.veil.v1.ReleaseResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.veil.v1.ItemError\x12\x0c\n\x04\x64one\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03*S\n\nComplement\x12\x1a\n\x16\x43OMPLEMENT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OMPLEMENT_KEEP\x10\x01\x12\x14\n\x10\x43OMPLEMENT_ERASE\x10\x02\x32\xd0\x03\n\tSanitizer\x12Q\n\x0eListAttributes\x12\x1e.veil.v1.ListAttributesRequest\x1a\x1f.veil.v1.ListAttributesResponse\x12N\n\rCreatePreview\x12\x1d.veil.v1.CreatePreviewRequest\x1a\x1e.veil.v1.CreatePreviewResponse\x12<\n\x07Release\x12\x17.veil.v1.ReleaseRequest\x1a\x18.veil.v1.ReleaseResponse\x12N\n\rCancelPreview\x12\x1d.veil.v1.CancelPreviewRequest\x1a\x1e.veil.v1.CancelPreviewResponse\x12>\n\x08Sanitize\x12\x18.veil.v1.SanitizeRequest\x1a\x18.veil.v1.ReleaseResponse\x12R\n\rSanitizeBatch\x12\x1d.veil.v1.SanitizeBatchRequest\x1a\x1e.veil.v1.SanitizeBatchResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17veil/v1/sanitizer.proto\x12\x07veil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14veil/v1/common.proto\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"?\n\rFaceSelection\x12\x13\n\x0bwhole_image\x18\x01 \x01(\x08\x12\x19\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0c.veil.v1.Box\"\xeb\x02\n\x0eSanitizerModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nresolution\x18\x02 \x01(\x05\x12\x15\n\rtraining_data\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x35\n\x07lineage\x18\x06 \x03(\x0b\x32$.veil.v1.SanitizerModel.LineageEntry\x12\x0e\n\x06probes\x18\x07 \x01(\t\x12\x42\n\x0eprobes_lineage\x18\x08 \x03(\x0b\x32*.veil.v1.SanitizerModel.ProbesLineageEntry\x12\x0f\n\x07\x63urrent\x18\t \x01(\x08\x1a.\n\x0cLineageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12ProbesLineageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\rAttributeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nclip_bound\x18\x03 \x01(\x01\"4\n\x0f\x41ttributeWeight\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\x17\n\x15ListAttributesRequest\"\xd0\x01\n\x16ListAttributesResponse\x12*\n\nattributes\x18\x01 \x03(\x0b\x32\x16.veil.v1.AttributeInfo\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.veil.v1.SanitizerModel\x12\x15\n\rmax_strengths\x18\x03 \x01(\x05\x12/\n\x12\x64\x65\x66\x61ult_complement\x18\x04 \x01(\x0e\x32\x13.veil.v1.Complement\x12\x1a\n\x12\x64\x65\x66\x61ult_ddim_steps\x18\x05 \x01(\x05\"\xbc\x02\n\x14\x43reatePreviewRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x1d\n\x05image\x18\x04 \x01(\x0b\x32\x0e.veil.v1.Image\x12)\n\x07weights\x18\x05 \x03(\x0b\x32\x18.veil.v1.AttributeWeight\x12\x11\n\tstrengths\x18\x06 \x03(\x01\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\x01\x12\x12\n\nddim_steps\x18\x08 \x01(\x05\x12\x11\n\x04seed\x18\t \x01(\x04H\x00\x88\x01\x01\x12\'\n\ncomplement\x18\n \x01(\x0e\x32\x13.veil.v1.Complement\x12$\n\x04\x66\x61\x63\x65\x18\x0b \x01(\x0b\x32\x16.veil.v1.FaceSelectionB\x07\n\x05_seed\"z\n\tCandidate\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\x1d\n\x05image\x18\x03 \x01(\x0b\x32\x0e.veil.v1.Image\x12.\n\x10\x63ost_if_released\x18\x04 \x01(\x0b\x32\x14.veil.v1.PrivacyCost\"\xa3\x01\n\x15\x43reatePreviewResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\ncandidates\x18\x02 \x03(\x0b\x32\x12.veil.v1.Candidate\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x08\x66\x61\x63\x65_box\x18\x04 \x01(\x0b\x32\x0c.veil.v1.Box\"u\n\x0eReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x07\x65psilon\x18\x02 \x01(\x01H\x00\x12\x19\n\x0f\x63\x61ndidate_index\x18\x03 \x01(\x05H\x00\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\n\x06\x63hoice\"\xb3\x02\n\x0fReleaseResponse\x12\x1d\n\x05image\x18\x01 \x01(\x0b\x32\x0e.veil.v1.Image\x12\"\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x14.veil.v1.PrivacyCost\x12\x10\n\x08spend_id\x18\x03 \x01(\t\x12\x1e\n\x08\x66\x61\x63\x65_box\x18\x04 \x01(\x0b\x32\x0c.veil.v1.Box\x12\x16\n\x0e\x63omposed_draws\x18\x05 \x01(\x05\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\'\n\ncomplement\x18\x07 \x01(\x0e\x32\x13.veil.v1.Complement\x12\x13\n\x0brdp_epsilon\x18\x08 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\t \x01(\x01\x12)\n\x0bledger_cost\x18\n \x01(\x0b\x32\x14.veil.v1.PrivacyCost\"*\n\x14\x43\x61ncelPreviewRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x43\x61ncelPreviewResponse\"\xb2\x02\n\x0fSanitizeRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x1d\n\x05image\x18\x04 \x01(\x0b\x32\x0e.veil.v1.Image\x12)\n\x07weights\x18\x05 \x03(\x0b\x32\x18.veil.v1.AttributeWeight\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\x01\x12\x12\n\nddim_steps\x18\x08 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\'\n\ncomplement\x18\n \x01(\x0e\x32\x13.veil.v1.Complement\x12$\n\x04\x66\x61\x63\x65\x18\x0b \x01(\x0b\x32\x16.veil.v1.FaceSelection\"R\n\x14SanitizeBatchRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12)\n\x07request\x18\x02 \x01(\x0b\x32\x18.veil.v1.SanitizeRequest\"\x93\x01\n\x15SanitizeBatchResponse\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x18.veil.v1.ReleaseResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.veil.v1.ItemError\x12\x0c\n\x04\x64one\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03*S\n\nComplement\x12\x1a\n\x16\x43OMPLEMENT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OMPLEMENT_KEEP\x10\x01\x12\x14\n\x10\x43OMPLEMENT_ERASE\x10\x02\x32\xd0\x03\n\tSanitizer\x12Q\n\x0eListAttributes\x12\x1e.veil.v1.ListAttributesRequest\x1a\x1f.veil.v1.ListAttributesResponse\x12N\n\rCreatePreview\x12\x1d.veil.v1.CreatePreviewRequest\x1a\x1e.veil.v1.CreatePreviewResponse\x12<\n\x07Release\x12\x17.veil.v1.ReleaseRequest\x1a\x18.veil.v1.ReleaseResponse\x12N\n\rCancelPreview\x12\x1d.veil.v1.CancelPreviewRequest\x1a\x1e.veil.v1.CancelPreviewResponse\x12>\n\x08Sanitize\x12\x18.veil.v1.SanitizeRequest\x1a\x18.veil.v1.ReleaseResponse\x12R\n\rSanitizeBatch\x12\x1d.veil.v1.SanitizeBatchRequest\x1a\x1e.veil.v1.SanitizeBatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'veil.v1.sanitizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPLEMENT']._serialized_start=2318
-  _globals['_COMPLEMENT']._serialized_end=2401
+  _globals['_SANITIZERMODEL_LINEAGEENTRY']._loaded_options = None
+  _globals['_SANITIZERMODEL_LINEAGEENTRY']._serialized_options = b'8\001'
+  _globals['_SANITIZERMODEL_PROBESLINEAGEENTRY']._loaded_options = None
+  _globals['_SANITIZERMODEL_PROBESLINEAGEENTRY']._serialized_options = b'8\001'
+  _globals['_COMPLEMENT']._serialized_start=2594
+  _globals['_COMPLEMENT']._serialized_end=2677
   _globals['_BOX']._serialized_start=91
   _globals['_BOX']._serialized_end=149
   _globals['_FACESELECTION']._serialized_start=151
   _globals['_FACESELECTION']._serialized_end=214
-  _globals['_SANITIZERMODEL']._serialized_start=216
-  _globals['_SANITIZERMODEL']._serialized_end=304
-  _globals['_ATTRIBUTEINFO']._serialized_start=306
-  _globals['_ATTRIBUTEINFO']._serialized_end=376
-  _globals['_ATTRIBUTEWEIGHT']._serialized_start=378
-  _globals['_ATTRIBUTEWEIGHT']._serialized_end=430
-  _globals['_LISTATTRIBUTESREQUEST']._serialized_start=432
-  _globals['_LISTATTRIBUTESREQUEST']._serialized_end=455
-  _globals['_LISTATTRIBUTESRESPONSE']._serialized_start=458
-  _globals['_LISTATTRIBUTESRESPONSE']._serialized_end=666
-  _globals['_CREATEPREVIEWREQUEST']._serialized_start=669
-  _globals['_CREATEPREVIEWREQUEST']._serialized_end=985
-  _globals['_CANDIDATE']._serialized_start=987
-  _globals['_CANDIDATE']._serialized_end=1109
-  _globals['_CREATEPREVIEWRESPONSE']._serialized_start=1112
-  _globals['_CREATEPREVIEWRESPONSE']._serialized_end=1275
-  _globals['_RELEASEREQUEST']._serialized_start=1277
-  _globals['_RELEASEREQUEST']._serialized_end=1394
-  _globals['_RELEASERESPONSE']._serialized_start=1397
-  _globals['_RELEASERESPONSE']._serialized_end=1704
-  _globals['_CANCELPREVIEWREQUEST']._serialized_start=1706
-  _globals['_CANCELPREVIEWREQUEST']._serialized_end=1748
-  _globals['_CANCELPREVIEWRESPONSE']._serialized_start=1750
-  _globals['_CANCELPREVIEWRESPONSE']._serialized_end=1773
-  _globals['_SANITIZEREQUEST']._serialized_start=1776
-  _globals['_SANITIZEREQUEST']._serialized_end=2082
-  _globals['_SANITIZEBATCHREQUEST']._serialized_start=2084
-  _globals['_SANITIZEBATCHREQUEST']._serialized_end=2166
-  _globals['_SANITIZEBATCHRESPONSE']._serialized_start=2169
-  _globals['_SANITIZEBATCHRESPONSE']._serialized_end=2316
-  _globals['_SANITIZER']._serialized_start=2404
-  _globals['_SANITIZER']._serialized_end=2868
+  _globals['_SANITIZERMODEL']._serialized_start=217
+  _globals['_SANITIZERMODEL']._serialized_end=580
+  _globals['_SANITIZERMODEL_LINEAGEENTRY']._serialized_start=480
+  _globals['_SANITIZERMODEL_LINEAGEENTRY']._serialized_end=526
+  _globals['_SANITIZERMODEL_PROBESLINEAGEENTRY']._serialized_start=528
+  _globals['_SANITIZERMODEL_PROBESLINEAGEENTRY']._serialized_end=580
+  _globals['_ATTRIBUTEINFO']._serialized_start=582
+  _globals['_ATTRIBUTEINFO']._serialized_end=652
+  _globals['_ATTRIBUTEWEIGHT']._serialized_start=654
+  _globals['_ATTRIBUTEWEIGHT']._serialized_end=706
+  _globals['_LISTATTRIBUTESREQUEST']._serialized_start=708
+  _globals['_LISTATTRIBUTESREQUEST']._serialized_end=731
+  _globals['_LISTATTRIBUTESRESPONSE']._serialized_start=734
+  _globals['_LISTATTRIBUTESRESPONSE']._serialized_end=942
+  _globals['_CREATEPREVIEWREQUEST']._serialized_start=945
+  _globals['_CREATEPREVIEWREQUEST']._serialized_end=1261
+  _globals['_CANDIDATE']._serialized_start=1263
+  _globals['_CANDIDATE']._serialized_end=1385
+  _globals['_CREATEPREVIEWRESPONSE']._serialized_start=1388
+  _globals['_CREATEPREVIEWRESPONSE']._serialized_end=1551
+  _globals['_RELEASEREQUEST']._serialized_start=1553
+  _globals['_RELEASEREQUEST']._serialized_end=1670
+  _globals['_RELEASERESPONSE']._serialized_start=1673
+  _globals['_RELEASERESPONSE']._serialized_end=1980
+  _globals['_CANCELPREVIEWREQUEST']._serialized_start=1982
+  _globals['_CANCELPREVIEWREQUEST']._serialized_end=2024
+  _globals['_CANCELPREVIEWRESPONSE']._serialized_start=2026
+  _globals['_CANCELPREVIEWRESPONSE']._serialized_end=2049
+  _globals['_SANITIZEREQUEST']._serialized_start=2052
+  _globals['_SANITIZEREQUEST']._serialized_end=2358
+  _globals['_SANITIZEBATCHREQUEST']._serialized_start=2360
+  _globals['_SANITIZEBATCHREQUEST']._serialized_end=2442
+  _globals['_SANITIZEBATCHRESPONSE']._serialized_start=2445
+  _globals['_SANITIZEBATCHRESPONSE']._serialized_end=2592
+  _globals['_SANITIZER']._serialized_start=2680
+  _globals['_SANITIZER']._serialized_end=3144
 # @@protoc_insertion_point(module_scope)

@@ -41,16 +41,40 @@ class FaceSelection(_message.Message):
     def __init__(self, whole_image: _Optional[bool] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
 
 class SanitizerModel(_message.Message):
-    __slots__ = ("name", "resolution", "training_data", "notes")
+    __slots__ = ("name", "resolution", "training_data", "notes", "version", "lineage", "probes", "probes_lineage", "current")
+    class LineageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ProbesLineageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     TRAINING_DATA_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    PROBES_LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     resolution: int
     training_data: str
     notes: str
-    def __init__(self, name: _Optional[str] = ..., resolution: _Optional[int] = ..., training_data: _Optional[str] = ..., notes: _Optional[str] = ...) -> None: ...
+    version: int
+    lineage: _containers.ScalarMap[str, str]
+    probes: str
+    probes_lineage: _containers.ScalarMap[str, str]
+    current: bool
+    def __init__(self, name: _Optional[str] = ..., resolution: _Optional[int] = ..., training_data: _Optional[str] = ..., notes: _Optional[str] = ..., version: _Optional[int] = ..., lineage: _Optional[_Mapping[str, str]] = ..., probes: _Optional[str] = ..., probes_lineage: _Optional[_Mapping[str, str]] = ..., current: _Optional[bool] = ...) -> None: ...
 
 class AttributeInfo(_message.Message):
     __slots__ = ("name", "description", "clip_bound")

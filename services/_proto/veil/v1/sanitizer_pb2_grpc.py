@@ -74,7 +74,9 @@ class SanitizerServicer:
     """
 
     def ListAttributes(self, request, context):
-        """The sensitive attributes this server's models can protect.
+        """The sensitive attributes this server's models can protect, and the model it serves
+        (with its version and lineage in the model registry, when it has one: UNAVAILABLE
+        while that registry cannot be reached).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
