@@ -11,7 +11,7 @@ help: ## list the targets
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q "$(TORCH)"
-	.venv/bin/pip install -q -e '.[dev,postgres,triton,data]'
+	.venv/bin/pip install -q -e '.[dev,postgres,triton,data,tracing]'
 	touch $@
 
 setup: .venv/.installed ## create .venv and install veil with every extra (CPU torch)

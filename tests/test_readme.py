@@ -96,7 +96,7 @@ def test_readme_sanitizer_example_runs_against_real_servers(tmp_path):
 
 def test_readme_unlearning_example_runs_against_a_real_service(tmp_path):
     from services.unlearning.app import build_app
-    from tests.unlearning.conftest import BASE_URI, settings, tiny_store
+    from tests.unlearning.conftest import settings, tiny_store
 
     blocks = ci_blocks("unlearning")
     assert blocks, "the README lost its unlearning example"
@@ -107,7 +107,6 @@ def test_readme_unlearning_example_runs_against_a_real_service(tmp_path):
             os.environ,
             VEIL_UNLEARNING=running.target,
             VEIL_TOKEN="readme-token",
-            VEIL_BASE_DATA=BASE_URI,
         )
         for block in blocks:
             out = subprocess.run(

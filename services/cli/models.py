@@ -1,4 +1,5 @@
-"""``veil models list|verify``: what the model store holds, and whether it is intact."""
+"""``veil models list|verify|prepare``: what the model store holds, whether it is intact,
+and a store and Triton repository of one's own for a service that publishes versions."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     verify.add_argument("name", nargs="?", help="one model (default: all)")
     verify.add_argument("--out", type=Path, help="model store directory (default: packaged)")
     verify.set_defaults(handler=run_models_verify)
+    prepare = actions.add_parser(
+        "prepare",
+        help="a writable model store and Triton repository under DIR, for `veil serve"
+        " unlearning` beside `veil triton` (prints the settings that use them)",
+    )
+    prepare.add_argument("dir", type=Path)
+    prepare.set_defaults(handler=run_models_prepare)
     return models
 
 
@@ -40,3 +48,22 @@ def run_models_verify(args: argparse.Namespace) -> int:
     for name, status in report.items():
         print(f"{name:<28} {status}")
     return 0 if all(status == "ok" for status in report.values()) else 1
+
+
+def run_models_prepare(args: argparse.Namespace) -> int:
+    """``DIR/store`` (the packaged entries copied in; entries there are kept unless the
+    package has another content of them) and ``DIR/triton_models`` (the packaged repository
+    rendered to read that store; kept once made: it holds the published versions), then the
+    commands that use them. Idempotent; nothing is written into the install tree."""
+    from services.cli.up import unlearning_models
+
+    root = args.dir.expanduser().resolve()
+    store, repository = unlearning_models(root)
+    print(f"store       {store}\nrepository  {repository}\n")
+    control = "--model-control-mode explicit --load-model '*'"
+    print(f"veil triton --model-repository {repository} {control}")
+    print(
+        f"VEIL_INFERENCE_BACKEND=triton VEIL_UNLEARNING_STORE={store} "
+        f"VEIL_UNLEARNING_MODEL_REPOSITORY={repository} veil serve unlearning"
+    )
+    return 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
+
+from pydantic import ValidationError
 
 from services.cli.registry import SERVICES
 from services.runtime.logging import configure_logging
@@ -27,7 +30,17 @@ def run_serve(args: argparse.Namespace) -> int:
         for k, v in (("host", args.host), ("port", args.port), ("metrics_port", args.metrics_port))
         if v is not None
     }
-    settings = entry.settings(**overrides)
+    try:
+        settings = entry.settings(**overrides)
+    except ValidationError as exc:  # a setting that can never work: say which, exit 2
+        for error in exc.errors():
+            where = "_".join(str(part) for part in error["loc"])
+            prefix = f"VEIL_{args.service.upper()}_"
+            print(
+                f"veil serve {args.service}: bad setting {prefix}{where.upper()}: {error['msg']}",
+                file=sys.stderr,
+            )
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     from services.runtime.server import VeilServer
 

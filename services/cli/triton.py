@@ -13,6 +13,19 @@ def add_triton_parser(subparsers: Any) -> argparse.ArgumentParser:
     triton.add_argument("--host", help="bind address of all three endpoints")
     for name in ("grpc", "http", "metrics"):
         triton.add_argument(f"--{name}-port", type=int, help=f"{name} port (0 = free port)")
+    triton.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit", "poll"),
+        help="none (default): load every model at start; explicit: load the --load-model ones"
+        " and whatever a client asks for (the unlearning service publishes versions this way)",
+    )
+    triton.add_argument(
+        "--load-model",
+        action="append",
+        dest="load_models",
+        metavar="MODEL",
+        help="with explicit control: a model to load at start ('*' = all); repeatable",
+    )
     triton.set_defaults(handler=run_triton)
     return triton
 
@@ -22,7 +35,15 @@ def run_triton(args: argparse.Namespace) -> int:
     from services.triton.server import TritonServer, serve_forever
     from services.triton.settings import TritonSettings
 
-    keys = ("model_repository", "host", "grpc_port", "http_port", "metrics_port")
+    keys = (
+        "model_repository",
+        "host",
+        "grpc_port",
+        "http_port",
+        "metrics_port",
+        "model_control_mode",
+        "load_models",
+    )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve_forever(TritonServer(TritonSettings(**overrides)))

@@ -53,14 +53,11 @@ def unlearning_models(root: Path) -> tuple[Path, Path]:
     rendering of ``triton_models/`` whose ``store`` parameter points at it (kept once made:
     it holds the published ``veil_classifier/<N>/`` directories). Neither is the source
     tree, which stays clean."""
-    import shutil
-
-    from services.kernels.store import DEFAULT_ROOT
     from services.triton.repository import render
     from services.triton.settings import REPO_ROOT
+    from services.unlearning.training import seeded_store
 
-    store, repository = root / "store", root / "triton_models"
-    shutil.copytree(DEFAULT_ROOT, store, dirs_exist_ok=True)
+    store, repository = seeded_store(root / "store"), root / "triton_models"
     if not repository.exists():
         render(REPO_ROOT / "triton_models", repository, parameters={"store": str(store)})
     return store, repository

@@ -10,8 +10,9 @@
   options carry ``veil_readonly=True`` opens a plain ``BEGIN`` instead (no write lock).
 - **PostgreSQL**: a pool with pre-ping; row locks are the caller's (``SELECT … FOR UPDATE``).
 
-:func:`create_schema` is the migration step: it creates missing tables (idempotent) and
-makes the directory of a SQLite file first. The accountant's ledger uses this today; the
+:func:`create_schema` is the migration step: it creates missing tables, columns and indexes
+(idempotent; on PostgreSQL under an advisory lock, so replicas starting together take turns)
+and makes the directory of a SQLite file first. The accountant's ledger uses this today; the
 sanitizer's sessions and the unlearning jobs use the same helper.
 """
 
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -135,16 +136,41 @@ def create_schema(engine: Engine, metadata: MetaData) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        metadata.create_all(engine)
-        _add_missing_columns(engine, metadata)
-        for table in metadata.sorted_tables:
-            for index in table.indexes:  # create_all makes them with new tables only
-                index.create(engine, checkfirst=True)
+        with _schema_lock(engine):
+            metadata.create_all(engine)
+            _add_missing_columns(engine, metadata)
+            for table in metadata.sorted_tables:
+                for index in table.indexes:  # create_all makes them with new tables only
+                    index.create(engine, checkfirst=True)
     except (OperationalError, InterfaceError) as exc:
         raise Unavailable(
             f"the database is unavailable ({type(exc.orig).__name__}); retry",
             details={"backend": engine.url.get_backend_name()},
         ) from None
+
+
+SCHEMA_LOCK = 0x7E11_5C4E
+"""PostgreSQL advisory lock key that :func:`create_schema` holds: replicas starting together
+on one database create the schema one after the other (``CREATE TABLE`` checks and creates
+in two steps, and two replicas racing there end in a duplicate-table error)."""
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """Hold :data:`SCHEMA_LOCK` on PostgreSQL for the block (a session lock on a connection
+    of its own; released when the block ends, or with the connection if the process dies).
+    SQLite needs none: its DDL runs under the database's write lock."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+            conn.commit()
 
 
 def _add_missing_columns(engine: Engine, metadata: MetaData) -> None:

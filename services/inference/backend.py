@@ -102,6 +102,15 @@ class ProtectOutput:
     fewest of any part when the call was split); 0 for the fast mode."""
 
 
+NO_MODEL_CONTROL = "explicit model load / unload is not allowed"
+"""What Triton answers a load or unload request in ``none`` and ``poll`` modes."""
+NOT_EXPLICIT = (
+    "Triton at {url} runs without explicit model control, so a published version can never"
+    " be loaded: start it with --model-control-mode=explicit (`veil triton"
+    " --model-control-mode explicit --load-model '*'`)"
+)
+
+
 class InferenceBackend(abc.ABC):
     """The heavy kernels, async. Arrays are numpy, batch first; images in [-1, 1].
 
@@ -169,6 +178,11 @@ class InferenceBackend(abc.ABC):
     async def load_model(self, model: str, version: int) -> None:
         """Make version ``version`` of ``model`` servable after it was written to the model
         store (and, for Triton, to the model repository); ModelNotReady when it cannot be."""
+
+    async def can_load(self) -> bool:
+        """Whether :meth:`load_model` can work at all now (never raises): for Triton, that
+        it runs with explicit model control. In-process, always."""
+        return True
 
     @abc.abstractmethod
     async def ready(self) -> bool:

@@ -11,6 +11,7 @@ them in turn with the whole budget each. Triton's errors become ``services.commo
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import numpy as np
@@ -24,7 +25,12 @@ from services.common.errors import (
     Unavailable,
     VeilError,
 )
-from services.inference.backend import InferenceBackend, InferenceSettings
+from services.inference.backend import (
+    NO_MODEL_CONTROL,
+    NOT_EXPLICIT,
+    InferenceBackend,
+    InferenceSettings,
+)
 from services.serving.contract import CLASSIFIER, MODELS, Arrays, ModelSpec
 
 
@@ -61,12 +67,28 @@ def model_spec(model: str) -> ModelSpec:
     return MODELS.get(model, MODELS[CLASSIFIER])
 
 
+def _trace_headers() -> dict[str, str] | None:
+    """The served RPC's ``traceparent`` when tracing is on (only then is OpenTelemetry
+    loaded: ``services.runtime.tracing``), so Triton's spans join the caller's trace."""
+    propagate = sys.modules.get("opentelemetry.propagate")
+    if propagate is None:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
+
+
+NO_SUCH_MODEL = "__veil_model_control_check__"
+CONTROL_CHECK_S = 30.0
+
+
 class TritonBackend(InferenceBackend):
     """The kernels on Triton (``triton_models/``): gRPC, deadlines, retries, readiness."""
 
     def __init__(self, settings: InferenceSettings | None = None) -> None:
         self.settings = settings or InferenceSettings(backend="triton")
         self._client: grpcclient.InferenceServerClient | None = None
+        self._control: tuple[float, bool] | None = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -91,6 +113,7 @@ class TritonBackend(InferenceBackend):
             model_version=str(version) if version else "",
             outputs=outputs,
             client_timeout=timeout,
+            headers=_trace_headers(),
         )
         return {t.name: result.as_numpy(t.name) for t in spec.outputs}
 
@@ -155,17 +178,42 @@ class TritonBackend(InferenceBackend):
     async def load_model(self, model: str, version: int) -> None:
         """Triton's explicit model control: (re)load ``model`` from its repository (its
         version policy picks the versions), then check that ``version`` answers ready.
-        Needs ``--model-control-mode=explicit``; under ``poll`` Triton finds it alone."""
+        Needs ``--model-control-mode=explicit`` (:meth:`can_load` tells)."""
         timeout = self.settings.timeout_s
         try:
             await self.client.load_model(model, client_timeout=timeout)
             ready = await self.client.is_model_ready(model, str(version), client_timeout=timeout)
         except InferenceServerException as exc:
+            said = exc.message() or str(exc)
+            if NO_MODEL_CONTROL in said:
+                said = NOT_EXPLICIT.format(url=self.settings.triton_url)
             raise ModelNotReady(
-                f"Triton could not load {model} version {version}: {exc.message() or exc}"
+                f"Triton could not load {model} version {version}: {said}"
             ) from None
         if not ready:
             raise ModelNotReady(f"{model} version {version} is not ready on Triton after load")
+
+    async def can_load(self) -> bool:
+        """Whether Triton takes explicit load requests: unloading a model that does not
+        exist is a no-op in ``explicit`` mode and refused in ``none`` and ``poll`` modes
+        (the only difference the protocol shows; measured on tritonserver 2.x from
+        nvidia-pytriton). The answer is kept for :data:`CONTROL_CHECK_S`."""
+        now = time.monotonic()
+        if self._control is not None and now - self._control[0] < CONTROL_CHECK_S:
+            return self._control[1]
+        try:
+            await self.client.unload_model(
+                NO_SUCH_MODEL, client_timeout=self.settings.ready_timeout_s
+            )
+            explicit = True
+        except InferenceServerException as exc:
+            explicit = NO_MODEL_CONTROL not in (exc.message() or str(exc))
+            if explicit:  # any other refusal: Triton is not answering well; ask again soon
+                return False
+        except Exception:
+            return False
+        self._control = (now, explicit)
+        return explicit
 
     async def ready(self) -> bool:
         """Triton is ready and so is every model the services call (never raises)."""

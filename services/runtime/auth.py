@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.runtime.logging import current_request
 from services.runtime.settings import TokenGrant
 
 
@@ -90,10 +91,14 @@ def require_tenant(requested: str = "") -> str:
     """The tenant a request acts for: the caller's, or PermissionDenied if it names another.
 
     An empty ``requested`` means "my tenant". A delegate token (a Veil service's) may name
-    any tenant: it acts for the tenant its own caller authenticated as.
+    any tenant: it acts for the tenant its own caller authenticated as, and the RPC's access
+    line says so (``tenant=<requested> via=<the delegate's tenant>``).
     """
     principal = current_principal()
     if requested and principal.delegate:
+        request = current_request()
+        if request is not None:
+            request.tenant, request.via = requested, principal.tenant
         return requested
     if requested and requested != principal.tenant:
         raise PermissionDenied("the token does not grant access to this tenant")

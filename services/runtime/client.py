@@ -5,6 +5,11 @@
 
 The bearer token is attached to every call by a client interceptor; message size limits
 match the servers' defaults; TLS (and a client certificate for mTLS) is optional.
+
+A call made while a Veil server serves an RPC (a service's delegated call: the sanitizer's
+to the accountant) carries that RPC's request id as ``x-request-id``, so both access logs
+show one id, and — with tracing on (:mod:`services.runtime.tracing`) — goes through the
+serving server's OpenTelemetry client interceptor: a CLIENT span and ``traceparent``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.veil.v1 import diagnostics_pb2_grpc
+from services.runtime.logging import current_request
+from services.runtime.tracing import current_tracing
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -64,6 +71,78 @@ def _token_interceptors(token: str) -> list[Any]:
     ]
 
 
+class _Delegated:
+    """Carries the RPC being served into a call made while serving it: its request id
+    (unless the call sets one) and, when its server traces, the trace (by handing the call
+    to the library's client interceptor of the same kind, ``KIND``)."""
+
+    KIND = 0
+
+    @staticmethod
+    def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        request = current_request()
+        metadata = details.metadata or ()
+        if request is None or any(k.lower() == "x-request-id" for k, _ in metadata):
+            return details
+        header = ("x-request-id", request.request_id)
+        return details._replace(metadata=grpc.aio.Metadata(*metadata, header))
+
+    def _traced(self) -> Any:
+        tracing = current_tracing()
+        return tracing.client_interceptors[self.KIND] if tracing is not None else None
+
+
+class _UnaryUnaryDelegated(_Delegated, grpc.aio.UnaryUnaryClientInterceptor):
+    KIND = 0
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        details, traced = self._with_request_id(details), self._traced()
+        if traced is not None:
+            return await traced.intercept_unary_unary(continuation, details, request)
+        return await continuation(details, request)
+
+
+class _UnaryStreamDelegated(_Delegated, grpc.aio.UnaryStreamClientInterceptor):
+    KIND = 1
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        details, traced = self._with_request_id(details), self._traced()
+        if traced is not None:
+            return await traced.intercept_unary_stream(continuation, details, request)
+        return await continuation(details, request)
+
+
+class _StreamUnaryDelegated(_Delegated, grpc.aio.StreamUnaryClientInterceptor):
+    KIND = 2
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        details, traced = self._with_request_id(details), self._traced()
+        if traced is not None:
+            return await traced.intercept_stream_unary(continuation, details, request_iterator)
+        return await continuation(details, request_iterator)
+
+
+class _StreamStreamDelegated(_Delegated, grpc.aio.StreamStreamClientInterceptor):
+    KIND = 3
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
+        details, traced = self._with_request_id(details), self._traced()
+        if traced is not None:
+            return await traced.intercept_stream_stream(continuation, details, request_iterator)
+        return await continuation(details, request_iterator)
+
+
+def _delegated_interceptors() -> list[Any]:
+    """One per call kind, for the reason :func:`_token_interceptors` gives; in the order of
+    :func:`services.runtime.tracing.start_tracing`'s client interceptors."""
+    return [
+        _UnaryUnaryDelegated(),
+        _UnaryStreamDelegated(),
+        _StreamUnaryDelegated(),
+        _StreamStreamDelegated(),
+    ]
+
+
 class VeilClient:
     """An async channel with typed stubs for each Veil service (created on first use)."""
 
@@ -80,7 +159,7 @@ class VeilClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        interceptors = _token_interceptors(token) if token else None
+        interceptors = [*(_token_interceptors(token) if token else ()), *_delegated_interceptors()]
         if root_certificates is not None:
             key_chain = (
                 (client_cert[1].read_bytes(), client_cert[0].read_bytes())

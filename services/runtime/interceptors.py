@@ -1,9 +1,15 @@
 """The server interceptors every Veil service runs, outermost first:
 
-1. :class:`RequestInterceptor` — the RPC's request id (``x-request-id`` or a new one), its
-   worker pool (:func:`services.runtime.workers.run_in_worker`) and one access-log line
-   (logger ``veil.access``, INFO — DEBUG for health and reflection: method, status,
-   tenant, duration, request id — never a payload);
+1. :class:`RequestInterceptor` — the RPC's request id (the caller's ``x-request-id`` if
+   sane, else a new one), sent back first thing as ``x-request-id`` in the response's initial
+   metadata (so errors carry it too) and bound for the RPC: every log line written while it
+   is served has it, and so do the calls it delegates
+   (:class:`~services.runtime.client.VeilClient`); its worker pool
+   (:func:`services.runtime.workers.run_in_worker`), its tracing when on
+   (:mod:`services.runtime.tracing`, whose server interceptor runs outside all four); and
+   one access-log line (logger ``veil.access``, INFO — DEBUG for health and reflection:
+   method, status, tenant — and ``via``, the delegate acting for it —, duration, request
+   id — never a payload);
 2. :class:`ErrorInterceptor` — the one place a :class:`VeilError` becomes a gRPC status
    (with a ``google.rpc.ErrorInfo`` carrying its details); ``NotImplementedError`` (what a
    generated servicer's unimplemented method raises) becomes UNIMPLEMENTED, quietly; anything
@@ -14,20 +20,19 @@
 4. :class:`AuthInterceptor` — bearer token → principal (bound for the RPC), scope check.
 
 They wrap the method handler rather than the call so that they see the behaviour's own
-exceptions and context variables, for all four RPC shapes.
+exceptions and context variables, for all four RPC shapes. An RPC refused before any
+interceptor runs (an unknown method; ``max_concurrent_rpcs`` exceeded) has no request id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
@@ -36,7 +41,9 @@ import grpc_status.rpc_status
 from services.common.errors import PermissionDenied, VeilError
 from services.runtime.auth import TokenAuthenticator, reset_principal, set_principal
 from services.runtime.errors import rpc_status, status_code, to_status
+from services.runtime.logging import RequestContext, bind_request, current_request, reset_request
 from services.runtime.metrics import RpcMetrics
+from services.runtime.tracing import Tracing, bind_tracing, reset_tracing
 from services.runtime.workers import WorkerPool, bind_workers, reset_workers
 
 log = logging.getLogger(__name__)
@@ -57,18 +64,6 @@ class Rpc(NamedTuple):
 
 
 Stream = Callable[[], AsyncIterator[Any]]
-
-
-@dataclass
-class CallRecord:
-    """What the access log says of one RPC besides its method, status and duration; the
-    auth interceptor fills in the tenant once the token is known."""
-
-    request_id: str
-    tenant: str | None = None
-
-
-_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("veil_call", default=None)
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
@@ -201,9 +196,9 @@ class AuthInterceptor(WrappingInterceptor):
 
     def _bind(self, context: grpc.aio.ServicerContext, method: str):
         principal = self._auth.authenticate(context.invocation_metadata())
-        call = _call.get()
-        if call is not None:
-            call.tenant = principal.tenant
+        request = current_request()
+        if request is not None:
+            request.tenant = principal.tenant
         scope = self._scope_of(method)
         if scope is not None and not principal.allows(scope):
             raise PermissionDenied(f"the token lacks scope {scope!r}")
@@ -284,41 +279,59 @@ def request_id_of(metadata: Any) -> str:
 
 
 class RequestInterceptor(WrappingInterceptor):
-    """Binds the RPC's request id and worker pool, and writes its access-log line."""
+    """Binds the RPC's request id, worker pool and tracing, sends the request id back and
+    writes the access-log line."""
 
-    def __init__(self, workers: WorkerPool) -> None:
+    def __init__(self, workers: WorkerPool, tracing: Tracing | None = None) -> None:
         self._workers = workers
+        self._tracing = tracing
+
+    def _start(self, context: grpc.aio.ServicerContext) -> RequestContext:
+        request = RequestContext(request_id_of(context.invocation_metadata()))
+        if self._tracing is not None:
+            request.trace_id = self._tracing.trace_id()
+        return request
 
     async def around(self, call: Unary, context: grpc.aio.ServicerContext, rpc: Rpc) -> Any:
-        record = CallRecord(request_id_of(context.invocation_metadata()))
-        call_token, workers_token = _call.set(record), bind_workers(self._workers)
+        request = self._start(context)
+        tokens = bind_request(request), bind_workers(self._workers), bind_tracing(self._tracing)
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
+            await _send_request_id(context, request)
             return await call()
         except BaseException as exc:
             code = _code_of(exc, context)
             raise
         finally:
-            _call.reset(call_token)
-            reset_workers(workers_token)
-            _log_access(rpc, record, code, start)
+            reset_request(tokens[0])
+            reset_workers(tokens[1])
+            reset_tracing(tokens[2])
+            _log_access(rpc, request, code, start)
 
     async def around_stream(self, call: Stream, context, rpc):
-        record = CallRecord(request_id_of(context.invocation_metadata()))
-        _call.set(record)  # the RPC's task owns its context: nothing to reset
-        bind_workers(self._workers)
+        request = self._start(context)
+        # The RPC's task owns its context: nothing to reset.
+        bind_request(request), bind_workers(self._workers), bind_tracing(self._tracing)
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
+            await _send_request_id(context, request)
             async for item in call():
                 yield item
         except BaseException as exc:
             code = _code_of(exc, context)
             raise
         finally:
-            _log_access(rpc, record, code, start)
+            _log_access(rpc, request, code, start)
 
 
-def _log_access(rpc: Rpc, call: CallRecord, code: grpc.StatusCode, start: float) -> None:
+async def _send_request_id(context: grpc.aio.ServicerContext, request: RequestContext) -> None:
+    """The response's initial metadata, sent before the behaviour runs: the caller gets
+    ``x-request-id`` whatever the RPC ends with (the behaviours send no initial metadata
+    of their own)."""
+    await context.send_initial_metadata((("x-request-id", request.request_id),))
+
+
+def _log_access(rpc: Rpc, call: RequestContext, code: grpc.StatusCode, start: float) -> None:
     # Health probes and reflection (every few seconds from Kubernetes) log at DEBUG only.
     level = logging.DEBUG if rpc.method.startswith(PUBLIC_PREFIXES) else logging.INFO
     if not access_log.isEnabledFor(level):
@@ -326,17 +339,20 @@ def _log_access(rpc: Rpc, call: CallRecord, code: grpc.StatusCode, start: float)
     ms = (time.perf_counter() - start) * 1000
     access_log.log(
         level,
-        "%s %s %.1fms tenant=%s request_id=%s",
+        "%s %s %.1fms tenant=%s%s request_id=%s",
         rpc.method,
         code.name,
         ms,
         call.tenant or "-",
+        f" via={call.via}" if call.via else "",
         call.request_id,
         extra={
             "method": rpc.method,
             "status": code.name,
             "tenant": call.tenant,
+            "via": call.via,
             "duration_ms": round(ms, 3),
             "request_id": call.request_id,
+            "trace_id": call.trace_id,
         },
     )

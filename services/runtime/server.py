@@ -1,6 +1,7 @@
 """Server bootstrap shared by every service: one ``grpc.aio`` server per process with
-health (liveness vs readiness), reflection, the auth/error/metrics interceptors, message
-limits, a ``/metrics`` endpoint and graceful shutdown.
+health (liveness vs readiness), reflection, the request/auth/error/metrics interceptors,
+OpenTelemetry tracing when ``tracing_endpoint`` is set, message limits, a ``/metrics``
+endpoint and graceful shutdown.
 
 A service describes itself as a :class:`ServiceApp` (its servicers, its readiness check,
 its start/stop hooks, its worker pool); :class:`VeilServer` runs it. ``start()`` and
@@ -44,6 +45,7 @@ from services.runtime.interceptors import (
 from services.runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
 from services.runtime.reflection import add_reflection
 from services.runtime.settings import ServiceSettings
+from services.runtime.tracing import Tracing, start_tracing
 from services.runtime.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,9 @@ class ServiceApp:
     """Run in order before readiness; one that raises Unavailable is retried (module doc)."""
     on_stop: list[Hook] = field(default_factory=list)
     readiness_interval_s: float = 1.0
+    span_exporter: Any = None
+    """Tests: an OpenTelemetry span exporter (``InMemorySpanExporter``) that turns tracing on
+    and gets each span as it ends, in place of OTLP to ``settings.tracing_endpoint``."""
     workers: WorkerPool = field(init=False)
     """The pool for CPU-heavy work (``settings.worker_threads``, ``worker_queue``); running
     while the server does. Servicers keep it from ``build_app`` or, inside an RPC, use
@@ -112,6 +117,7 @@ class VeilServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._tracing: Tracing | None = None
         self._health = HealthServicer()
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._starting_task: asyncio.Task[None] | None = None
@@ -137,10 +143,12 @@ class VeilServer:
         self.app.workers.start()
         try:
             pending = await self._run_start_hooks(self.app.on_start, self._backoff(0))
+            self._tracing = start_tracing(self.app.name, self.settings, self.app.span_exporter)
             server = self._build_server()
             self.port = self._bind(server)
         except BaseException:
             self.app.workers.shutdown()
+            self._stop_tracing()
             raise
         await self._health.set(LIVENESS, SERVING)
         await self._set_ready(False)
@@ -162,9 +170,11 @@ class VeilServer:
     def _build_server(self) -> grpc.aio.Server:
         s = self.settings
         rpc_metrics = RpcMetrics(self.app.registry, self.app.name, __version__)
+        tracing = self._tracing
         server = grpc.aio.server(
             interceptors=[
-                RequestInterceptor(self.app.workers),
+                *([tracing.server_interceptor] if tracing is not None else []),
+                RequestInterceptor(self.app.workers, tracing),
                 ErrorInterceptor(),
                 MetricsInterceptor(rpc_metrics),
                 AuthInterceptor(TokenAuthenticator(s.all_tokens()), self.app.scope_of),
@@ -284,9 +294,18 @@ class VeilServer:
             except Exception:
                 log.exception("stop hook failed")
         self.app.workers.shutdown()  # after the hooks, which may still use it
+        self._stop_tracing()  # last: every RPC's spans have ended, export what is batched
         assert self._stopped is not None
         self._stopped.set()
         log.info("%s stopped", self.app.name)
+
+    def _stop_tracing(self) -> None:
+        tracing, self._tracing = self._tracing, None
+        if tracing is not None:
+            try:
+                tracing.shutdown()
+            except Exception:
+                log.exception("%s: tracing did not shut down cleanly", self.app.name)
 
     async def run(self) -> None:
         """Start, then serve until SIGTERM or SIGINT, then stop gracefully. Raises

@@ -82,6 +82,13 @@ class ServiceSettings(BaseSettings):
     long; each further wait doubles, up to ``start_retry_max_s``."""
     start_retry_max_s: float = Field(default=10.0, gt=0)
     """Longest wait between retries of a start hook."""
+    tracing_endpoint: str | None = None
+    """OTLP/gRPC collector for OpenTelemetry traces (``http://otel-collector:4317`` in
+    plaintext, ``https://…`` over TLS); unset, tracing is off and nothing of OpenTelemetry is
+    imported. Needs the ``tracing`` extra (:mod:`services.runtime.tracing`)."""
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of new traces sampled; a call that arrives with a trace follows its caller's
+    decision."""
 
     @field_validator("port", "metrics_port")
     @classmethod

@@ -6,6 +6,11 @@
 accountant's errors keep their status: a refused charge is RESOURCE_EXHAUSTED with the
 remaining budget in its details; a dataset without a budget is FAILED_PRECONDITION; an
 accountant that cannot be reached, or is too slow, is UNAVAILABLE.
+
+Each call carries the sanitizer's request id (``x-request-id``, and the charge's
+``request_id`` kept with the event) and, with tracing on, the trace
+(:class:`~services.runtime.client.VeilClient` adds both): the accountant's access line for
+it reads ``tenant=<the caller's tenant> via=<this token's tenant>`` with the same id.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from services._proto.veil.v1 import accountant_pb2 as apb
 from services.common.errors import FailedPrecondition, NotFound, VeilError
 from services.runtime.client import LazyClient
 from services.runtime.errors import from_rpc_error
+from services.runtime.logging import current_request
 from services.sanitizer.ports import ChargeSpec, Held, LedgerCost, Spent
 
 WHO = "the accountant"
 
 
 def _charge_pb(spec: ChargeSpec) -> apb.Charge:
+    request = current_request()
     return apb.Charge(
         tenant_id=spec.tenant,
         dataset_id=spec.dataset,
@@ -33,7 +40,7 @@ def _charge_pb(spec: ChargeSpec) -> apb.Charge:
             gaussian=apb.GaussianMechanism(noise_multiplier=spec.noise_multiplier), count=1
         ),
         service="sanitizer",
-        request_id=spec.request_id,
+        request_id=spec.request_id or (request.request_id if request else ""),
         idempotency_key=spec.key,
         labels=spec.labels,
     )

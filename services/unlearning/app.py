@@ -8,13 +8,14 @@ publishes versions of. Jobs run on this process's own bounded pool of job thread
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services._proto.veil.v1 import registry_pb2_grpc, unlearning_pb2_grpc
 from services.inference.attach import attach_backend
-from services.inference.backend import InferenceSettings
+from services.inference.backend import NOT_EXPLICIT, InferenceSettings
 from services.runtime.diagnostics import diagnostics_mount
 from services.runtime.server import Mount, ServiceApp
 from services.runtime.settings import ServiceSettings
@@ -27,6 +28,8 @@ from services.unlearning.registry_servicer import RegistryServicer
 from services.unlearning.servicer import UnlearningServicer
 from services.unlearning.settings import UnlearningSettings
 from services.unlearning.training import store_root
+
+log = logging.getLogger(__name__)
 
 
 def _inference() -> InferenceSettings:
@@ -48,8 +51,11 @@ def build_app(settings: Settings) -> ServiceApp:
     metrics = UnlearningMetrics(app.registry)
     store = JobStore(settings.database_url)
     entry = settings.inference.classifiers.get(settings.model_name, "task-resnet")
+    root = store_root(settings.store or settings.inference.store)
+    if settings.inference.store is None:  # the in-process backend reads what is published
+        settings.inference = settings.inference.model_copy(update={"store": root})
     publisher = Publisher(
-        store_root(settings.store or settings.inference.store),
+        root,
         entry,
         settings.model_name,
         settings.model_repository,
@@ -82,8 +88,24 @@ def build_app(settings: Settings) -> ServiceApp:
         await core.stop()
         await asyncio.to_thread(store.close)
 
+    said: list[bool] = []
+
+    async def ready() -> bool:
+        """The database answers, and a published version can be loaded: with Triton, that
+        it takes explicit load requests (else every job would train, then fail to
+        publish). Each change of the latter is logged once."""
+        if not await core.ready():
+            return False
+        assert handle is not None
+        can = await handle.backend.can_load()
+        if said[-1:] != [can]:
+            said[:] = [can]
+            if not can:
+                log.warning("NOT ready: %s", NOT_EXPLICIT.format(url=settings.inference.triton_url))
+        return can
+
     app.on_start.append(core.start)
     app.on_stop.append(stop)
-    app.ready = core.ready
+    app.ready = ready
     handle = attach_backend(app, settings.inference)
     return app

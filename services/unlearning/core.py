@@ -37,6 +37,7 @@ from services.common.errors import (
     NotFound,
     VeilError,
 )
+from services.kernels.manifests import Manifest, manifest_lineage
 from services.unlearning import trained, training
 from services.unlearning.jobs import CANCELLED, FAILED, Job, JobSpec, JobStore
 from services.unlearning.metrics import UnlearningMetrics
@@ -55,8 +56,6 @@ from services.unlearning.settings import UnlearningSettings
 from services.unlearning.trained import Trained
 
 log = logging.getLogger(__name__)
-LINEAGE = ("command", "seed", "data", "sha256")
-"""What version 1's lineage takes from its store manifest."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,9 @@ class Unlearning:
     # -- jobs ------------------------------------------------------------------------------
 
     async def submit(self, tenant: str, spec: JobSpec) -> Job:
-        """Check ``spec`` (limits, method, options, base model, attributes) and queue it;
-        with a known idempotency key, the original job."""
+        """Check ``spec`` (limits, method, options, base model, attributes, the revision's
+        dataset and sample ids) and queue it; with a known idempotency key, the original
+        job."""
         self._check_limits(spec)
         self._check_model(spec.model_name)
         found = await self._resolve(tenant, spec.model_name, spec.base_version)
@@ -164,6 +164,7 @@ class Unlearning:
                 f"version {base}; known: {list(known)}",
                 details={"field": "forget_attributes", "known": ",".join(known)},
             )
+        await asyncio.to_thread(training.check_revision, spec, manifest)
         job = await asyncio.to_thread(self.store.submit, tenant, spec, base, _fingerprint(spec))
         self.metrics.submitted.labels(method=spec.method).inc()
         self._wake.set()
@@ -265,7 +266,7 @@ class Unlearning:
             metrics=metrics,
             created_at=_epoch(created),
             serial=BASE,
-            lineage={k: manifest[k] for k in LINEAGE if k in manifest},
+            lineage=manifest_lineage(Manifest.from_dict(manifest)),
         )
 
     async def get_version(self, tenant: str, model_name: str, version: int) -> Version:

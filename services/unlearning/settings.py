@@ -25,12 +25,16 @@ class UnlearningSettings(BaseSettings):
     """The served model whose versions this service publishes (the only one it unlearns)."""
     store: Path | None = None
     """Model store that new versions are written to (``<entry>-vN``); None = the inference
-    backend's store (``VEIL_INFERENCE_STORE``), else ``VEIL_MODEL_STORE``, else the packaged
-    one. Triton's ``veil_classifier`` must read the same store."""
+    backend's store (``VEIL_INFERENCE_STORE``), else ``VEIL_MODEL_STORE``, else
+    ``<data dir>/unlearning/store`` seeded with the packaged entries (never the install
+    tree). Triton's ``veil_classifier`` must read the same store (``veil models prepare``
+    renders a repository that does)."""
     model_repository: Path | None = None
     """Triton model repository: a published version N gets ``<model_name>/N/model.py``
-    (a copy of version 1's) and Triton is asked to load it (explicit model control).
-    None: no repository (the local backend loads versions from the store on first use)."""
+    (a copy of version 1's) and Triton is asked to load it, which needs explicit model
+    control (``--model-control-mode=explicit``): the service is NOT_SERVING while Triton
+    refuses load requests. None: no repository (the local backend loads versions from the
+    store on first use)."""
     served_with: list[str] = Field(default_factory=lambda: ["veil_protect"])
     """Repository models that serve each version of ``model_name`` too (each gets the
     version's ``N/model.py`` when the repository holds its version 1, and is loaded with

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.unlearning.jobs import JobSpec
 
 METHODS: tuple[str, ...] = ("retrain", "finetune", "feature", "scrub")
@@ -62,6 +62,63 @@ def _attributes_of(uri: str) -> tuple[str, ...]:
     from services.kernels.data import open_dataset
 
     return tuple(open_dataset(uri, resolution=8).attribute_names)
+
+
+@functools.lru_cache(maxsize=8)
+def _ids_of(uri: str) -> frozenset[str]:
+    from services.kernels.data import open_dataset
+
+    return frozenset(open_dataset(uri, resolution=8).sample_ids)
+
+
+def check_revision(spec: JobSpec, manifest: dict[str, Any]) -> None:
+    """Refuse now what :func:`run` would refuse after the job was queued: a revised dataset
+    URI that does not open (unknown scheme, bad or unknown parameters — a ``resample`` of
+    an attribute the generator lacks included —, a missing root), removed or replaced ids
+    that are not in the base model's training set (its manifest's ``data.uri``), and
+    replaced ids the revised set lacks. Opening a dataset reads its ids and labels, never
+    its images (about 1 s for 20 000 synthfaces on one core)."""
+    from services.kernels.data import open_dataset
+
+    try:
+        revised = open_dataset(spec.dataset_uri, resolution=8)
+    except (InvalidArgument, NotFound, OSError, ValueError) as exc:
+        raise InvalidArgument(
+            f"revision.dataset_uri: {getattr(exc, 'message', None) or exc}",
+            details={"field": "revision.dataset_uri"},
+        ) from None
+    base_uri = str(manifest.get("data", {}).get("uri", ""))
+    if not base_uri:
+        raise InvalidArgument("the base model's manifest names no training data (data.uri)")
+    try:
+        base = _ids_of(base_uri)
+    except (InvalidArgument, NotFound, OSError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"the base model's training data {base_uri!r} cannot be opened here: "
+            f"{getattr(exc, 'message', None) or exc}"
+        ) from None
+    present = set(revised.sample_ids)
+    for name, ids, known, where in (
+        (
+            "removed_sample_ids",
+            spec.removed_ids,
+            base,
+            f"the base model's training set ({base_uri})",
+        ),
+        (
+            "replaced_sample_ids",
+            spec.replaced_ids,
+            base,
+            f"the base model's training set ({base_uri})",
+        ),
+        ("replaced_sample_ids", spec.replaced_ids, present, "the revised dataset"),
+    ):
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise InvalidArgument(
+                f"revision.{name}: {len(missing)} ids are not in {where}, e.g. {missing[:3]}",
+                details={"field": f"revision.{name}", "unknown_ids": ",".join(missing[:5])},
+            )
 
 
 def known_attributes(manifest: dict[str, Any]) -> tuple[str, ...]:
@@ -171,11 +228,44 @@ def run(
 
 
 def store_root(configured: Path | None) -> Path:
-    """``configured``, else ``$VEIL_MODEL_STORE``, else the packaged store (the rule of
-    ``services.serving.entries.store_root``, which Triton's models follow)."""
+    """The model store versions are published into: ``configured``, else
+    ``$VEIL_MODEL_STORE``, else ``<data dir>/unlearning/store`` seeded from the packaged
+    store (:func:`seeded_store`) — never the install tree (site-packages, or the source
+    tree of an editable install). Triton's models must read the same store."""
     import os
 
-    from services.kernels.store import DEFAULT_ROOT
+    from services.common.db import data_dir
 
     chosen = str(configured or "") or os.environ.get("VEIL_MODEL_STORE", "")
-    return Path(chosen) if chosen else DEFAULT_ROOT
+    return Path(chosen) if chosen else seeded_store(data_dir() / "unlearning" / "store")
+
+
+def seeded_store(store: Path) -> Path:
+    """``store``, holding a copy of every packaged entry (the base models a version 1 is):
+    one it lacks, or whose content differs from the package's (an upgrade), is copied in
+    whole and renamed into place. Published versions (``<entry>-vN``) are never touched."""
+    import json
+    import shutil
+
+    from services.kernels.manifests import DEFAULT_ROOT, MANIFEST
+
+    def sha(path: Path) -> str | None:
+        try:
+            return str(json.loads(path.read_text()).get("sha256"))
+        except (OSError, ValueError):
+            return None
+
+    store.mkdir(parents=True, exist_ok=True)
+    for manifest in sorted(DEFAULT_ROOT.glob(f"*/{MANIFEST}")):
+        entry, target = manifest.parent, store / manifest.parent.name
+        if sha(target / MANIFEST) == sha(manifest):
+            continue
+        fresh, stale = store / f".seed-{entry.name}", store / f".stale-{entry.name}"
+        for leftover in (fresh, stale):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.copytree(entry, fresh)
+        if target.exists():
+            target.rename(stale)
+        fresh.rename(target)  # a reader sees the old entry or the new one, whole
+        shutil.rmtree(stale, ignore_errors=True)
+    return store

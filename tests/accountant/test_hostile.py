@@ -220,6 +220,12 @@ def hostile() -> list[tuple[str, str, object, set[grpc.StatusCode]]]:
     ]
 
 
+HANG = 3.0
+"""A hostile request answered later than this hung the server (its work is unbounded). Not a
+speed target (those are in ``bench/``): the heaviest cases took 1.1-1.5 s on 2 cores beside
+a second full test run (2026-12-07), which failed the old 1 s bound."""
+
+
 def test_hostile_requests_get_clear_statuses_fast_while_others_spend(server) -> None:
     proc, channel, stub = server
     health = health_pb2_grpc.HealthStub(channel)
@@ -264,7 +270,7 @@ def test_hostile_requests_get_clear_statuses_fast_while_others_spend(server) -> 
             took = time.perf_counter() - start
             if code not in expected:
                 wrong.append(f"{name}: {code.name}")
-            if took > 1.0:
+            if took > HANG:
                 slow.append(f"{name}: {took:.2f}s")
         # Distinct subject counts must not grow the server (a cache per IN-list length did).
         before = rss_mb(proc.pid)

@@ -112,3 +112,27 @@ def test_up_starts_triton_only_for_services_that_call_the_kernels(monkeypatch):
         registry.SERVICES, "kernels-user", registry.ServiceEntry("x", 1, 2, inference=True)
     )
     assert registry.uses_inference(["accountant", "kernels-user"])
+
+
+@pytest.mark.parametrize("service", ["accountant", "unlearning"])
+def test_a_bad_setting_is_one_line_and_exit_2(tmp_path, service):
+    """A setting that can never work stops `veil serve` at once: exit 2, one line per bad
+    setting naming its variable, no traceback, nothing served."""
+    prefix = f"VEIL_{service.upper()}_"
+    env = dict(os.environ)
+    env[prefix + "DATABASE_URL"] = "sqlite:///relative.sqlite"
+    env[prefix + "PORT"] = "not-a-port"
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "serve", service],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in done.stderr, done.stderr
+    assert any(prefix + "DATABASE_URL" in line and "absolute" in line for line in lines)
+    assert any(prefix + "PORT" in line for line in lines)
+    assert not (tmp_path / "relative.sqlite").exists()

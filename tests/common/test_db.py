@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,39 @@ def test_create_schema_makes_the_directory_of_a_sqlite_file(tmp_path: Path) -> N
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
     assert (tmp_path / "a" / "b" / "x.sqlite").exists()
+
+
+@pytest.mark.postgres
+def test_replicas_creating_one_schema_at_once_all_start(pg_url: str) -> None:
+    """Several replicas starting together on an empty PostgreSQL database each create the
+    schema (tables, a later-added column, indexes): all of them succeed. Without the
+    schema lock, CREATE TABLE races end in a duplicate-table or duplicate-type error that
+    crashes a replica."""
+    from services.unlearning.jobs import JobStore
+
+    n = 6
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        store = JobStore(pg_url)
+        try:
+            barrier.wait()
+            store.create_schema()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    for _ in range(3):  # three rounds: a race is timing, not certainty
+        threads = [threading.Thread(target=start) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        engine = db.make_engine(pg_url)
+        with engine.begin() as conn:
+            for table in sorted(JobStore.metadata.tables, reverse=True):
+                conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+        engine.dispose()

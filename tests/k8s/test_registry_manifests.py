@@ -123,11 +123,34 @@ def test_local_overlay_generates_every_secret_it_reads() -> None:
     assert referenced_secrets(objs) <= generated, referenced_secrets(objs) - generated
 
 
+def operator_secrets(objs: list[Obj]) -> set[str]:
+    """Secrets the CloudNativePG operator creates for the Clusters rendered (``<name>-app``,
+    the owner's credentials and connection details)."""
+    return {f"{c['metadata']['name']}-app" for c in of_kind(objs, "Cluster")}
+
+
+def cluster_secrets(objs: list[Obj]) -> set[str]:
+    """Secrets the Clusters read (the backup object store's credentials)."""
+    return {
+        ref["name"]
+        for c in of_kind(objs, "Cluster")
+        for ref in c["spec"]["backup"]["barmanObjectStore"]["s3Credentials"].values()
+    }
+
+
 def test_every_secret_the_gpu_overlay_reads_is_documented() -> None:
+    """Each Secret read is either created by you (a `kubectl create secret` line in
+    k8s/README.md, named in the overlay's header) or by the operator from a Cluster of the
+    overlay (named in both as well)."""
     readme = (K8S / "README.md").read_text()
     overlay = (K8S / "overlays" / "gpu" / "kustomization.yaml").read_text()
-    secrets = referenced_secrets(render("gpu"))
+    objs = render("gpu")
+    secrets = referenced_secrets(objs)
     assert {f"veil-{client}-registry-token" for client in REGISTRY_CLIENTS} <= secrets
-    for name in sorted(secrets):
+    generated = operator_secrets(objs)
+    assert generated and generated <= secrets, "the services read CNPG's Secret"
+    for name in sorted((secrets - generated) | cluster_secrets(objs)):
         assert f"create secret generic {name} " in readme, f"k8s/README.md: {name}"
+    for name in sorted(secrets | cluster_secrets(objs)):
+        assert re.search(rf"\b{re.escape(name)}\b", readme), f"k8s/README.md: {name}"
         assert re.search(rf"\b{re.escape(name)}\b", overlay), f"gpu kustomization: {name}"

@@ -54,7 +54,7 @@ def test_gpu_unlearning_shares_the_models_volume_with_triton() -> None:
     one(objs, "HorizontalPodAutoscaler", "veil-unlearning")
     container = the_container(deploy)
     (db,) = [e for e in container["env"] if e["name"] == "VEIL_UNLEARNING_DATABASE_URL"]
-    assert db["valueFrom"]["secretKeyRef"] == {"name": "veil-unlearning-db", "key": "url"}
+    assert db["value"].startswith("postgresql+psycopg://"), "built from CNPG's Secret"
     env = config_env(objs, container)
     assert env["VEIL_INFERENCE_BACKEND"] == "triton"
     assert env["VEIL_INFERENCE_TRITON_URL"] == "triton:8001"

@@ -62,6 +62,9 @@ class _Context:
     def invocation_metadata(self) -> tuple[()]:
         return ()
 
+    async def send_initial_metadata(self, metadata: object) -> None:
+        pass
+
 
 def test_metrics_children_are_the_registrys_own() -> None:
     registry = CollectorRegistry()

@@ -161,6 +161,18 @@ def free_port_settings(repository: Path, **overrides: object) -> TritonSettings:
     return TritonSettings(**values)  # type: ignore[arg-type]
 
 
+def http_ready(port: int) -> bool:
+    """Whether a tritonserver answers ready on HTTP ``port``."""
+    import urllib.request
+
+    try:
+        url = f"http://127.0.0.1:{port}/v2/health/ready"
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (a unique tmp path: the server, its stubs)."""
     pids = []

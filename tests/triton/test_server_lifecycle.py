@@ -22,6 +22,7 @@ from tests.support.triton import (
     add_sub_repository,
     broken_repository,
     free_port_settings,
+    http_ready,
     processes_mentioning,
 )
 
@@ -41,15 +42,6 @@ def add_sub_inputs(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
     return inputs
-
-
-def http_ready(port: int) -> bool:
-    try:
-        url = f"http://127.0.0.1:{port}/v2/health/ready"
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def test_server_and_models_ready(triton: TritonServer, client) -> None:

@@ -17,7 +17,15 @@ from services._proto.veil.v1 import unlearning_pb2 as pb
 from services.inference.backend import InferenceSettings
 from services.inference.local import LocalBackend
 from tests.support.server import ServerThread
-from tests.unlearning.conftest import ENTRY, MODEL, REPLACED, REVISED_URI, Client, submit_request
+from tests.unlearning.conftest import (
+    BASE_URI,
+    ENTRY,
+    MODEL,
+    REPLACED,
+    REVISED_URI,
+    Client,
+    submit_request,
+)
 
 SUCCEEDED = common_pb2.JOB_STATE_SUCCEEDED
 
@@ -164,6 +172,50 @@ BAD = [
     ("no dataset", {"revision": pb.DatasetRevision()}, "INVALID_ARGUMENT"),
     ("too many attributes", {"forget_attributes": ["male"] * 17}, "INVALID_ARGUMENT"),
 ]
+REVISIONS = [
+    ("unknown scheme", "bogus://x", (), (), "revision.dataset_uri", "unknown dataset URI"),
+    (
+        "missing root",
+        "folder:///no/such/dir?attributes=a",
+        (),
+        (),
+        "revision.dataset_uri",
+        "not a dir",
+    ),
+    ("bad parameter", BASE_URI + "&resample_seed=two", (), (), "revision.dataset_uri", "integer"),
+    (
+        "resample of an unknown attribute",
+        BASE_URI + "&resample=tattoo",
+        (),
+        (),
+        "revision.dataset_uri",
+        "tattoo",
+    ),
+    (
+        "removed id not in the base set",
+        REVISED_URI,
+        ("synth-7-999999",),
+        (),
+        "revision.removed_sample_ids",
+        "synth-7-999999",
+    ),
+    (
+        "replaced id of another dataset",
+        REVISED_URI,
+        (),
+        ("synth-0-000001",),
+        "revision.replaced_sample_ids",
+        "base model's training set",
+    ),
+    (
+        "replaced id the revision lacks",
+        "synthfaces://?n=100&seed=7",
+        (),
+        ("synth-7-000200",),
+        "revision.replaced_sample_ids",
+        "revised dataset",
+    ),
+]
 
 
 @pytest.mark.parametrize(("case", "overrides", "code"), BAD, ids=[b[0] for b in BAD])
@@ -181,19 +233,24 @@ def test_unknown_attributes_name_the_known_ones(acme: Client) -> None:
     assert "tattoo" in message and "dark_skin" in message and "glasses" in message
 
 
-def test_unknown_sample_ids_fail_the_job_as_not_found(acme: Client) -> None:
-    revision = pb.DatasetRevision(dataset_uri=REVISED_URI, removed_sample_ids=["synth-7-999999"])
-    job, _ = run_job(acme, revision=revision)
-    assert job.status.state == common_pb2.JOB_STATE_FAILED
-    assert "not in the base training set" in job.status.message
-    versions = acme.ListModelVersions(pb.ListModelVersionsRequest(model_name=MODEL)).versions
-    assert [v.ref.version for v in versions] == [1]
-
-
-def test_unknown_dataset_fails_the_job(acme: Client) -> None:
-    revision = pb.DatasetRevision(dataset_uri="folder:///no/such/dir", replaced_sample_ids=[])
-    job, _ = run_job(acme, revision=revision)
-    assert job.status.state == common_pb2.JOB_STATE_FAILED and job.status.message
+@pytest.mark.parametrize(
+    ("case", "uri", "removed", "replaced", "field", "said"),
+    REVISIONS,
+    ids=[r[0] for r in REVISIONS],
+)
+def test_a_revision_the_kernels_would_refuse_is_refused_at_submit(
+    acme: Client, case: str, uri: str, removed: tuple, replaced: tuple, field: str, said: str
+) -> None:
+    """What used to fail the job after it was queued (a dataset that does not open, ids
+    that are not the base model's) is INVALID_ARGUMENT naming the field, and no job."""
+    revision = pb.DatasetRevision(
+        dataset_uri=uri, removed_sample_ids=removed, replaced_sample_ids=replaced
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        acme.SubmitJob(submit_request(revision=revision))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in caught.value.details() and said in caught.value.details()
+    assert acme.ListJobs(pb.ListJobsRequest()).jobs == []
 
 
 def test_cancel(acme: Client) -> None:
