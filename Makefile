@@ -35,3 +35,15 @@ test: setup ## set up, then lint and run every test but the gpu ones
 	$(PY) -m pytest
 
 .PHONY: help setup proto proto-check lint test demo
+
+# -- images (k8s/images/, k8s/README.md "Images") ------------------------------------------
+constraints: setup ## regenerate k8s/images/constraints.txt, the images' pins (needs PyPI)
+	$(PY) k8s/images/constraints.py --torch "$(TORCH)"
+
+lock-check: setup ## fail if k8s/images/constraints.txt lags pyproject.toml (offline)
+	$(PY) k8s/images/constraints.py --check
+
+images-lint: setup ## hadolint on the Dockerfiles of k8s/images/
+	.venv/bin/hadolint k8s/images/Dockerfile.*
+
+.PHONY: constraints lock-check images-lint

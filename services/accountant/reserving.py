@@ -243,6 +243,8 @@ class Reservations:
                     .where(reservations.c.id == reservation_id)
                     .values(status="released" if live else "expired")
                 )
+        if row.status == "live" and not live and self._core.metrics:
+            self._core.metrics.reservations_expired.inc()  # it lapsed before this Release
         return live
 
     def outstanding(self) -> float:

@@ -74,6 +74,11 @@ class InferenceSettings(BaseSettings):
     """The models this service calls: ``ready()`` is True when all of them are."""
     triton_url: str = "127.0.0.1:8001"
     """Triton backend: ``host:port`` of Triton's gRPC endpoint."""
+    triton_load_url: str | None = None
+    """Triton backend: ``host:port`` whose host names *every* Triton replica (a headless
+    Service), used by ``load_model``: a new version is loaded on each address the name
+    resolves to, not on the one replica a load through ``triton_url`` would reach. Unset:
+    loads go to ``triton_url`` (one Triton)."""
     timeout_s: float = 30.0
     """Per-call deadline (tritonclient ``client_timeout``; whole call incl. retries)."""
     protect_timeout_s: float = 300.0
@@ -84,6 +89,9 @@ class InferenceSettings(BaseSettings):
     """First backoff; doubles each retry."""
     ready_timeout_s: float = 2.0
     """Deadline of each readiness probe call."""
+    reconnect_backoff_max_s: float = Field(default=1.0, gt=0, le=120)
+    """Triton backend: longest wait between reconnection attempts while Triton is away, so
+    calls succeed again within about this long after it is back (gRPC's default: 120 s)."""
     workers: int = 1
     """Local backend: threads that run kernels (torch uses its own intra-op threads)."""
 

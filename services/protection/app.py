@@ -18,7 +18,7 @@ from services.inference.attach import attach_backend
 from services.inference.backend import InferenceBackend, InferenceSettings
 from services.inference.catalog import PROTECTION_MODELS, ClassifierInfo, classifier_info
 from services.inference.factory import create_backend
-from services.protection.core import Protection
+from services.protection.core import MODES, Protection
 from services.protection.metrics import ProtectionMetrics
 from services.protection.models import SharedBase
 from services.protection.ports import AuthorizedModels
@@ -26,6 +26,7 @@ from services.protection.registry import RegistryModels
 from services.protection.servicer import ProtectionServicer
 from services.protection.settings import ProtectionSettings
 from services.runtime.diagnostics import diagnostics_mount
+from services.runtime.registry import registry_client
 from services.runtime.server import Mount, ServiceApp
 from services.runtime.settings import ServiceSettings
 
@@ -48,7 +49,7 @@ class Settings(ServiceSettings, ProtectionSettings):
 
 def build_app(settings: Settings) -> ServiceApp:
     app = ServiceApp(name="protection", settings=settings, mounts=[])
-    metrics = ProtectionMetrics(app.registry)
+    metrics = ProtectionMetrics(app.registry, MODES)
     authorized = classifier_info(settings.inference, settings.authorized_model)
     evaluation_settings = InferenceSettings(
         backend="local",
@@ -75,15 +76,8 @@ def build_app(settings: Settings) -> ServiceApp:
             evaluation = create_backend(evaluation_settings)
         return evaluation
 
-    models: AuthorizedModels = SharedBase()
-    if settings.registry_url:
-        models = RegistryModels(
-            settings.registry_url,
-            settings.registry_token,
-            settings.registry_timeout_s,
-            settings.registry_cache_s,
-            settings.registry_tls_ca,
-        )
+    registry = registry_client(settings)
+    models: AuthorizedModels = SharedBase() if registry is None else RegistryModels(registry)
     core = Protection(
         settings,
         backend,

@@ -1,15 +1,19 @@
 """Prometheus metrics of the protection service, on a registry the caller owns.
 
-Names follow ``veil_protection_<noun>_<unit>``; labels are bounded (mode, outcome).
+Names follow ``veil_protection_<noun>_<unit>``; labels are bounded (mode). Each mode's
+series are at 0 from the start (``modes``: the core's ``MODES``), so that a ``rate()`` or a
+ratio over them is defined before the first protection.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
 class ProtectionMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, modes: Iterable[str] = ()) -> None:
         self.protections = Counter(
             "veil_protection_protections_total",
             "Images protected, by mode.",
@@ -37,3 +41,6 @@ class ProtectionMetrics:
         self.evaluations = Counter(
             "veil_protection_evaluations_total", "Evaluate calls answered.", registry=registry
         )
+        for mode in modes:
+            self.protections.labels(mode=mode)
+            self.latency.labels(mode=mode)

@@ -11,15 +11,8 @@ from services.runtime.registry import RegistryClient
 
 
 class RegistryModels:
-    def __init__(
-        self,
-        target: str,
-        token: str,
-        timeout_s: float,
-        ttl_s: float,
-        tls_ca: str | None = None,
-    ) -> None:
-        self._registry = RegistryClient(target, token, timeout_s, ttl_s, tls_ca)
+    def __init__(self, registry: RegistryClient) -> None:
+        self._registry = registry
 
     async def resolve(self, tenant: str, name: str, version: int) -> Resolved:
         out = await self._registry.resolve(tenant, name, version)

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import contextvars
 import hmac
-from collections.abc import Iterable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.runtime.logging import current_request
 from services.runtime.settings import TokenGrant
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,12 @@ class Principal:
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "veil_principal", default=None
 )
+
+
+class Authenticator(Protocol):
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        """The principal of the request's bearer token; Unauthenticated otherwise."""
+        ...
 
 
 class TokenAuthenticator:
@@ -67,6 +79,65 @@ class TokenAuthenticator:
         if found is None:
             raise Unauthenticated("unknown bearer token")
         return found
+
+
+class ReloadingAuthenticator:
+    """:class:`TokenAuthenticator` over the settings' tokens plus ``tokens_file``, re-read
+    when the file changes: a rotated Secret takes effect without a restart. The file's
+    identity (modification time, size, inode; a Kubernetes Secret mount swaps a symlink) is
+    looked at no more than once per ``check_s``; a file that no longer parses keeps the
+    tokens in force and is logged, once per change."""
+
+    def __init__(
+        self,
+        base: Mapping[str, TokenGrant],
+        path: Path | None,
+        check_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base, self._path, self._check_s, self._clock = dict(base), path, check_s, clock
+        self._seen: tuple[int, int, int] | None = None
+        self._checked = -float("inf")
+        self._current = TokenAuthenticator(self._base)
+        if path is not None:
+            self._current = TokenAuthenticator(self._load(path, initial=True))
+
+    def _identity(self, path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _load(self, path: Path, *, initial: bool = False) -> dict[str, TokenGrant]:
+        from pydantic import TypeAdapter
+
+        self._seen = self._identity(path)
+        extra = TypeAdapter(dict[str, TokenGrant]).validate_json(path.read_bytes())
+        if not initial:
+            log.info("token file %s reloaded: %d tokens", path, len(extra))
+        return {**self._base, **extra}
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if self._path is None or now - self._checked < self._check_s:
+            return
+        self._checked = now
+        identity = self._identity(self._path)
+        if identity is None or identity == self._seen:
+            return
+        try:
+            self._current = TokenAuthenticator(self._load(self._path))
+        except (OSError, ValueError) as exc:
+            log.error(
+                "token file %s changed but cannot be read (%s); the tokens in force stay",
+                self._path,
+                type(exc).__name__,
+            )
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        self._refresh()
+        return self._current.authenticate(metadata)
 
 
 def set_principal(principal: Principal | None) -> contextvars.Token:

@@ -39,7 +39,7 @@ import grpc
 import grpc_status.rpc_status
 
 from services.common.errors import PermissionDenied, VeilError
-from services.runtime.auth import TokenAuthenticator, reset_principal, set_principal
+from services.runtime.auth import Authenticator, reset_principal, set_principal
 from services.runtime.errors import rpc_status, status_code, to_status
 from services.runtime.logging import RequestContext, bind_request, current_request, reset_request
 from services.runtime.metrics import RpcMetrics
@@ -187,7 +187,7 @@ class ErrorInterceptor(WrappingInterceptor):
 class AuthInterceptor(WrappingInterceptor):
     """Authenticates every non-public RPC and checks its required scope."""
 
-    def __init__(self, authenticator: TokenAuthenticator, scope_of: Callable[[str], str | None]):
+    def __init__(self, authenticator: Authenticator, scope_of: Callable[[str], str | None]):
         self._auth = authenticator
         self._scope_of = scope_of
 

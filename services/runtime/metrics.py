@@ -5,19 +5,34 @@ so several servers in one test process do not collide and a registry is reset by
 a new one. RPC metrics follow the go-grpc-prometheus names that existing dashboards know;
 service metrics are named ``veil_<service>_<noun>_<unit>`` in each service's own module.
 Label values are bounded: method names come from the registered services only.
+
+Every method the server will serve has its series at 0 before the first call
+(:meth:`RpcMetrics.initialise`, as go-grpc-prometheus's ``InitializeMetrics``): a ``rate()``
+or a ratio over them is defined from the first scrape, not from a method's first call.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 """Seconds; spans a ledger check (~ms) to a diffusion decode on CPU (~s)."""
+CODES = tuple(code.name for code in grpc.StatusCode)
+"""Every ``grpc_code`` label value: the names the interceptors record (``OK``, ``INTERNAL``…)."""
+GRPC_TYPES = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
+"""(client streaming, server streaming) → ``grpc_type``, as the interceptors label it."""
 
 
 class RpcMetrics:
@@ -53,13 +68,28 @@ class RpcMetrics:
         )
         info.labels(service, version).set(1)
 
+    def initialise(self, methods: Iterable[tuple[str, str]]) -> None:
+        """Put every series of each ``(full method, grpc_type)`` at 0: started, handled with
+        each status code, and the latency histogram (go-grpc-prometheus does the same for
+        every registered method). Idempotent."""
+        for method, grpc_type in methods:
+            labels = self._label_set(method, grpc_type)
+            self._child(self.started_total, labels)
+            self._child(self.handling_seconds, labels)
+            for code in CODES:
+                self._child(self.handled_total, (*labels, code))
+
     def started(self, method: str, grpc_type: str) -> tuple[str, str, str]:
+        labels = self._label_set(method, grpc_type)
+        self._child(self.started_total, labels).inc()
+        self.in_flight.inc()
+        return labels
+
+    def _label_set(self, method: str, grpc_type: str) -> tuple[str, str, str]:
         labels = self._labels.get((method, grpc_type))
         if labels is None:
             service, _, name = method.lstrip("/").rpartition("/")
             labels = self._labels.setdefault((method, grpc_type), (grpc_type, service, name))
-        self._child(self.started_total, labels).inc()
-        self.in_flight.inc()
         return labels
 
     def handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 import grpc
 
@@ -23,6 +24,19 @@ from services.runtime.client import LazyClient
 from services.runtime.errors import from_rpc_error
 
 WHO = "the model registry"
+
+
+class RegistrySettings(Protocol):
+    """The settings of a service that resolves at the registry (protection's, the
+    sanitizer's: ``VEIL_<SERVICE>_REGISTRY_*``)."""
+
+    registry_url: str | None
+    registry_token: str
+    registry_timeout_s: float
+    registry_cache_s: float
+    registry_tls_ca: str | None
+
+
 Key = tuple[str, str, int]
 
 
@@ -89,3 +103,16 @@ class RegistryClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def registry_client(settings: RegistrySettings) -> RegistryClient | None:
+    """The client ``settings`` describe; None when they name no registry."""
+    if not settings.registry_url:
+        return None
+    return RegistryClient(
+        settings.registry_url,
+        settings.registry_token,
+        settings.registry_timeout_s,
+        settings.registry_cache_s,
+        settings.registry_tls_ca,
+    )

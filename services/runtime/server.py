@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from services import __version__
 from services.common.errors import Unavailable
-from services.runtime.auth import TokenAuthenticator
+from services.runtime.auth import ReloadingAuthenticator
 from services.runtime.health import LIVENESS, NOT_SERVING, READINESS, SERVING, HealthServicer
 from services.runtime.interceptors import (
     AuthInterceptor,
@@ -42,7 +44,8 @@ from services.runtime.interceptors import (
     MetricsInterceptor,
     RequestInterceptor,
 )
-from services.runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
+from services.runtime.metrics import GRPC_TYPES, MetricsEndpoint, RpcMetrics, serve_metrics
+from services.runtime.reflection import SERVICE_NAMES as REFLECTION_SERVICES
 from services.runtime.reflection import add_reflection
 from services.runtime.settings import ServiceSettings
 from services.runtime.tracing import Tracing, start_tracing
@@ -85,9 +88,13 @@ class ServiceApp:
     """The pool for CPU-heavy work (``settings.worker_threads``, ``worker_queue``); running
     while the server does. Servicers keep it from ``build_app`` or, inside an RPC, use
     :func:`services.runtime.workers.run_in_worker`."""
+    rpc_metrics: RpcMetrics = field(init=False)
+    """The RPC metrics and ``veil_build_info`` on ``registry``, from the app's build on; each
+    served method's series are put at 0 when a :class:`VeilServer` takes the app."""
 
     def __post_init__(self) -> None:
         self.workers = WorkerPool(self.settings.worker_threads, self.settings.worker_queue)
+        self.rpc_metrics = RpcMetrics(self.registry, self.name, __version__)
 
     def scope_of(self, method: str) -> str | None:
         if method in self.method_scopes:
@@ -108,11 +115,36 @@ class ServiceApp:
         return f"{short}:{re.sub(r'(?<!^)(?=[A-Z])', '_', name).lower()}"
 
 
+def served_methods(app: ServiceApp) -> list[tuple[str, str]]:
+    """``(/service/Method, grpc_type)`` of every method a server of ``app`` serves: its
+    mounts', health's and reflection's (under both names), read from their descriptors. A
+    mount whose service no loaded descriptor declares (a test's stand-in) is left out: its
+    series appear with its first call."""
+    pool = descriptor_pool.Default()
+    services = []
+    for name in [*(m.full_name for m in app.mounts), HEALTH_SERVICE]:
+        try:
+            services.append((name, pool.FindServiceByName(name)))
+        except KeyError:
+            continue
+    reflection = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+    services += [(name, reflection) for name in REFLECTION_SERVICES]
+    return [
+        (f"/{name}/{m.name}", GRPC_TYPES[(m.client_streaming, m.server_streaming)])
+        for name, service in services
+        for m in service.methods
+    ]
+
+
 class VeilServer:
-    """Runs one :class:`ServiceApp`: ``await start()``, ``await stop()``, or ``await run()``."""
+    """Runs one :class:`ServiceApp`: ``await start()``, ``await stop()``, or ``await run()``.
+
+    Made before it binds, it puts the RPC series of every method it will serve at 0, so that
+    they are scraped before any call."""
 
     def __init__(self, app: ServiceApp) -> None:
         self.app = app
+        app.rpc_metrics.initialise(served_methods(app))
         self.settings = app.settings
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -169,7 +201,7 @@ class VeilServer:
 
     def _build_server(self) -> grpc.aio.Server:
         s = self.settings
-        rpc_metrics = RpcMetrics(self.app.registry, self.app.name, __version__)
+        rpc_metrics = self.app.rpc_metrics
         tracing = self._tracing
         server = grpc.aio.server(
             interceptors=[
@@ -177,7 +209,7 @@ class VeilServer:
                 RequestInterceptor(self.app.workers, tracing),
                 ErrorInterceptor(),
                 MetricsInterceptor(rpc_metrics),
-                AuthInterceptor(TokenAuthenticator(s.all_tokens()), self.app.scope_of),
+                AuthInterceptor(ReloadingAuthenticator(s.tokens, s.tokens_file), self.app.scope_of),
             ],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),

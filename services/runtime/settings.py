@@ -48,7 +48,10 @@ class ServiceSettings(BaseSettings):
     tokens: dict[str, TokenGrant] = Field(default_factory=dict)
     """Bearer token → grant. Empty means every RPC but health/reflection is refused."""
     tokens_file: Path | None = None
-    """Optional JSON file with more tokens (same shape as ``tokens``), e.g. a mounted Secret."""
+    """Optional JSON file with more tokens (same shape as ``tokens``; the file wins), e.g. a
+    mounted Secret. Re-read when it changes (looked at once a second at most): a rotated
+    token works, and a removed one is refused, without a restart. A file that does not parse
+    keeps the tokens in force (logged)."""
     tls_cert_file: Path | None = None
     """Server certificate (PEM). With ``tls_key_file`` turns TLS on."""
     tls_key_file: Path | None = None
@@ -96,13 +99,3 @@ class ServiceSettings(BaseSettings):
         if value is not None and not 0 <= value <= 65535:
             raise ValueError("port must be in 0..65535")
         return value
-
-    def all_tokens(self) -> dict[str, TokenGrant]:
-        """Tokens from the environment merged with ``tokens_file`` (the file wins)."""
-        tokens = dict(self.tokens)
-        if self.tokens_file is not None:
-            from pydantic import TypeAdapter
-
-            extra = TypeAdapter(dict[str, TokenGrant]).validate_json(self.tokens_file.read_bytes())
-            tokens.update(extra)
-        return tokens

@@ -20,6 +20,7 @@ from services.inference.attach import attach_backend
 from services.inference.attributes import attribute_model
 from services.inference.backend import SANITIZER_MODELS, InferenceSettings
 from services.runtime.diagnostics import diagnostics_mount
+from services.runtime.registry import registry_client
 from services.runtime.server import Mount, ServiceApp
 from services.runtime.settings import ServiceSettings
 from services.sanitizer.core import Sanitizer
@@ -65,15 +66,8 @@ def build_app(
         settings.accountant_timeout_s,
         settings.accountant_tls_ca,
     )
-    records: ModelRecords | None = None
-    if settings.registry_url:
-        records = RegistryRecords(
-            settings.registry_url,
-            settings.registry_token,
-            settings.registry_timeout_s,
-            settings.registry_cache_s,
-            settings.registry_tls_ca,
-        )
+    registry = registry_client(settings)
+    records: ModelRecords | None = None if registry is None else RegistryRecords(registry)
     handle = None
 
     def backend():  # the running backend (UNAVAILABLE before start and after stop)

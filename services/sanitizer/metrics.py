@@ -1,7 +1,9 @@
 """Prometheus metrics of the sanitizer, on a registry the caller owns (never the global).
 
 Names follow ``veil_sanitizer_<noun>_<unit>``; labels are bounded (release kind, refusal
-reason, pipeline stage), never a tenant, subject, session or image id.
+reason, pipeline stage), never a tenant, subject, session or image id. Every known label
+value's series is at 0 from the start, so that a ``rate()`` or a ratio over them is defined
+before the first release or refusal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 STAGES = ("image", "encode", "decode", "charge", "store")
 """image = decode the upload, find and crop the face; encode/decode = the diffusion
 autoencoder; charge = the accountant's round trips; store = the session database."""
+RELEASE_KINDS = ("fresh", "candidate", "batch")
+"""A fresh draw (Sanitize), a preview candidate released, an item of SanitizeBatch."""
+CHARGE_STAGES = ("check", "reserve", "commit")
+"""The accountant calls of a release: ``accountant_<stage>`` is its refusal reason."""
+REFUSAL_REASONS = (
+    "budget",
+    "accountant_unavailable",
+    *(f"accountant_{stage}" for stage in CHARGE_STAGES),
+    "backend_unavailable",
+    "generation_failed",
+    "delta",
+    "key_spent",
+    "seeded_candidate",
+)
+"""Every reason ``core.py`` refuses with (a test holds the two equal)."""
 
 
 class SanitizerMetrics:
@@ -61,6 +78,12 @@ class SanitizerMetrics:
             "Expired sessions, candidates and releases deleted.",
             registry=registry,
         )
+        for kind in RELEASE_KINDS:
+            self.releases.labels(kind=kind)
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason=reason)
+        for stage in STAGES:
+            self.stage.labels(stage=stage)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -16,15 +16,8 @@ from services.sanitizer.ports import Record
 
 
 class RegistryRecords:
-    def __init__(
-        self,
-        target: str,
-        token: str,
-        timeout_s: float,
-        ttl_s: float,
-        tls_ca: str | None = None,
-    ) -> None:
-        self._registry = RegistryClient(target, token, timeout_s, ttl_s, tls_ca)
+    def __init__(self, registry: RegistryClient) -> None:
+        self._registry = registry
 
     async def record(self, tenant: str, entry: str) -> Record | None:
         out = await self._registry.resolve(tenant, entry)

@@ -8,7 +8,7 @@ variant is rendered from the one repository:
 
     python -m services.triton.repository triton_models /opt/veil/models-gpu --kind gpu
 
-(the GPU image does this at build time; ``k8s/images/Dockerfile``). Only the instance
+(the Triton image does this at build time; ``k8s/images/Dockerfile.triton``). Only the instance
 groups, string parameters (``store``, ``threads``) and the ``dynamic_batching`` block are
 rewritten; names,
 tensors, batch limits and version policies stay as committed, and each rewrite is checked

@@ -1,21 +1,13 @@
 """Autoscaling of the gpu overlay: every HPA scales on a metric besides CPU, and the
 prometheus-adapter configuration shipped in k8s/overlays/gpu/adapter/ serves each such metric
 from series the code (or Triton) exports, computing what the HPA expects (``promtool test
-rules`` on the adapter's queries). Triton is highly available, and its replicas follow the
-shared model repository (the model-sync sidecar, run here against a fake Triton)."""
+rules`` on the adapter's queries). Triton is highly available, and the unlearning service
+loads each version it publishes on every replica (the headless Service)."""
 
 from __future__ import annotations
 
-import http.server
-import os
 import re
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import yaml
@@ -23,7 +15,6 @@ from prometheus_client import CollectorRegistry
 
 from services.runtime.metrics import RpcMetrics
 from services.unlearning.metrics import UnlearningMetrics
-from services.unlearning.settings import UnlearningSettings
 from tests.k8s.test_manifests import (
     ADAPTER,
     Obj,
@@ -32,6 +23,7 @@ from tests.k8s.test_manifests import (
     of_kind,
     one,
     pod_labels,
+    promtool_test,
     render,
     selects,
     the_container,
@@ -194,7 +186,6 @@ def test_adapter_queries_compute_what_the_hpas_expect(tmp_path: Path) -> None:
         ),
     }
     group = {"name": "adapter", "rules": [{"record": k, "expr": v} for k, v in recorded.items()]}
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [group]}))
     expected = {
         "in_flight": [({"pod": "p-a"}, 3), ({"pod": "p-b"}, 1)],
         "queue": [({"pod": "p-a"}, 1000), ({"pod": "p-b"}, 0)],
@@ -212,16 +203,7 @@ def test_adapter_queries_compute_what_the_hpas_expect(tmp_path: Path) -> None:
             for name, rows in expected.items()
         ],
     }
-    suite = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]}
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(suite))
-    out = subprocess.run(
-        [promtool, "test", "rules", "tests.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    promtool_test(tmp_path, promtool, {"groups": [group]}, [test])
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -287,112 +269,19 @@ def test_triton_is_highly_available() -> None:
     assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
 
 
-def model_sync(objs: list[Obj]) -> Obj:
-    pod = one(objs, "Deployment", "triton")["spec"]["template"]["spec"]
-    (sidecar,) = [c for c in pod["initContainers"] if c["name"] == "model-sync"]
-    return sidecar
-
-
-def test_every_triton_replica_follows_the_shared_repository() -> None:
-    """The unlearning service asks one replica (through the Service) to load a version; a
-    native sidecar in each pod loads it on the others, from the repository they share."""
+def test_unlearning_loads_each_version_on_every_triton_replica() -> None:
+    """The unlearning service's loads go to the headless Service (one address per ready
+    Triton pod: ``VEIL_INFERENCE_TRITON_LOAD_URL``), not through the Service to one replica;
+    its network policy lets it reach every Triton pod on the gRPC port."""
     objs = render("gpu")
-    pod = one(objs, "Deployment", "triton")["spec"]["template"]["spec"]
-    sidecar = model_sync(objs)
-    assert sidecar["restartPolicy"] == "Always", "a native sidecar"
-    env = {e["name"]: e["value"] for e in sidecar["env"]}
-    server = next(c for c in pod["containers"] if c["name"] == "triton")
-    triton_env = {e["name"]: e.get("value") for e in server["env"]}
-    repository = triton_env["VEIL_TRITON_MODEL_REPOSITORY"]
-    assert env["REPOSITORY"] == repository
-    (mount,) = sidecar["volumeMounts"]
-    assert (mount["mountPath"], mount.get("subPath")) == (repository, "repository")
-    served = next(m for m in server["volumeMounts"] if m["mountPath"] == repository)
-    assert (mount["name"], mount.get("subPath")) == (served["name"], served.get("subPath"))
-    http = next(p["containerPort"] for p in server["ports"] if p["name"] == "http")
-    assert env["TRITON_HTTP"] == f"127.0.0.1:{http}"
-    defaults = UnlearningSettings(database_url="sqlite:////tmp/unused.sqlite")
-    published = {defaults.model_name, *defaults.served_with}
-    assert set(env["MODELS"].split(",")) == published, "the models unlearning publishes"
-    assert triton_env["VEIL_TRITON_MODEL_CONTROL_MODE"] == "explicit"
-
-
-class _FakeTriton(http.server.BaseHTTPRequestHandler):
-    """Records load requests; answers 500 for models in ``failing`` (both set per server by
-    the fixture, on a subclass)."""
-
-    loads: ClassVar[list[str]]
-    failing: ClassVar[set[str]]
-
-    def do_POST(self) -> None:
-        model = self.path.split("/")[-2]
-        type(self).loads.append(self.path)
-        self.send_response(500 if model in self.failing else 200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_triton() -> Iterator[tuple[str, type[_FakeTriton]]]:
-    handler = type("Handler", (_FakeTriton,), {"loads": [], "failing": set()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}", handler
-    server.shutdown()
-    server.server_close()
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def test_model_sync_loads_what_appears_and_retries_what_fails(
-    tmp_path: Path, fake_triton: tuple[str, type[_FakeTriton]]
-) -> None:
-    """The sidecar's own script: nothing is loaded while the repository is as Triton found
-    it; a new version directory is loaded once; a load that fails is tried again."""
-    address, triton = fake_triton
-    for model in ("veil_classifier", "veil_protect"):
-        (tmp_path / model / "1").mkdir(parents=True)
-    sidecar = model_sync(render("gpu"))
-    env = {e["name"]: e["value"] for e in sidecar["env"]}
-    env.update(TRITON_HTTP=address, REPOSITORY=str(tmp_path), SYNC_S="0.05")
-    script = sidecar["command"][-1]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    headless = one(objs, "Service", "triton-headless")
+    service = one(objs, "Service", "triton")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == service["spec"]["selector"]
+    assert [p["port"] for p in headless["spec"]["ports"]] == [8001]
+    unlearning = the_container(one(objs, "Deployment", "veil-unlearning"))
+    assert config_env(objs, unlearning)["VEIL_INFERENCE_TRITON_LOAD_URL"] == (
+        "triton-headless:8001"
     )
-    try:
-        time.sleep(0.5)
-        assert triton.loads == [], "an unchanged repository is left alone"
-        (tmp_path / "veil_classifier" / "2").mkdir()
-        path = "/v2/repository/models/veil_classifier/load"
-        assert _wait_for(lambda: triton.loads == [path])
-        time.sleep(0.3)
-        assert triton.loads == [path], "loaded once"
-        triton.failing.add("veil_protect")
-        (tmp_path / "veil_protect" / "2").mkdir()
-        protect = "/v2/repository/models/veil_protect/load"
-        assert _wait_for(lambda: triton.loads.count(protect) >= 2), "a failed load is retried"
-        triton.failing.clear()
-        assert _wait_for(lambda: triton.loads.count(protect) >= 3)
-        n = len(triton.loads)
-        time.sleep(0.3)
-        assert len(triton.loads) == n, "and then left alone"
-        assert proc.poll() is None, "the loop keeps running"
-    finally:
-        proc.terminate()
-        output, _ = proc.communicate(timeout=10)
-    assert "model-sync: veil_classifier loaded, versions 1 2" in output
-    assert "model-sync: loading veil_protect failed" in output
+    pod = one(objs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert all(c["name"] != "model-sync" for c in pod.get("initContainers", []))

@@ -13,6 +13,7 @@ from services._proto.veil.v1 import common_pb2, registry_pb2_grpc, unlearning_pb
 from services._proto.veil.v1 import registry_pb2 as rpb
 from services.common.errors import NotFound, Unavailable
 from services.protection.registry import RegistryModels
+from services.runtime.registry import RegistryClient
 
 
 class CountingRegistry(registry_pb2_grpc.ModelRegistryServicer):
@@ -39,7 +40,7 @@ async def _scenario() -> None:
     registry_pb2_grpc.add_ModelRegistryServicer_to_server(registry, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    models = RegistryModels(f"127.0.0.1:{port}", "", timeout_s=5.0, ttl_s=0.5)
+    models = RegistryModels(RegistryClient(f"127.0.0.1:{port}", "", timeout_s=5.0, ttl_s=0.5))
     try:
         burst = await asyncio.gather(*(models.resolve("acme", "m", 0) for _ in range(10)))
         assert {(r.number, r.serving) for r in burst} == {(2, 7)} and registry.calls == 1

@@ -30,6 +30,7 @@ from services.common.errors import Unavailable
 from services.inference.attributes import AttributeModel, attribute_model
 from services.inference.backend import SANITIZER_MODELS, InferenceSettings
 from services.kernels.manifests import DEFAULT_ROOT, Manifest, StoreReader, manifest_lineage
+from services.runtime.registry import RegistryClient
 from services.runtime.settings import TokenGrant
 from services.sanitizer.core import Sanitizer
 from services.sanitizer.metrics import SanitizerMetrics
@@ -228,7 +229,7 @@ def records(
             stopped = True
             registry.stop(grace=0)
 
-    real = RegistryRecords(registry.target, REGISTRY_TOKEN, 2.0, 0.0)
+    real = RegistryRecords(RegistryClient(registry.target, REGISTRY_TOKEN, 2.0, 0.0))
     yield Records(real, lambda entry: register_newer(tmp_path, manifests[entry]), stop)
     run(real.close())
     stop()
