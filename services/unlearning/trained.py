@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ class TrainedStore(TableStore):
                             registered_at=now,
                         )
                     )
-                return _copy(record, number, now), True
+                return replace(record, number=number, registered_at=now, current=True), True
             except IntegrityError:
                 continue  # another writer took the number (or registered the content)
         raise Unavailable(f"could not register {record.name!r}: too much contention; retry")
@@ -208,22 +208,6 @@ class TrainedStore(TableStore):
                 .order_by(trained.c.name)
             ).all()
         return [_trained(r, int(r.number)) for r in rows]
-
-
-def _copy(record: Trained, number: int, at: float) -> Trained:
-    return Trained(
-        name=record.name,
-        kind=record.kind,
-        sha256=record.sha256,
-        resolution=record.resolution,
-        num_classes=record.num_classes,
-        target=record.target,
-        lineage=dict(record.lineage),
-        metrics=dict(record.metrics),
-        number=number,
-        registered_at=at,
-        current=True,
-    )
 
 
 def adopt(store: TrainedStore, root: Path) -> list[Trained]:

@@ -783,6 +783,19 @@ def test_gpu_sanitizer_is_postgres_autoscaled_on_triton() -> None:
     assert container["image"].rsplit(":", 1)[1] == triton["image"].rsplit(":", 1)[1]  # one release
 
 
+def alert_case(series: list[Obj], at: str, expected: dict[str, list[Obj]]) -> Obj:
+    """A promtool unit test: on ``series`` (one sample a minute), at ``at`` each alert of
+    ``expected`` fires with exactly those label sets (an empty list: it does not fire)."""
+    return {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": a, "exp_alerts": [{"exp_labels": x} for x in want]}
+            for a, want in expected.items()
+        ],
+    }
+
+
 def run_rule_tests(tmp_path: Path, tests: list[Obj], name: str = "veil") -> None:
     """``promtool test rules`` of ``tests`` against the rendered PrometheusRule ``name``.
     Annotations are stripped (they template ``$value``); the expressions and labels are what
@@ -851,21 +864,8 @@ def test_sanitizer_alerts_fire(tmp_path: Path) -> None:
     run_rule_tests(
         tmp_path,
         [
-            {
-                "interval": "1m",
-                "input_series": down,
-                "alert_rule_test": [
-                    {"eval_time": "35m", "alertname": a, "exp_alerts": [{"exp_labels": labels}]}
-                    for a, labels in alerts.items()
-                ],
-            },
-            {
-                "interval": "1m",
-                "input_series": healthy,
-                "alert_rule_test": [
-                    {"eval_time": "35m", "alertname": a, "exp_alerts": []} for a in alerts
-                ],
-            },
+            alert_case(down, "35m", {a: [labels] for a, labels in alerts.items()}),
+            alert_case(healthy, "35m", {a: [] for a in alerts}),
         ],
     )
 
@@ -1093,24 +1093,7 @@ def test_protection_alerts_fire(tmp_path: Path) -> None:
     run_rule_tests(
         tmp_path,
         [
-            {
-                "interval": "1m",
-                "input_series": down,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "35m",
-                        "alertname": a,
-                        "exp_alerts": [{"exp_labels": labels} for labels in expected],
-                    }
-                    for a, expected in alerts.items()
-                ],
-            },
-            {
-                "interval": "1m",
-                "input_series": healthy,
-                "alert_rule_test": [
-                    {"eval_time": "35m", "alertname": a, "exp_alerts": []} for a in alerts
-                ],
-            },
+            alert_case(down, "35m", alerts),
+            alert_case(healthy, "35m", {a: [] for a in alerts}),
         ],
     )

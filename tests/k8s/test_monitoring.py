@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.k8s.test_manifests import (
     Obj,
+    alert_case,
     is_crd,
     one,
     prometheus_rules,
@@ -222,25 +223,8 @@ def test_stream_and_reservation_alerts_fire(tmp_path: Path) -> None:
     run_rule_tests(
         tmp_path,
         [
-            {
-                "interval": "1m",
-                "input_series": sick,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "55m",
-                        "alertname": a,
-                        "exp_alerts": [{"exp_labels": labels} for labels in expected],
-                    }
-                    for a, expected in fired.items()
-                ],
-            },
-            {
-                "interval": "1m",
-                "input_series": healthy,
-                "alert_rule_test": [
-                    {"eval_time": "55m", "alertname": a, "exp_alerts": []} for a in fired
-                ],
-            },
+            alert_case(sick, "55m", fired),
+            alert_case(healthy, "55m", {a: [] for a in fired}),
         ],
     )
 
@@ -268,19 +252,8 @@ def test_triton_alerts_fire(tmp_path: Path) -> None:
         {**warning, "namespace": "veil", "job": "triton", "pod": f"triton-{p}"} for p in "ab"
     ]
 
-    def case(series: list[Obj], expected: dict[str, list[dict[str, str]]]) -> Obj:
-        return {
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {
-                    "eval_time": "30m",
-                    "alertname": a,
-                    "exp_alerts": [{"exp_labels": labels} for labels in want],
-                }
-                for a, want in expected.items()
-            ],
-        }
+    def case(series: list[Obj], expected: dict[str, list[Obj]]) -> Obj:
+        return alert_case(series, "30m", expected)
 
     run_rule_tests(
         tmp_path,

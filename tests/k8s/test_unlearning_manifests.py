@@ -11,6 +11,7 @@ from pathlib import Path
 from services.cli.registry import SERVICES
 from tests.k8s.test_manifests import (
     K8S,
+    alert_case,
     config_env,
     egress_to,
     of_kind,
@@ -124,18 +125,7 @@ def test_unlearning_alerts_fire(tmp_path: Path) -> None:
     run_rule_tests(
         tmp_path,
         [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "80m",
-                        "alertname": a,
-                        "exp_alerts": [{"exp_labels": labels}] if fire else [],
-                    }
-                    for a, labels in alerts.items()
-                ],
-            }
+            alert_case(series, "80m", {a: [labels] if fire else [] for a, labels in alerts.items()})
             for series, fire in ((sick, True), (healthy, False))
         ],
     )
