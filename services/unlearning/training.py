@@ -77,7 +77,8 @@ def check_revision(spec: JobSpec, manifest: dict[str, Any]) -> None:
     an attribute the generator lacks included —, a missing root), removed or replaced ids
     that are not in the base model's training set (its manifest's ``data.uri``), and
     replaced ids the revised set lacks. Opening a dataset reads its ids and labels, never
-    its images (about 1 s for 20 000 synthfaces on one core)."""
+    its images: 1.0 s for 20 000 synthfaces (``open_dataset("synthfaces://?n=20000&seed=0",
+    resolution=8)``, 2 shared cores, 2026-12-07)."""
     from services.kernels.data import open_dataset
 
     try:
