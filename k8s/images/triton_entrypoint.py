@@ -9,7 +9,7 @@ line ``veil triton`` would run (:meth:`TritonServer.command`) minus its backend 
 (NGC's default, ``/opt/tritonserver/backends``, is the one that matches the server) and
 execs NGC's ``tritonserver`` in this process: the pod's SIGTERM reaches the server, which
 drains for ``--exit-timeout-secs`` (``VEIL_TRITON_SHUTDOWN_GRACE_S``). The stubs import
-``services`` from this venv through ``PYTHONPATH``.
+``veil.services`` from this venv (``PYTHONPATH``, and each model's ``package_root``).
 
 The Deployment is the same as for ``veil triton`` (``args: ["triton"]``, ``VEIL_TRITON_*``);
 ``tests/k8s/test_images.py`` checks the command line against ``veil triton``'s.
@@ -17,10 +17,19 @@ The Deployment is the same as for ``veil triton`` (``args: ["triton"]``, ``VEIL_
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
+
+try:  # the image: the wheel's import names (buildsys/veil_backend.py)
+    import veil.services  # noqa: F401
+
+    PACKAGE = "veil.services"
+except ImportError:  # the checkout (tests/k8s/test_images.py)
+    PACKAGE = "services"
 
 TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 """Where NGC's images install the server."""
@@ -29,9 +38,9 @@ TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 def tritonserver_argv(argv: list[str], binary: Path = TRITONSERVER) -> list[str]:
     """The tritonserver command line for ``veil triton`` arguments ``argv``
     (``["triton", ...]``) and the ``VEIL_TRITON_*`` environment."""
-    from services.cli.main import build_parser
-    from services.triton.server import TritonServer
-    from services.triton.settings import TritonSettings
+    build_parser = _module("cli.main").build_parser
+    TritonServer = _module("triton.server").TritonServer
+    TritonSettings = _module("triton.settings").TritonSettings
 
     args = vars(build_parser().parse_args(argv))
     fields = TritonSettings.model_fields
@@ -46,6 +55,10 @@ def tritonserver_argv(argv: list[str], binary: Path = TRITONSERVER) -> list[str]
     return [a for a in server.command() if not a.startswith("--backend-directory=")]
 
 
+def _module(name: str) -> Any:
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
 def stub_environment(base: dict[str, str]) -> dict[str, str]:
     """``base`` with this venv's site-packages first on ``PYTHONPATH``: the python backend's
     stubs run NGC's system Python, which does not know the venv."""
@@ -56,9 +69,7 @@ def stub_environment(base: dict[str, str]) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] != ["triton"]:
-        from services.cli.main import main as veil
-
-        return veil(argv)
+        return int(_module("cli.main").main(argv))
     command = tritonserver_argv(argv)
     print("exec:", " ".join(command), flush=True)
     os.execve(command[0], command, stub_environment(dict(os.environ)))

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -62,7 +63,21 @@ REFERENCE_STEPS = "20"
 """Steps of the demo's retrained reference (unless VEIL_UNLEARNING_REFERENCE_STEPS says)."""
 
 
-async def _talk() -> None:
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each step of the journey does; every step runs either way."""
+
+    fmd_iterations: int = 0
+    """FMD's steps per face (0: the service's default, 100)."""
+    unlearning_steps: str = "20"
+    reference_steps: str = REFERENCE_STEPS
+
+
+QUICK = Sizes(fmd_iterations=20, unlearning_steps="5", reference_steps="5")
+"""``veil demo --quick``: the installed-wheel test in CI runs it."""
+
+
+async def _talk(sizes: Sizes) -> None:
     accountant = SERVICES["accountant"].settings()
     async with VeilClient(f"{accountant.host}:{accountant.port}", token=DEMO_TOKEN) as veil:
         await _wait_ready(veil, timeout=300)  # `up` starts tritonserver first (~40 s on a CPU)
@@ -92,18 +107,18 @@ async def _talk() -> None:
     protection = SERVICES["protection"].settings()
     async with VeilClient(f"{protection.host}:{protection.port}", token=DEMO_TOKEN) as veil:
         await _wait_ready(veil, timeout=180)
-        await _protect(veil)
+        await _protect(veil, sizes.fmd_iterations)
     unlearning = SERVICES["unlearning"].settings()
     async with VeilClient(f"{unlearning.host}:{unlearning.port}", token=DEMO_TOKEN) as veil:
         await _wait_ready(veil, timeout=180)
-        await _unlearn(veil)
+        await _unlearn(veil, sizes)
 
 
 PROTECTED_FACES = 6
 """Held-out faces the demo protects (synthfaces seed 7, which no model was trained on)."""
 
 
-async def _protect(veil: VeilClient) -> None:
+async def _protect(veil: VeilClient, iterations: int) -> None:
     """Faces protected for the served pose model (FMD, the service's defaults, streamed
     through ProtectBatch; then the fast mode), and what the authorized model and the
     unauthorized ones (which the protection never ran) make of them, via Evaluate."""
@@ -117,7 +132,12 @@ async def _protect(veil: VeilClient) -> None:
         name = ppb.ProtectionMode.Name(mode).removeprefix("PROTECTION_MODE_")
 
         requests = [
-            ppb.ProtectRequest(image=common_pb2.Image(data=data), mode=mode, request_id=str(i))
+            ppb.ProtectRequest(
+                image=common_pb2.Image(data=data),
+                mode=mode,
+                request_id=str(i),
+                params=ppb.FmdParams(iterations=iterations),
+            )
             for i, data in enumerate(originals)
         ]
 
@@ -154,7 +174,7 @@ async def _protect(veil: VeilClient) -> None:
         )
 
 
-async def _unlearn(veil: VeilClient) -> None:
+async def _unlearn(veil: VeilClient, sizes: Sizes) -> None:
     """The dataset the served classifier was trained on is revised (200 faces replaced by
     copies whose perceived gender is redrawn); a feature-unlearning job makes the next
     version, watched to completion, then served; its report sits beside retraining's."""
@@ -173,7 +193,7 @@ async def _unlearn(veil: VeilClient) -> None:
             revision=revision,
             forget_attributes=["male"],
             method=upb.UNLEARNING_METHOD_FEATURE,
-            options={"steps": "20", "fit_samples": "500"},
+            options={"steps": sizes.unlearning_steps, "fit_samples": "500"},
             idempotency_key=f"demo-{uuid.uuid4().hex[:8]}",
         )
     )
@@ -205,7 +225,7 @@ async def _unlearn(veil: VeilClient) -> None:
         f"                retrain*    {ref.task_accuracy:8.3f}  {ref_leak['male']:12.3f}  "
         f"{ref.membership_inference_auc:7.3f}  {ref.wall_seconds:6.1f}"
     )
-    steps = os.environ.get("VEIL_UNLEARNING_REFERENCE_STEPS", REFERENCE_STEPS)
+    steps = os.environ.get("VEIL_UNLEARNING_REFERENCE_STEPS", sizes.reference_steps)
     print(
         f"                * retraining cut to {steps} steps to keep the demo short, so its "
         "accuracy is no reference here; `python -m bench.unlearning` has the real one"
@@ -366,7 +386,8 @@ async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) 
         )
 
 
-def main() -> int:
+def main(quick: bool = False) -> int:
+    sizes = QUICK if quick else Sizes()
     env = dict(os.environ)
     grants = {
         DEMO_TOKEN: {"tenant": "demo"},
@@ -396,10 +417,10 @@ def main() -> int:
     env.setdefault("VEIL_UNLEARNING_TOKENS", json.dumps(unlearning_grants))
     env.setdefault("VEIL_PROTECTION_TOKENS", json.dumps({DEMO_TOKEN: {"tenant": "demo"}}))
     # A short retrained reference: the demo compares against it, it does not need a good one.
-    env.setdefault("VEIL_UNLEARNING_REFERENCE_STEPS", REFERENCE_STEPS)
+    env.setdefault("VEIL_UNLEARNING_REFERENCE_STEPS", sizes.reference_steps)
     stack = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env)
     try:
-        asyncio.run(_talk())
+        asyncio.run(_talk(sizes))
     finally:
         stack.send_signal(signal.SIGTERM)
         code = stack.wait(timeout=30)

@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_up_parser(sub)
     demo = sub.add_parser("demo", help="start the local stack, call it over gRPC, stop it")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="the same journey with less work per step: FMD 20 steps, unlearning 5 (CI)",
+    )
     demo.set_defaults(handler=_demo)
     add_triton_parser(sub)
     add_train_parser(sub)
@@ -37,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from services.cli.demo import main as demo
 
-    return demo()
+    return demo(quick=args.quick)
 
 
 def main(argv: list[str] | None = None) -> int:

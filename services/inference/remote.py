@@ -70,9 +70,10 @@ def model_spec(model: str) -> ModelSpec:
 
 def channel_args(settings: InferenceSettings) -> list[tuple[str, int]]:
     """tritonclient's own channel options (message sizes, keepalive) plus a short reconnect
-    backoff. gRPC's grows to 120 s: a client that saw Triton away for 12 s took 10.2 s to
-    use it again once it was back; capped at ``reconnect_backoff_max_s`` (1 s), 0.39 s
-    (``pytest -s tests/inference/test_triton_recovery.py``, 2 cores, 2026-12-07)."""
+    backoff. gRPC's grows to 120 s: a service whose Triton was SIGKILLed and away ~17 s
+    made its first call again 6.9-8.4 s after Triton was back; capped at
+    ``reconnect_backoff_max_s`` (1 s), 0.2-1.1 s (``pytest -s
+    tests/inference/test_triton_recovery.py``, 2 cores, 2026-12-07)."""
     keepalive = grpcclient.KeepAliveOptions()
     backoff_ms = int(settings.reconnect_backoff_max_s * 1000)
     return [

@@ -43,6 +43,10 @@ class TritonPythonModel:
             instance_device(args),
             [name.strip() for name in params.get("surrogates", "").split(",") if name.strip()],
         )
+        # Which code this stub runs: the package the repository was rendered from.
+        pb_utils.Logger.log_info(
+            f"{args['model_name']} v{args['model_version']}: {__name__} from {__file__}"
+        )
 
     def execute(self, requests):
         inputs = [self._inputs(request) for request in requests]

@@ -9,12 +9,17 @@ variant is rendered from the one repository:
     python -m services.triton.repository triton_models /opt/veil/models-gpu --kind gpu
 
 (the Triton image does this at build time; ``k8s/images/Dockerfile.triton``). Only the instance
-groups, string parameters (``store``, ``threads``) and the ``dynamic_batching`` block are
-rewritten; names,
+groups, string parameters (``store``, ``threads``, ``package_root``) and the
+``dynamic_batching`` block are rewritten; names,
 tensors, batch limits and version policies stay as committed, and each rewrite is checked
 to have matched (a config that no longer has the expected line is an error, not a silent
 copy). The bundled tritonserver of ``nvidia-pytriton`` has no ``--model-config-name``
 (it exits on the flag), so per-platform ``configs/<name>.pbtxt`` are not an option here.
+
+Every rendered model names the package it runs (parameter ``package_root``): by default the
+one rendering it (:data:`~services.triton.settings.IMPORT_ROOT`), since the python backend's
+stub ignores the server's ``PYTHONPATH`` and would import whatever ``services`` its
+interpreter finds (``triton_models/*/1/model.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+
+from services.triton.settings import IMPORT_ROOT
 
 INSTANCE_GROUP = re.compile(r"instance_group \[[^\]]*\]")
 DYNAMIC_BATCHING = re.compile(r"dynamic_batching \{[^}]*\}\n")
@@ -90,7 +97,8 @@ def render(
     models: Sequence[str] | None = None,
 ) -> Path:
     """Copy the repository ``source`` (``models`` only, default all) to ``target`` with
-    every ``config.pbtxt`` rewritten. ``target`` must not exist yet."""
+    every ``config.pbtxt`` rewritten (``package_root``: this package's unless ``parameters``
+    names one). ``target`` must not exist yet."""
     source, target = Path(source), Path(target)
     names = sorted(p.parent.name for p in source.glob("*/config.pbtxt"))
     if models is not None:
@@ -100,6 +108,7 @@ def render(
         names = [n for n in names if n in models]
     if not names:
         raise RenderError(f"{source}: no <model>/config.pbtxt found")
+    parameters = {"package_root": str(IMPORT_ROOT), **(parameters or {})}
     target.mkdir(parents=True, exist_ok=False)
     for extra in source.glob("*.md"):
         shutil.copy2(extra, target / extra.name)
@@ -129,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, help="instances per device (default: as committed)")
     parser.add_argument("--store", help="model store directory the models load from")
     parser.add_argument("--threads", type=int, help="torch threads per instance")
+    parser.add_argument(
+        "--package-root",
+        help=f"sys.path entry the models import Veil from (default: {IMPORT_ROOT})",
+    )
     parser.add_argument("--no-batching", action="store_true", help="drop dynamic_batching")
     parser.add_argument("--models", help="comma-separated subset (default: all)")
     args = parser.parse_args(argv)
@@ -139,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             kind=args.kind,
             count=args.count,
             parameters={
-                k: str(v) for k, v in (("store", args.store), ("threads", args.threads)) if v
+                k: str(v)
+                for k, v in (
+                    ("store", args.store),
+                    ("threads", args.threads),
+                    ("package_root", args.package_root),
+                )
+                if v
             },
             batching=not args.no_batching,
             models=args.models.split(",") if args.models else None,

@@ -10,8 +10,10 @@ main thread) gets SIGTERM from the kernel if this process dies without cleaning 
 
 Why the environment (see :func:`server_environment`): the bundled stub links Debian's
 ``libpython3.11``, so the running interpreter's ``LIBDIR`` goes first on ``LD_LIBRARY_PATH``;
-the stub runs ``model.py`` in the environment of the first ``python`` on ``PATH`` (this venv's);
-``PYTHONPATH`` gets the repository root so a ``model.py`` can ``import services``.
+the stub runs ``model.py`` in the environment of the first ``python`` on ``PATH`` (this venv's).
+That stub does not read ``PYTHONPATH`` (an embedded interpreter: only the venv's
+site-packages), so each ``model.py`` puts the package its config names (``package_root``)
+first on its path itself; ``PYTHONPATH`` still gets it, for stubs that do read it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from services.triton.settings import REPO_ROOT, TritonSettings
+from services.triton.settings import IMPORT_ROOT, TritonSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     libs = [str(sysconfig.get_config_var("LIBDIR")), str(home.parents[1] / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH"), *libs)
     env["PATH"] = _prepend(env.get("PATH"), str(Path(sys.executable).parent))
-    env["PYTHONPATH"] = _prepend(env.get("PYTHONPATH"), str(REPO_ROOT))
+    env["PYTHONPATH"] = _prepend(env.get("PYTHONPATH"), str(IMPORT_ROOT))
     return env
 
 

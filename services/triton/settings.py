@@ -13,7 +13,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout (or install prefix) that holds ``services/``: put on the stub's PYTHONPATH."""
+"""The directory that holds ``services/``, ``triton_models/`` and ``proto/``: the checkout,
+or the installed ``veil/`` package."""
+IMPORT_ROOT = Path(__file__).resolve().parents[__name__.count(".")]
+"""The ``sys.path`` entry this package imports from under its own name: the checkout (for
+``services``) or the site-packages that holds ``veil`` (the wheel's ``veil.services``).
+Rendered repositories name it to their models (parameter ``package_root``)."""
 
 
 class TritonSettings(BaseSettings):

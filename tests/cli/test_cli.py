@@ -68,7 +68,7 @@ def test_serve_accountant_answers_and_stops_on_sigterm(accountant_env):
 def test_up_runs_the_stack_and_stops_it_on_sigint(accountant_env):
     env, port, _ = accountant_env
     # The accountant alone: with the services that call the kernels, `up` first waits for
-    # tritonserver (test_demo_command runs that whole stack).
+    # tritonserver (tests/test_packaging.py runs that whole stack, installed).
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--services", "accountant"], env=env
     )

@@ -86,6 +86,10 @@ def test_model_files_follow_add_sub() -> None:
     assert "TritonError" in text
     models = sorted(REPOSITORY.glob("*/1/model.py"))
     assert len(models) == len(MODELS)
+    shims = set()
     for model in models:
         source = model.read_text()
-        assert "from services.serving.triton_model import TritonPythonModel" in source, model
+        assert 'IMPLEMENTATION = "services.serving.triton_model"' in source, model
+        assert "from services" not in source, f"{model}: imports Veil before its package_root"
+        shims.add(source[source.index("\nimport importlib") :])
+    assert len(shims) == 1, "the model files differ in more than their docstrings"

@@ -1,9 +1,11 @@
 """Rendering ``triton_models/`` variants: the GPU one differs from the committed CPU one in
 the instance groups only; parameters and batching are rewritten exactly where asked, and
-a config without what the rendering rewrites is an error, never a silent copy."""
+a config without what the rendering rewrites is an error, never a silent copy; a rendered
+model runs the package that rendered it, whatever its stub's interpreter has installed."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ from tritonclient.grpc import model_config_pb2
 
 from services.serving.contract import CLASSIFIER, DECODER, MODELS
 from services.triton.repository import RenderError, main, render, render_config
-from services.triton.settings import REPO_ROOT
+from services.triton.server import TritonServer, server_environment
+from services.triton.settings import IMPORT_ROOT, REPO_ROOT
+from tests.support.triton import free_port_settings, tiny_store
 
 SOURCE = REPO_ROOT / "triton_models"
 KINDS = model_config_pb2.ModelInstanceGroup
@@ -30,6 +34,9 @@ def test_gpu_variant_changes_only_the_instance_groups(tmp_path: Path) -> None:
         assert [(g.kind, g.count) for g in gpu.instance_group] == [(KINDS.KIND_GPU, 1)]
         del original.instance_group[:]
         del gpu.instance_group[:]
+        assert original.parameters["package_root"].string_value == ""
+        assert gpu.parameters["package_root"].string_value == str(IMPORT_ROOT)
+        original.parameters["package_root"].string_value = str(IMPORT_ROOT)
         assert gpu == original, name
         model_py = (target / name / "1" / "model.py").read_text()
         assert model_py == (SOURCE / name / "1" / "model.py").read_text()
@@ -75,3 +82,25 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert config.instance_group[0].kind == KINDS.KIND_GPU
     assert config.parameters["store"].string_value == "/opt/veil/store"
     assert main(args) == 2  # the target exists: refused, nothing overwritten
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_rendered_model_runs_the_package_it_names(tmp_path: Path) -> None:
+    """The python backend's stub does not read the server's ``PYTHONPATH``: without
+    ``package_root`` a model imported whatever ``services`` the venv had installed. Here the
+    server's ``PYTHONPATH`` and this venv name the checkout; the repository names a copy of
+    the package, and the copy is what the model runs."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (the bundled tritonserver)")
+    other = tmp_path / "other"
+    shutil.copytree(
+        REPO_ROOT / "services", other / "services", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    store = tiny_store(tmp_path / "store")
+    parameters = {"store": str(store), "package_root": str(other)}
+    repository = render(SOURCE, tmp_path / "repo", parameters=parameters, models=[CLASSIFIER])
+    assert server_environment()["PYTHONPATH"].split(":")[0] == str(IMPORT_ROOT)
+    with TritonServer(free_port_settings(repository, startup_timeout_s=60.0)) as server:
+        log = server.log_tail(400)
+    module = other / "services" / "serving" / "triton_model.py"
+    assert f"{CLASSIFIER} v1: services.serving.triton_model from {module}" in log, log

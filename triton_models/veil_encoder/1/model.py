@@ -8,6 +8,33 @@ weights fail ``initialize`` with the reason. Bad requests get an INVALID_ARG err
 own response; the other requests of the batch are served.
 """
 
-from services.serving.triton_model import TritonPythonModel
+import importlib
+import json
+import sys
+from pathlib import Path
 
-__all__ = ["TritonPythonModel"]
+IMPLEMENTATION = "services.serving.triton_model"
+"""The one model class of the package (``veil.services.…`` in the installed wheel)."""
+
+
+class TritonPythonModel:
+    """The class of ``IMPLEMENTATION``, imported from the package named by the config
+    parameter ``package_root`` (empty: the tree that holds this repository), which
+    ``services.triton.repository`` sets to the package that rendered it: the python
+    backend's stub does not read the server's ``PYTHONPATH``."""
+
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        root = parameters.get("package_root", {}).get("string_value") or str(
+            Path(__file__).resolve().parents[3 + IMPLEMENTATION.split(".").index("services")]
+        )
+        if sys.path[:1] != [root]:
+            sys.path.insert(0, root)
+        self.model = importlib.import_module(IMPLEMENTATION).TritonPythonModel()
+        self.model.initialize(args)
+
+    def execute(self, requests):
+        return self.model.execute(requests)
+
+    def finalize(self):
+        self.model.finalize()
