@@ -4,7 +4,7 @@
         [--ce-weight L] [--feature-layer NAME] [--surrogates A,B|none] [--surrogate-weight M]
         [--momentum MU] [--diversity PX] [--no-alone] [--time-images 8] [--time-batches 1]
         [--adaptive-images 128] [--adaptive-steps 150] [--adaptive-model unauth-vgg]
-        [--no-robustness] [--threads 1] [--quick]
+        [--fmd-robustness none,jpeg] [--no-robustness] [--threads 1] [--quick]
         [--model FILE.onnx --model-labels pose|ATTR [--model-size 32] [--model-mean 0.5]
          [--model-std 0.5] [--model-label-map 0,1,2]] [--plot bench/figures/protection.png]
 
@@ -18,7 +18,9 @@ surrogates too (``surrogate-{resnet,vgg,mlpmixer}``, role ``surrogate``: the def
 models, trained on the authorized model's data, seed 0; ``--surrogates`` names others, ``none``
 for none) with momentum and input diversity (``fmd.Transfer``); the row "FMD-N alone" is
 DESIGN.md's FMD at the largest N, against the authorized model only, without momentum,
-diversity or the kept prediction (``--no-alone`` skips it). Every protected image is
+diversity or the kept prediction (``--no-alone`` skips it). ``--fmd-robustness`` names the
+pipelines FMD is optimised to survive (``fmd.protect``'s ``robustness``; default ``none``):
+a row each, "FMD-N" for ``none``, "FMD-N jpeg" for ``jpeg``. Every protected image is
 rounded to 8 bits, as the service returns it.
 
 What each figure measures:
@@ -36,9 +38,10 @@ What each figure measures:
   (the first ``--time-images``), every mode's calls timed in turn as ``bench.protector`` does,
   so that a shared machine's load swings hit them alike; the fast mode's is the served path
   (generator + the two authorized passes that measure the distortion), median of five.
-- **robustness**: the protected images re-encoded as JPEG (Pillow, quality 90 and 75) or
-  shifted by 2 pixels right and down (edge pixels repeated); the originals' row under the same
-  transform says what the transform alone costs.
+- **robustness**: the protected images re-encoded as JPEG (Pillow, quality 90 and 75),
+  resized to half and back (Pillow, bilinear) or shifted by 2 pixels right and down (edge
+  pixels repeated): ``services.kernels.pipeline``'s real operations; the originals' row
+  under the same transform says what the transform alone costs.
 - **adaptive**: a copy of ``--adaptive-model`` fine-tuned (Adam, lr 3e-4, batch 32,
   ``--adaptive-steps`` steps) on ``--adaptive-images`` faces of seed 8 protected by the same
   mode, with their true labels (what FaceCure did to Fawkes), then tested on the protected
@@ -57,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import io
 import math
 import shlex
 import sys
@@ -75,7 +77,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional as F
 
 from bench.protector import BATCH, FRESH, _paired_times
-from services.kernels import fmd
+from services.kernels import fmd, pipeline
 from services.kernels.classifiers import Classifier, build_classifier
 from services.kernels.defaults import DEFAULT_SURROGATES
 from services.kernels.metrics import psnr, ssim
@@ -86,27 +88,15 @@ from services.kernels.training.data import ImageTable, load_table
 
 ADAPTIVE_POOL = "synthfaces://?n={n}&seed=8"
 PLOT = Path(__file__).resolve().parent / "figures" / "protection.png"
-TRANSFORMS = ("none", "JPEG 90", "JPEG 75", "shift 2px")
+TRANSFORMS = ("none", "JPEG 90", "JPEG 75", "resize 0.5x", "shift 2px")
 Protect = Callable[[torch.Tensor], torch.Tensor]
 
 
 # -- images ----------------------------------------------------------------------------------
 
 
-def to_8bit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats rounded to the nearest 8-bit level (what a PNG carries)."""
-    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
-
-
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """Each image encoded as a JPEG of ``quality`` by Pillow and decoded back."""
-    pixels = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    out = []
-    for p in pixels:
-        buffer = io.BytesIO()
-        Image.fromarray(p).save(buffer, format="JPEG", quality=quality)
-        out.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1
+to_8bit = pipeline.quantize
+"""[-1, 1] floats rounded to the nearest 8-bit level (what a PNG carries)."""
 
 
 def shift(x: torch.Tensor, pixels: int = 2) -> torch.Tensor:
@@ -119,7 +109,9 @@ def transform(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "none":
         return x
     if name.startswith("JPEG"):
-        return jpeg(x, int(name.split()[1]))
+        return pipeline.jpeg(x, int(name.split()[1]))
+    if name.startswith("resize"):
+        return pipeline.resize(x, float(name.split()[1].removesuffix("x")))
     return shift(x, int(name.split()[1].removesuffix("px")))
 
 
@@ -228,15 +220,16 @@ def fmd_protect(
     steps: int,
     surrogates: Sequence[Classifier] = (),
     alone: bool = False,
+    robustness: str = "none",
 ) -> Protect:
     """FMD at N = ``steps``; ``alone``: DESIGN.md's loop (no surrogates, momentum, diversity
-    or kept prediction)."""
+    or kept prediction); ``robustness``: ``fmd.protect``'s."""
     options = (("ce_weight", args.ce_weight), ("feature_layer", args.feature_layer),
                ("surrogate_weight", args.surrogate_weight), ("momentum", args.momentum),
                ("diversity", args.diversity))  # fmt: skip
     extra: dict[str, Any] = {k: v for k, v in options if v is not None}
     design = {"momentum": 0.0, "diversity": 0, "keep_prediction": False}
-    extra |= design if alone else {"surrogates": surrogates}
+    extra |= design if alone else {"surrogates": surrogates, "robustness": robustness}
     return lambda x: fmd.protect(model, x, iterations=steps, **extra)[0]
 
 
@@ -248,13 +241,19 @@ def modes(ctx: Context) -> list[tuple[str, int, Protect]]:
     """(name, images, protect) of the fast mode and of FMD at each N."""
     args = ctx.args
     out = [("fast", len(ctx.x), fast_protect(ctx))]
-    out += [(f"FMD-{s}", args.fmd_images, fmd_protect(args, ctx.authorized, s, ctx.surrogates))
-            for s in args.steps]  # fmt: skip
+    for r in args.fmd_robustness:
+        out += [(fmd_name(s, r), args.fmd_images,
+                 fmd_protect(args, ctx.authorized, s, ctx.surrogates, robustness=r))
+                for s in args.steps]  # fmt: skip
     if args.alone and ctx.surrogates:
         last = max(args.steps)
         protect = fmd_protect(args, ctx.authorized, last, alone=True)
         out.append((f"FMD-{last} alone", args.fmd_images, protect))
     return out
+
+
+def fmd_name(steps: int, robustness: str = "none") -> str:
+    return f"FMD-{steps}" if robustness == "none" else f"FMD-{steps} {robustness}"
 
 
 def run_mode(ctx: Context, name: str, n: int, protect: Protect) -> Row:
@@ -575,6 +574,14 @@ def bars(draw: ImageDraw.ImageDraw, font: Any, box: tuple, modes_: list[str],
 # -- command line ----------------------------------------------------------------------------
 
 
+def robustness_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = sorted(set(names) - set(pipeline.ROBUSTNESS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected some of {pipeline.ROBUSTNESS}; got {text!r}")
+    return names
+
+
 def numbers(kind: type) -> Callable[[str], tuple]:
     return lambda text: tuple(kind(t) for t in text.split(",") if t.strip())
 
@@ -603,7 +610,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--adaptive-images", type=int, help="default 128 (--quick 16)")
     p.add_argument("--adaptive-steps", type=int, help="default 150 (--quick 5)")
     p.add_argument("--adaptive-model", default="unauth-vgg")
-    p.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--fmd-robustness", type=robustness_list, default=("none",),
+                   help="FMD optimised to survive: comma-separated of "
+                   f"{','.join(pipeline.ROBUSTNESS)} (default: none)")  # fmt: skip
+    p.add_argument(
+        "--robustness",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the fast mode and the largest N after each transform",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a smoke run on a few faces")
     p.add_argument("--model", type=Path, action="append", default=[],
@@ -713,12 +728,13 @@ def run(args: argparse.Namespace) -> tuple[Context, list[Row]]:
     """Every mode protected, scored, timed and (fast and the largest N) attacked."""
     ctx = context(args)
     rows, protects = [], []
-    last = f"FMD-{max(args.steps)}"
+    last = {fmd_name(max(args.steps), r) for r in args.fmd_robustness}
     for name, n, protect in modes(ctx):
         started = time.perf_counter()
         row = run_mode(ctx, name, n, protect)
-        evaluate(ctx, row, TRANSFORMS if args.robustness and name in ("fast", last) else ("none",))
-        if name in ("fast", last):
+        scored = args.robustness and (name == "fast" or name in last)
+        evaluate(ctx, row, TRANSFORMS if scored else ("none",))
+        if name == "fast" or name in last:
             adaptive(ctx, row, protect)
         rows.append(row)
         protects.append(protect)

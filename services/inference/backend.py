@@ -4,8 +4,9 @@
 
 This module imports neither implementation; :func:`services.inference.factory.create_backend`
 picks one. The tensors exchanged are :mod:`services.serving.contract`'s. Services embed
-:class:`InferenceSettings` and call ``create_backend``; they import :class:`ProtectParams`
-and :class:`ProtectOutput` from here (a service never imports ``services.serving``).
+:class:`InferenceSettings` and call ``create_backend``; they import :class:`ProtectParams`,
+:data:`ROBUSTNESS` and :class:`ProtectOutput` from here (a service never imports
+``services.serving``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from services.serving.contract import (
     ENCODER,
     PROTECT,
     PROTECTOR,
+    ROBUSTNESS,
     Arrays,
     ProtectParams,
     protect_inputs,
 )
 
 __all__ = [
+    "ROBUSTNESS",
     "SANITIZER_MODELS",
     "InferenceBackend",
     "InferenceSettings",
@@ -163,7 +166,8 @@ class InferenceBackend(abc.ABC):
         version; 0 = the latest); labels −1/None = its prediction. ``time_budget_s``
         (None or ≤ 0: no limit): the loop stops early rather than take longer, and
         ``steps_run`` says how far it got. The call's own deadline stays
-        ``settings.protect_timeout_s``."""
+        ``settings.protect_timeout_s``. ``params.robustness`` (one of :data:`ROBUSTNESS`)
+        is what the loop optimises the result to survive; it is sent on every call."""
         arrays = protect_inputs(images, labels, params, time_budget_s)
         out = await self._call(PROTECT, arrays, version, timeout=self.settings.protect_timeout_s)
         steps = out["STEPS_RUN"]

@@ -15,12 +15,33 @@ MODE_NAMES: dict[int, str] = {
     pb.PROTECTION_MODE_FAST: "fast",
 }
 MODE_OF: dict[str, str] = {"fmd": "PROTECTION_MODE_FMD", "fast": "PROTECTION_MODE_FAST"}
+ROBUSTNESS_NAMES: dict[int, str] = {
+    pb.ROBUSTNESS_UNSPECIFIED: "",
+    pb.ROBUSTNESS_NONE: "none",
+    pb.ROBUSTNESS_JPEG: "jpeg",
+    pb.ROBUSTNESS_FULL: "full",
+}
+ROBUSTNESS_OF: dict[str, pb.Robustness] = {
+    "none": pb.ROBUSTNESS_NONE,
+    "jpeg": pb.ROBUSTNESS_JPEG,
+    "full": pb.ROBUSTNESS_FULL,
+}
 
 
 def _finite(value: float, field: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidArgument(f"{field} must be a finite number >= 0", details={"field": field})
     return float(value)
+
+
+def robustness_from_pb(value: int) -> str:
+    """The domain name of a wire Robustness ("" = unspecified, the server default); a
+    number this server does not know is INVALID_ARGUMENT."""
+    if value not in ROBUSTNESS_NAMES:
+        raise InvalidArgument(
+            f"params.robustness: unknown value {value}", details={"field": "params.robustness"}
+        )
+    return ROBUSTNESS_NAMES[value]
 
 
 def params_from_pb(params: pb.FmdParams) -> Params:
@@ -39,6 +60,7 @@ def params_from_pb(params: pb.FmdParams) -> Params:
                 else Params().ce_weight
             ),
             feature_layer=params.feature_layer,
+            robustness=robustness_from_pb(params.robustness),
         )
     )
 
@@ -71,6 +93,7 @@ def protected_to_pb(out: Protected, fmt: str) -> pb.ProtectResponse:
         mode=MODE_OF[out.mode],
         psnr_db=out.psnr_db if math.isfinite(out.psnr_db) else 0.0,
         authorized_model=common_pb2.ModelRef(name=out.model, version=out.version),
+        robustness=ROBUSTNESS_OF[out.robustness],
     )
 
 

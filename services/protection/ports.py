@@ -39,8 +39,9 @@ class Kernels(Protocol):
         version: int = ...,
     ) -> ProtectOutput:
         """FMD against the classifier's serving version ``version``; labels −1/None = its
-        prediction; ``time_budget_s``: stop early rather than take longer (``steps_run``
-        says how far it got)."""
+        prediction; ``params.robustness``: the transformations the result is optimised to
+        survive; ``time_budget_s``: stop early rather than take longer (``steps_run`` says
+        how far it got)."""
         ...
 
     async def protect_fast(self, images: np.ndarray) -> ProtectOutput:

@@ -24,7 +24,7 @@ from services.kernels import fmd
 from services.kernels.checks import KernelInputError, check_codes, check_images, check_noise
 from services.kernels.classifiers import Classifier
 from services.kernels.protector import Protector, protect_fast
-from services.serving.contract import Arrays
+from services.serving.contract import ROBUSTNESS, Arrays
 
 if TYPE_CHECKING:
     from services.kernels.diffae import DiffAE
@@ -63,6 +63,20 @@ def _time_budget(arrays: Arrays, rows: int) -> float | None:
     if math.isnan(budget):
         raise KernelInputError("TIME_BUDGET_S: expected seconds (<= 0: no limit); got NaN")
     return budget if 0 < budget < math.inf else None
+
+
+def _robustness(arrays: Arrays, rows: int) -> str:
+    """The optional ROBUSTNESS (an index into ``contract.ROBUSTNESS``); absent: ``none``,
+    the kernel's default and what the model did before the input existed."""
+    if "ROBUSTNESS" not in arrays:
+        return ROBUSTNESS[0]
+    code = int(_uniform(arrays, "ROBUSTNESS", rows))
+    if not 0 <= code < len(ROBUSTNESS):
+        raise KernelInputError(
+            f"ROBUSTNESS: expected an index into {ROBUSTNESS} (0 to {len(ROBUSTNESS) - 1});"
+            f" got {code}"
+        )
+    return ROBUSTNESS[code]
 
 
 class BatchKernel(abc.ABC):
@@ -139,10 +153,11 @@ class ClassifierKernel(BatchKernel):
 
 
 class ProtectKernel(BatchKernel):
-    """FMD. Requests batch together when their settings, time budget included, are equal;
-    a budget runs from when the request is parsed (the model picked it up: Triton's queue
-    time before that is the client's to allow for), and a batch stops at its earliest
-    deadline. STEPS_RUN says how many PGD steps the batch took."""
+    """FMD. Requests batch together when their settings, time budget and robustness
+    included, are equal (one loop per key); a budget runs from when the request is parsed
+    (the model picked it up: Triton's queue time before that is the client's to allow
+    for), and a batch stops at its earliest deadline. STEPS_RUN says how many PGD steps
+    the batch took."""
 
     def __init__(
         self,
@@ -168,6 +183,7 @@ class ProtectKernel(BatchKernel):
             int(_uniform(arrays, "ITERATIONS", rows)),
             float(_uniform(arrays, "CE_WEIGHT", rows)),
             budget,
+            _robustness(arrays, rows),
         )
         tensors = {"IMAGE": images, "LABEL": labels}
         if budget is not None:
@@ -177,7 +193,7 @@ class ProtectKernel(BatchKernel):
 
     def run(self, key: Hashable, tensors: Tensors) -> Arrays:
         assert isinstance(key, tuple)
-        epsilon, step_size, iterations, ce_weight, _ = key
+        epsilon, step_size, iterations, ce_weight, _, robustness = key
         deadline = float(tensors["DEADLINE"].min()) if "DEADLINE" in tensors else None
         t = self.to_device({k: v for k, v in tensors.items() if k != "DEADLINE"})
         protected, stats = fmd.protect(
@@ -191,6 +207,7 @@ class ProtectKernel(BatchKernel):
             feature_layer=self.layer,
             deadline=deadline,
             surrogates=self.surrogates,
+            robustness=robustness,
         )
         rows = protected.shape[0]
         return {

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from services.common.errors import InvalidArgument
+
 ENCODER = "veil_encoder"
 DECODER = "veil_decoder"
 CLASSIFIER = "veil_classifier"
@@ -89,6 +91,7 @@ MODELS: dict[str, ModelSpec] = {
             TensorSpec("ITERATIONS", "INT32", (1,)),
             TensorSpec("CE_WEIGHT", "FP32", (1,)),
             TensorSpec("TIME_BUDGET_S", "FP32", (1,), optional=True),
+            TensorSpec("ROBUSTNESS", "INT32", (1,), optional=True),
         ),
         (PROTECTED, FEATURE_DISTORTION, TensorSpec("STEPS_RUN", "INT32", (1,))),
         8,
@@ -97,14 +100,26 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+ROBUSTNESS = ("none", "jpeg", "full")
+"""What FMD optimises a protection to survive (``services.kernels.pipeline.ROBUSTNESS``,
+repeated here because the contract loads no torch; a test holds the copies equal). On the
+wire, ``veil_protect``'s optional ROBUSTNESS input carries a value's index here: 0
+(``none``), the kernel's default, is also what a request without it gets, so an older
+client is answered as before the input existed."""
+
+
 @dataclass(frozen=True)
 class ProtectParams:
-    """FMD settings in [0, 1] pixel units (services.kernels.fmd); the paper's defaults."""
+    """FMD settings in [0, 1] pixel units (services.kernels.fmd); the paper's defaults,
+    and the kernel's ``robustness`` default (``none``; the protection service picks its own,
+    ``jpeg``)."""
 
     epsilon: float = 16 / 255
     step_size: float = 4 / 255
     iterations: int = 100
     ce_weight: float = 10.0
+    robustness: str = "none"
+    """One of :data:`ROBUSTNESS`."""
 
 
 Arrays = dict[str, np.ndarray]
@@ -120,8 +135,12 @@ def protect_inputs(
     """The named ``veil_protect`` inputs for one request (settings repeated on every row).
 
     ``time_budget_s``: seconds the PGD loop may take, counted from when the model picks the
-    request up (None or ≤ 0: no limit; the loop stops early rather than overrun it)."""
+    request up (None or ≤ 0: no limit; the loop stops early rather than overrun it).
+    ``params.robustness`` goes as its index in :data:`ROBUSTNESS` (InvalidArgument if it is
+    not one)."""
     p = params or ProtectParams()
+    if p.robustness not in ROBUSTNESS:
+        raise InvalidArgument(f"robustness: expected one of {ROBUSTNESS}; got {p.robustness!r}")
     rows = len(images)
     label = np.full(rows, -1) if labels is None else np.asarray(labels)
 
@@ -136,4 +155,5 @@ def protect_inputs(
         "ITERATIONS": column(p.iterations, np.int32),
         "CE_WEIGHT": column(p.ce_weight, np.float32),
         "TIME_BUDGET_S": column(time_budget_s or 0.0, np.float32),
+        "ROBUSTNESS": column(ROBUSTNESS.index(p.robustness), np.int32),
     }

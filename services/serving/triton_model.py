@@ -4,11 +4,11 @@ Each ``triton_models/<model>/1/model.py`` imports this class; what differs betwe
 models (tensors, kernel) comes from ``services.serving.contract.MODELS`` by the model's
 name and from ``build_kernel``. Shaped after python_backend's ``examples/add_sub``:
 ``initialize`` / ``execute`` / ``finalize``, one response per request, errors in the
-response; an optional input a request leaves out (``TIME_BUDGET_S``) is simply absent from
-its arrays. Weights come from the model store (config parameters ``store``, ``model_name``;
-``threads`` sets torch's intra-op threads, empty = torch's default). A ``KIND_GPU`` instance
-runs its kernel on the GPU Triton assigned to it (``cuda:<model_instance_device_id>``), a
-``KIND_CPU`` one on the CPU; missing weights fail
+response; an optional input a request leaves out (``TIME_BUDGET_S``, ``ROBUSTNESS``) is
+simply absent from its arrays. Weights come from the model store (config parameters
+``store``, ``model_name``; ``threads`` sets torch's intra-op threads, empty = torch's
+default). A ``KIND_GPU`` instance runs its kernel on the GPU Triton assigned to it
+(``cuda:<model_instance_device_id>``), a ``KIND_CPU`` one on the CPU; missing weights fail
 ``initialize`` with the reason. A bad request gets an INVALID_ARG error in its own
 response; the other requests of the batch are served. Importable only inside Triton's
 python backend stub (``triton_python_backend_utils``).

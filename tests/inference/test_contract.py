@@ -23,6 +23,7 @@ from services.inference.factory import create_backend
 from services.kernels import fmd
 from services.kernels.defaults import DEFAULT_SURROGATES
 from services.kernels.models import load_classifier, load_diffae, load_protector
+from services.kernels.pipeline import ROBUSTNESS as KERNEL_ROBUSTNESS
 from services.kernels.protector import protect_fast
 from services.kernels.store import ModelStore
 from services.serving.batch import execute_batched
@@ -31,6 +32,7 @@ from services.serving.contract import (
     MODELS,
     PROTECT,
     PROTECTOR,
+    ROBUSTNESS,
     ProtectParams,
     protect_inputs,
 )
@@ -116,9 +118,13 @@ def test_classify_matches_the_kernel(settings, kernels) -> None:
     np.testing.assert_allclose(logits, expected_logits.numpy(), atol=1e-5)
 
 
-def test_protect_matches_the_kernel(settings, kernels) -> None:
+@pytest.mark.parametrize("robustness", ["none", "jpeg"])
+def test_protect_matches_the_kernel(settings, kernels, robustness: str) -> None:
+    """Robustness included: each backend sends it and the served loop runs it."""
     x = images(2, seed=3)
-    params = ProtectParams(epsilon=8 / 255, step_size=2 / 255, iterations=3, ce_weight=1.0)
+    params = ProtectParams(
+        epsilon=8 / 255, step_size=2 / 255, iterations=3, ce_weight=1.0, robustness=robustness
+    )
     out = call(settings, lambda b: b.protect(x, None, params))
     f32 = lambda v: float(np.float32(v))  # noqa: E731 - the wire carries float32
     expected, stats = fmd.protect(
@@ -129,6 +135,7 @@ def test_protect_matches_the_kernel(settings, kernels) -> None:
         iterations=3,
         ce_weight=1.0,
         surrogates=kernels["surrogates"],
+        robustness=robustness,
     )
     np.testing.assert_allclose(out.protected, expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(out.feature_distortion, stats.feature_distortion.numpy(), rtol=1e-4)
@@ -167,6 +174,38 @@ def test_the_kernel_reads_the_optional_time_budget(local_store: Path) -> None:
     assert isinstance(results[4], InvalidArgument) and "TIME_BUDGET_S" in results[4].message
     for result in results[:4] + results[5:]:
         assert isinstance(result, dict) and result["STEPS_RUN"].tolist() == [[2]]
+
+
+def test_the_kernel_reads_the_optional_robustness(local_store: Path) -> None:
+    """Sent as its index in ``ROBUSTNESS``; left out: ``none`` (an older client gets what
+    it got before), the same loop as index 0; an unknown index fails that request alone;
+    ``none`` and ``jpeg`` batch apart and give different protections."""
+    kernel = build_kernel(PROTECT, ModelStore(local_store), CLASSIFIER_ENTRY)
+
+    def inputs(robustness: str) -> dict[str, np.ndarray]:
+        params = ProtectParams(iterations=2, robustness=robustness)
+        return protect_inputs(images(1, seed=6), None, params)
+
+    assert inputs("jpeg")["ROBUSTNESS"].tolist() == [[1]]
+    without = {k: v for k, v in inputs("none").items() if k != "ROBUSTNESS"}
+    unknown = {**inputs("none"), "ROBUSTNESS": np.full((1, 1), len(ROBUSTNESS), np.int32)}
+    requests = [without, inputs("none"), inputs("jpeg"), unknown]
+    keys = [kernel.parse(r)[0] for r in requests[:3]]
+    assert keys[0] == keys[1] != keys[2]
+    results = execute_batched(kernel, requests)
+    assert isinstance(results[3], InvalidArgument) and "ROBUSTNESS" in results[3].message
+    first, none, jpeg = (r["PROTECTED"] for r in results[:3])  # type: ignore[index]
+    np.testing.assert_allclose(first, none, atol=1e-6)
+    assert not np.array_equal(none, jpeg)
+    with pytest.raises(InvalidArgument, match="robustness"):
+        protect_inputs(images(1), None, ProtectParams(robustness="webp"))
+
+
+def test_the_contract_names_the_kernels_robustness() -> None:
+    """The contract repeats ``pipeline.ROBUSTNESS`` (it loads no torch): same values, same
+    order, since the wire carries the index."""
+    assert ROBUSTNESS == KERNEL_ROBUSTNESS
+    assert ProtectParams().robustness == ROBUSTNESS[0] == "none"
 
 
 def test_protect_fast_matches_the_kernel(settings, kernels) -> None:

@@ -262,3 +262,52 @@ def test_the_authorized_prediction_is_kept_when_any_iterate_keeps_it(trained) ->
     assert float((guarded - x).abs().max()) <= 2.0
     _, loose = protect(model, x, keep_prediction=False, **push)
     assert not torch.equal(loose.predictions, loose.labels)
+
+
+def test_a_robust_walk_is_deterministic_bounded_and_its_own(trained) -> None:
+    """``robustness`` draws one pipeline per step from the seed's generator: a rerun gives
+    the same bytes, the bound holds, and the walk differs from the plain one."""
+    model, x, y = trained
+    plain, _ = protect(model, x, y, iterations=4)
+    robust, _ = protect(model, x, y, iterations=4, robustness="jpeg")
+    again, _ = protect(model, x, y, iterations=4, robustness="jpeg")
+    full, _ = protect(model, x, y, iterations=4, robustness="full")
+    assert torch.equal(robust, again)
+    assert not torch.equal(plain, robust) and not torch.equal(robust, full)
+    for out in (robust, full):
+        assert float((out - x).abs().max()) <= 2 * 16 / 255 + 1e-7
+        assert out.min() >= -1.0 and out.max() <= 1.0
+    assert torch.equal(plain, protect(model, x, y, iterations=4, robustness="none")[0])
+
+
+def test_an_unknown_robustness_is_refused(trained) -> None:
+    model, x, y = trained
+    with pytest.raises(KernelInputError, match="robustness"):
+        protect(model, x, y, iterations=1, robustness="webp")
+
+
+@pytest.mark.slow
+def test_robust_fmd_keeps_the_authorized_model_after_a_real_jpeg() -> None:
+    """The committed models on 16 held-out faces (seed 21), 30 steps: re-encoded by Pillow
+    at quality 75, plain FMD's faces lose the authorized model, the ``jpeg`` ones keep it,
+    and the held-out unauthorized model stays fooled."""
+    from services.kernels.defaults import DEFAULT_SURROGATES
+    from services.kernels.models import load_classifier
+    from services.kernels.pipeline import jpeg, quantize
+    from services.kernels.training.data import load_table
+
+    authorized = load_classifier("task-resnet")
+    outsider = load_classifier("unauth-vgg")
+    surrogates = [load_classifier(name) for name in DEFAULT_SURROGATES]
+    faces = load_table("synthfaces://?n=16&seed=21", 32, cache_dir=None)
+    x, y = faces.batch(torch.arange(16)), faces.tasks
+
+    def accuracy(model: Classifier, images: torch.Tensor) -> float:
+        return float((model.predict(jpeg(quantize(images), 75)) == y).double().mean())
+
+    plain, _ = protect(authorized, x, iterations=30, surrogates=surrogates)
+    robust, _ = protect(authorized, x, iterations=30, surrogates=surrogates, robustness="jpeg")
+    assert accuracy(authorized, x) == 1.0
+    assert accuracy(authorized, robust) >= 0.875
+    assert accuracy(authorized, plain) <= accuracy(authorized, robust) - 0.25
+    assert accuracy(outsider, robust) <= 0.6

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.common.errors import InvalidArgument
 from services.common.imaging import decode_image, encode_image
 from services.inference.backend import InferenceSettings, ProtectOutput, ProtectParams
 from services.inference.catalog import PROTECTION_MODELS, ClassifierInfo, classifier_info
@@ -33,6 +34,7 @@ class FakeKernels:
 
     def __init__(self, num_classes: int) -> None:
         self.weights = np.random.default_rng(0).standard_normal((3, num_classes))
+        self.asked: list[ProtectParams] = []
 
     async def classify(
         self, images: np.ndarray, *, model: str = "", version: int = 0
@@ -58,6 +60,7 @@ class FakeKernels:
         version: int = 0,
     ) -> ProtectOutput:
         chosen = params or ProtectParams()
+        self.asked.append(chosen)
         return self._perturb(images, chosen.epsilon, chosen.iterations)
 
     async def protect_fast(self, images: np.ndarray) -> ProtectOutput:
@@ -134,3 +137,60 @@ def test_the_core_protects_an_image_within_its_bound(
     assert 0 < out.linf <= bound + 1e-9
     assert out.steps_run == (3 if mode == "fmd" else 0) and out.mode == mode
     assert (out.model, out.version, out.request_id) == (authorized.name, 1, "r")
+    assert out.robustness == ("jpeg" if mode == "fmd" else "none")
+
+
+def fake_core(authorized: ClassifierInfo) -> tuple[Protection, FakeKernels]:
+    fake = FakeKernels(authorized.num_classes)
+    core = Protection(
+        ProtectionSettings(),
+        lambda: fake,
+        authorized,
+        lambda: fake,
+        {},
+        ProtectionMetrics(CollectorRegistry()),
+        inline,
+    )
+    return core, fake
+
+
+@pytest.mark.parametrize("robustness", ["none", "jpeg", "full"])
+def test_the_core_asks_fmd_for_the_robustness_and_echoes_it(
+    authorized: ClassifierInfo, robustness: str
+) -> None:
+    core, fake = fake_core(authorized)
+    photo = encode_image(SynthFaces(n=1, seed=3, resolution=32).pixels(0))
+    params = Params(iterations=3, robustness=robustness)
+    out = asyncio.run(core.protect(ProtectJob(photo, mode="fmd", params=params)))
+    assert [p.robustness for p in fake.asked] == [robustness] and out.robustness == robustness
+
+
+def test_the_core_refuses_an_unknown_robustness(authorized: ClassifierInfo) -> None:
+    core, fake = fake_core(authorized)
+    photo = encode_image(SynthFaces(n=1, seed=3, resolution=32).pixels(0))
+    job = ProtectJob(photo, params=Params(robustness="webp"))
+    with pytest.raises(InvalidArgument) as exc:
+        asyncio.run(core.protect(job))
+    assert exc.value.details == {"field": "params.robustness"} and not fake.asked
+
+
+def test_the_local_backend_runs_the_robustness_it_is_given(authorized: ClassifierInfo) -> None:
+    """The in-process kernels (committed weights, no surrogates): the same request with
+    ``none`` and with ``jpeg`` gives different protections, each within the bound."""
+    from services.inference.local import LocalBackend
+
+    x = images(authorized.resolution, n=1)
+
+    async def both() -> list[ProtectOutput]:
+        local = LocalBackend(InferenceSettings(models=PROTECTION_MODELS, surrogates=[]))
+        try:
+            return [
+                await local.protect(x, None, ProtectParams(iterations=3, robustness=r))
+                for r in ("none", "jpeg")
+            ]
+        finally:
+            await local.close()
+
+    none, jpeg = (np.asarray(o.protected) for o in asyncio.run(both()))
+    assert not np.array_equal(none, jpeg)
+    assert max(np.abs(none - x).max(), np.abs(jpeg - x).max()) <= 2 * 16 / 255 + 1e-5

@@ -64,12 +64,12 @@ def test_weights_come_from_the_store(name: str) -> None:
     assert parameters["model_name"].string_value in ("diffae", "task-resnet", "protector")
 
 
-def test_only_the_time_budget_is_optional() -> None:
-    """Clients of this package always send it; an older client that does not still gets
-    an answer (no limit)."""
+def test_only_the_time_budget_and_robustness_are_optional() -> None:
+    """Clients of this package always send them; an older client that does not still gets
+    an answer (no limit, robustness ``none``: what it got before they existed)."""
     optional = [(n, t.name) for n, m in MODELS.items() for t in m.inputs if t.optional]
-    assert optional == [(PROTECT, "TIME_BUDGET_S")]
-    assert [t.name for t in load(PROTECT).input if t.optional] == ["TIME_BUDGET_S"]
+    assert optional == [(PROTECT, "TIME_BUDGET_S"), (PROTECT, "ROBUSTNESS")]
+    assert [t.name for t in load(PROTECT).input if t.optional] == ["TIME_BUDGET_S", "ROBUSTNESS"]
 
 
 def test_every_tenants_version_stays_loaded() -> None:

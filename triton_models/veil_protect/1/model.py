@@ -1,10 +1,10 @@
 """Feature map distortion (FMD) against the authorized classifier.
 
 IMAGE, LABEL (−1 = the model's prediction), EPSILON, STEP_SIZE (in [0, 1] pixel units),
-ITERATIONS, CE_WEIGHT, TIME_BUDGET_S (optional; ≤ 0 or absent = no limit) → PROTECTED,
-FEATURE_DISTORTION, STEPS_RUN: the PGD loop of ``services.kernels.fmd.protect`` runs next to
-the model and stops early rather than overrun the budget; requests with the same settings
-share one loop.
+ITERATIONS, CE_WEIGHT, TIME_BUDGET_S (optional; ≤ 0 or absent = no limit), ROBUSTNESS
+(optional; 0 none, 1 jpeg, 2 full; absent = none) → PROTECTED, FEATURE_DISTORTION,
+STEPS_RUN: the PGD loop of ``services.kernels.fmd.protect`` runs next to the model and stops
+early rather than overrun the budget; requests with the same settings share one loop.
 
 Weights come from the model store (config parameters ``store``, ``model_name``; ``threads``
 sets torch's intra-op threads, empty = torch's default); missing

@@ -8,28 +8,41 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Robustness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROBUSTNESS_UNSPECIFIED: _ClassVar[Robustness]
+    ROBUSTNESS_NONE: _ClassVar[Robustness]
+    ROBUSTNESS_JPEG: _ClassVar[Robustness]
+    ROBUSTNESS_FULL: _ClassVar[Robustness]
+
 class ProtectionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROTECTION_MODE_UNSPECIFIED: _ClassVar[ProtectionMode]
     PROTECTION_MODE_FMD: _ClassVar[ProtectionMode]
     PROTECTION_MODE_FAST: _ClassVar[ProtectionMode]
+ROBUSTNESS_UNSPECIFIED: Robustness
+ROBUSTNESS_NONE: Robustness
+ROBUSTNESS_JPEG: Robustness
+ROBUSTNESS_FULL: Robustness
 PROTECTION_MODE_UNSPECIFIED: ProtectionMode
 PROTECTION_MODE_FMD: ProtectionMode
 PROTECTION_MODE_FAST: ProtectionMode
 
 class FmdParams(_message.Message):
-    __slots__ = ("epsilon", "step_size", "iterations", "ce_weight", "feature_layer")
+    __slots__ = ("epsilon", "step_size", "iterations", "ce_weight", "feature_layer", "robustness")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     CE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     FEATURE_LAYER_FIELD_NUMBER: _ClassVar[int]
+    ROBUSTNESS_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     step_size: float
     iterations: int
     ce_weight: float
     feature_layer: str
-    def __init__(self, epsilon: _Optional[float] = ..., step_size: _Optional[float] = ..., iterations: _Optional[int] = ..., ce_weight: _Optional[float] = ..., feature_layer: _Optional[str] = ...) -> None: ...
+    robustness: Robustness
+    def __init__(self, epsilon: _Optional[float] = ..., step_size: _Optional[float] = ..., iterations: _Optional[int] = ..., ce_weight: _Optional[float] = ..., feature_layer: _Optional[str] = ..., robustness: _Optional[_Union[Robustness, str]] = ...) -> None: ...
 
 class ProtectRequest(_message.Message):
     __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id", "mode")
@@ -50,7 +63,7 @@ class ProtectRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ...) -> None: ...
 
 class ProtectResponse(_message.Message):
-    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model")
+    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model", "robustness")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LINF_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DISTORTION_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +76,7 @@ class ProtectResponse(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     PSNR_DB_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROBUSTNESS_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     linf: float
     feature_distortion: float
@@ -75,7 +89,8 @@ class ProtectResponse(_message.Message):
     mode: ProtectionMode
     psnr_db: float
     authorized_model: _common_pb2.ModelRef
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+    robustness: Robustness
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., robustness: _Optional[_Union[Robustness, str]] = ...) -> None: ...
 
 class LabeledImage(_message.Message):
     __slots__ = ("original", "protected", "label")
