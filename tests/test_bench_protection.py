@@ -109,7 +109,8 @@ def test_a_quick_run_prints_sane_tables_and_writes_the_plot(
     assert protection.main([
         "--quick", "--images", "16", "--fmd-images", "16", "--steps", "1",
         "--time-images", "1", "--adaptive-images", "16", "--adaptive-steps", "2",
-        "--model", str(exported), "--model-labels", "pose",
+        "--adaptive-curve", "4,8", "--curve-max-steps", "2",
+        "--attacker", str(exported), "--model-labels", "pose",
         "--model-label-map", ",".join(map(str, PERMUTATION)), "--plot", str(plot),
     ]) == 0  # fmt: skip
     out = capsys.readouterr().out
@@ -125,15 +126,37 @@ def test_a_quick_run_prints_sane_tables_and_writes_the_plot(
         assert pair(row[2])[0] >= 0.75  # the authorized model on the originals
     _, times = rows_of(out, "time per image (ms)")
     assert all(float(v) > 0 for r in times for v in r[1:3])
-    _, robust = rows_of(out, "robustness:")
+    header, robust = rows_of(out, "robustness:")
+    assert header[-1] == "onnx:vgg"  # every same-task model has a column, the outside ones too
+    assert all(r[-1] == r[header.index("unauth-vgg")] for r in robust)
     assert {(r[0], r[1]) for r in robust} == {
         (m, t) for m in ("fast", "FMD-1") for t in protection.TRANSFORMS
     } | {("FMD-1 alone", "none")}
     _, adaptive = rows_of(out, "adaptive:")
     assert [r[0] for r in adaptive] == ["fast", "FMD-1"]
     assert all(0.0 <= float(r[2]) <= 1.0 for r in adaptive)
+    _, curve = rows_of(out, "adaptive curve:")
+    assert [(r[0], r[1]) for r in curve] == [("0", "0"), ("4", "2"), ("8", "2")]
+    assert all(0.0 <= float(v) <= 1.0 for r in curve for v in r[2:4])
+    assert "faces: synthfaces seed 17 (held out: tuned on seed 7)" in out
+    assert "onnx:vgg (ONNX)" in out.split("in no surrogate's architecture:")[1].splitlines()[0]
     _, targets = rows_of(out, "targets:")
     assert [r[0] for r in targets] == ["FMD-1", "FMD-1 alone"]
     assert plot.stat().st_size > 1000
     assert re.search(r"λ = [\d.]+, feature layer \w+", out)
     assert "surrogates surrogate-resnet,surrogate-vgg,surrogate-mlpmixer (μ = 1)" in out
+
+
+def test_report_faces_are_held_out_and_attacker_is_model() -> None:
+    """The report seed is not the tuning seed by default, and may not be faces a model
+    learned from; ``--attacker`` is ``--model`` under another name."""
+    args = protection.parse(["--attacker", "a.onnx", "--model", "b.onnx", "--model-labels", "pose"])
+    assert args.faces_seed != protection.TUNING_SEED and args.model == [
+        Path("a.onnx"),
+        Path("b.onnx"),
+    ]
+    for seed in ("0", "3", "8"):
+        with pytest.raises(SystemExit):
+            protection.parse(["--faces-seed", seed])
+    args = protection.parse(["--adaptive-curve", "16,64,256,1024,4096"])
+    assert [protection.curve_steps(args, n) for n in args.adaptive_curve] == [50, 50, 50, 160, 500]

@@ -150,6 +150,14 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     clf.add_argument("--attribute", help="what an attacker predicts (a sensitive attribute)")
     clf.add_argument("--arch", choices=ARCHITECTURES, default="resnet")
     clf.add_argument("--width", type=int, default=32)
+    clf.add_argument(
+        "--augment",
+        choices=("none", "pipeline"),
+        default="pipeline",
+        help="pipeline: train on images through real JPEG (q 50-95), resizes (x0.5-2) and"
+        " shifts (up to 3 px), so the model keeps its accuracy on uploaded images; none: on"
+        " the images as they are (default pipeline)",
+    )
     clf.set_defaults(handler=run_train_classifier)
 
     prot = kinds.add_parser("protector", help="the fast-protection generator (one pass per image)")
@@ -409,7 +417,13 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         target=target,
     )
     result = train_classifier(
-        train, config, _train_config(args), _checkpoint_dir(args), args.resume, held
+        train,
+        config,
+        _train_config(args),
+        _checkpoint_dir(args),
+        args.resume,
+        held,
+        augment=args.augment,
     )
     return _finish(args, "classifier", result, config.to_dict(), len(train))
 
@@ -521,6 +535,35 @@ def _protector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-layer", default="penultimate", help="feature map to distort")
     parser.add_argument("--widths", type=_ints, default=(32, 64), help="channels per level")
     parser.add_argument("--blocks", type=int, default=2, help="residual blocks at the bottom")
+    parser.add_argument(
+        "--surrogates",
+        type=_names,
+        default=None,
+        help="store entries of the defender's own models to fool too, comma-separated"
+        " (none: the authorized model alone)",
+    )
+    parser.add_argument("--surrogate-weight", type=float, default=1.0, help="mu of their term")
+    parser.add_argument(
+        "--surrogate-cap", type=float, help="each surrogate CE counts up to this (default: no cap)"
+    )
+    parser.add_argument("--diversity", type=int, default=0, help="input diversity, pixels")
+    parser.add_argument(
+        "--robustness",
+        choices=("none", "jpeg", "full"),
+        default="none",
+        help="pipelines every step's objective is drawn from (pipeline.sample_transform)",
+    )
+    parser.add_argument(
+        "--init-from",
+        help="warm start: a protector store entry of the same widths and blocks",
+    )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``a,b`` → ("a", "b"); ``none`` or empty → ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def run_train_protector(args: argparse.Namespace) -> int:
@@ -538,6 +581,19 @@ def run_train_protector(args: argparse.Namespace) -> int:
         authorized = load_classifier(args.authorized, store)
     except VeilError as exc:
         print(f"veil train protector: --authorized: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        surrogates = [load_classifier(name, store) for name in args.surrogates or ()]
+    except VeilError as exc:
+        print(f"veil train protector: --surrogates: {exc.message}", file=sys.stderr)
+        return 2
+    shape = (authorized.config.resolution, authorized.config.num_classes)
+    if any((s.config.resolution, s.config.num_classes) != shape for s in surrogates):
+        print(
+            "veil train protector: --surrogates must share the authorized model's resolution"
+            " and classes",
+            file=sys.stderr,
+        )
         return 2
     if authorized.config.resolution != args.resolution:
         print(
@@ -562,9 +618,38 @@ def run_train_protector(args: argparse.Namespace) -> int:
         ce_weight=args.ce_weight,
         authorized=args.authorized,
         authorized_sha256=store.manifest(args.authorized).sha256,
+        surrogates=tuple(args.surrogates or ()),
+        surrogate_weight=args.surrogate_weight,
+        surrogate_cap=args.surrogate_cap,
+        diversity=args.diversity,
+        robustness=args.robustness,
     )
+    init = None
+    if args.init_from:
+        try:
+            manifest, init = store.load(args.init_from, kind="protector")
+        except VeilError as exc:
+            print(f"veil train protector: --init-from: {exc.message}", file=sys.stderr)
+            return 2
+        start = ProtectorConfig.from_dict(manifest.config)
+        if (start.arch, start.widths, start.blocks) != (config.arch, config.widths, config.blocks):
+            print(
+                f"veil train protector: --init-from {args.init_from} has widths {start.widths}"
+                f" and blocks {start.blocks}; pass the same",
+                file=sys.stderr,
+            )
+            return 2
+        args.init_recipe = manifest.command
     train, held = _data(args)
     result = train_protector(
-        train, authorized, config, _train_config(args), _checkpoint_dir(args), args.resume, held
+        train,
+        authorized,
+        config,
+        _train_config(args),
+        _checkpoint_dir(args),
+        args.resume,
+        held,
+        surrogates,
+        init,
     )
     return _finish(args, "protector", result, config.to_dict(), len(train))

@@ -63,5 +63,16 @@ def classifier_info(
     )
 
 
+def protector_robustness(settings: InferenceSettings) -> str:
+    """What the fast-protection generator (store entry ``settings.protector``) was trained to
+    survive: its manifest's ``robustness`` (``none`` for a generator trained before the
+    field existed, or when the entry is missing: the fast mode then fails on its own)."""
+    try:
+        manifest = read_store(settings.store).manifest(settings.protector)
+    except NotFound:
+        return "none"
+    return str(manifest.config.get("robustness", "none"))
+
+
 PROTECTION_MODELS = [CLASSIFIER, PROTECT, PROTECTOR]
 """The models the protection service calls (its readiness waits for these)."""

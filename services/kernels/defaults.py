@@ -9,7 +9,7 @@ from pathlib import Path
 
 DEFAULT_DIFFAE = "diffae"
 DEFAULT_PROBES = "probes"
-ARCHITECTURES = ("resnet", "vgg", "mlpmixer")
+ARCHITECTURES = ("resnet", "vgg", "mlpmixer", "vit")
 ROLES = ("task", "attacker", "unauthorized", "surrogate")
 """What a classifier is for; ``task``, ``unauthorized`` and ``surrogate`` models all predict the
 task. Surrogates are the protection's own stand-ins for unknown outside models (trained by the

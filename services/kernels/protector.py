@@ -2,9 +2,11 @@
 
 FMD (:mod:`services.kernels.fmd`) ascends J(x*) = MSE(f_feat(x), f_feat(x*)) − λ·CE(f(x*), y)
 by N signed-gradient steps per image. The generator G amortises that search: trained once
-against the authorized model f to maximise the same J over a dataset, it protects an image
-with one forward pass (the generative-perturbation idea of Poursaeed et al., CVPR 2018, and
-AdvGAN, Xiao et al., IJCAI 2018; DiffVax (2024) does the same for diffusion editing).
+against the authorized model f to maximise the same J over a dataset (with robust FMD's
+surrogates and pipeline draws when its config names them, as
+:mod:`services.kernels.training.protector` says), it protects an image with one forward
+pass (the generative-perturbation idea of Poursaeed et al., CVPR 2018, and AdvGAN, Xiao et
+al., IJCAI 2018; DiffVax (2024) does the same for diffusion editing).
 
     δ = 2ε·tanh(g·norm(G(x))),   x* = clamp(x + δ, −1, 1)
 
@@ -28,6 +30,7 @@ from torch.nn import functional as F
 
 from services.kernels.checks import KernelInputError, check_images
 from services.kernels.classifiers import Classifier
+from services.kernels.pipeline import ROBUSTNESS
 
 ARCHS = ("unet-lite",)
 
@@ -56,6 +59,22 @@ class ProtectorConfig:
     """Store entry of the authorized classifier it was trained against."""
     authorized_sha256: str = ""
     """SHA-256 of that classifier's weights: serving refuses any other."""
+    surrogates: tuple[str, ...] = ()
+    """Store entries of the defender's own classifiers of the task it was also trained to
+    fool (FMD's transfer terms, :class:`services.kernels.fmd.Transfer`); none: the
+    authorized model alone (the entries written before these fields)."""
+    surrogate_weight: float = 1.0
+    """μ: weight of the surrogates' term (their feature distortion plus their cross-entropy
+    on the authorized label)."""
+    surrogate_cap: float | None = None
+    """Each surrogate's cross-entropy counts up to this value (None: uncapped, as FMD's):
+    an image a surrogate already misreads stops pulling (the margin κ of Carlini & Wagner
+    2017). Uncapped trained faster here (training module docstring)."""
+    diversity: int = 0
+    """Input diversity in pixels on the surrogates' input (FMD's ``diversity``)."""
+    robustness: str = "none"
+    """Pipelines it was trained to survive (:data:`services.kernels.pipeline.ROBUSTNESS`):
+    every training step's objective is taken at one draw of ``pipeline.sample_transform``."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -70,10 +89,19 @@ class ProtectorConfig:
             raise KernelInputError(f"gain must be > 0; got {self.gain}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise KernelInputError(f"epsilon must be in [0, 1]; got {self.epsilon}")
+        if self.robustness not in ROBUSTNESS:
+            raise KernelInputError(
+                f"robustness must be one of {ROBUSTNESS}; got {self.robustness!r}"
+            )
+        if self.surrogate_cap is not None and not self.surrogate_cap > 0:
+            raise KernelInputError(f"surrogate_cap must be > 0; got {self.surrogate_cap}")
+        if not self.surrogate_weight >= 0 or self.diversity < 0:
+            raise KernelInputError("a protector needs surrogate_weight >= 0 and diversity >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["widths"] = list(self.widths)
+        data["surrogates"] = list(self.surrogates)
         return data
 
     @classmethod
@@ -82,6 +110,8 @@ class ProtectorConfig:
         values = {k: v for k, v in data.items() if k in known}
         if "widths" in values:
             values["widths"] = tuple(int(w) for w in values["widths"])
+        if "surrogates" in values:
+            values["surrogates"] = tuple(str(name) for name in values["surrogates"])
         return cls(**values)
 
 

@@ -16,7 +16,12 @@ from services._proto.veil.v1 import protection_pb2_grpc
 from services.common.errors import ModelNotReady
 from services.inference.attach import attach_backend
 from services.inference.backend import InferenceBackend, InferenceSettings
-from services.inference.catalog import PROTECTION_MODELS, ClassifierInfo, classifier_info
+from services.inference.catalog import (
+    PROTECTION_MODELS,
+    ClassifierInfo,
+    classifier_info,
+    protector_robustness,
+)
 from services.inference.factory import create_backend
 from services.protection.core import MODES, Protection
 from services.protection.metrics import ProtectionMetrics
@@ -88,6 +93,7 @@ def build_app(settings: Settings) -> ServiceApp:
         app.workers.run,
         settings.image_limits,
         models,
+        protector_robustness(settings.inference),
     )
     app.mounts += [
         Mount(

@@ -7,7 +7,14 @@ import math
 from services._proto.veil.v1 import common_pb2
 from services._proto.veil.v1 import protection_pb2 as pb
 from services.common.errors import InvalidArgument
-from services.protection.core import Evaluation, Pair, Params, Protected, ProtectJob, with_defaults
+from services.protection.core import (
+    Evaluation,
+    Pair,
+    Params,
+    Protected,
+    ProtectJob,
+    with_defaults,
+)
 
 MODE_NAMES: dict[int, str] = {
     pb.PROTECTION_MODE_UNSPECIFIED: "",
@@ -20,6 +27,11 @@ ROBUSTNESS_NAMES: dict[int, str] = {
     pb.ROBUSTNESS_NONE: "none",
     pb.ROBUSTNESS_JPEG: "jpeg",
     pb.ROBUSTNESS_FULL: "full",
+}
+ENCODING_NAMES: dict[int, str] = {
+    pb.IMAGE_ENCODING_UNSPECIFIED: "",
+    pb.IMAGE_ENCODING_PNG: "png",
+    pb.IMAGE_ENCODING_JPEG: "jpeg",
 }
 ROBUSTNESS_OF: dict[str, pb.Robustness] = {
     "none": pb.ROBUSTNESS_NONE,
@@ -42,6 +54,16 @@ def robustness_from_pb(value: int) -> str:
             f"params.robustness: unknown value {value}", details={"field": "params.robustness"}
         )
     return ROBUSTNESS_NAMES[value]
+
+
+def encoding_from_pb(value: int) -> str:
+    """The domain name of a wire ImageEncoding ("" = the server's lossless default); a
+    number this server does not know is INVALID_ARGUMENT."""
+    if value not in ENCODING_NAMES:
+        raise InvalidArgument(
+            f"output_encoding: unknown value {value}", details={"field": "output_encoding"}
+        )
+    return ENCODING_NAMES[value]
 
 
 def params_from_pb(params: pb.FmdParams) -> Params:
@@ -77,12 +99,22 @@ def job_from_pb(request: pb.ProtectRequest, time_budget_s: float | None) -> Prot
         version=int(request.authorized_model.version),
         request_id=request.request_id,
         time_budget_s=time_budget_s,
+        encoding=encoding_from_pb(request.output_encoding),
+        jpeg_quality=_quality(request.jpeg_quality),
     )
 
 
-def protected_to_pb(out: Protected, fmt: str) -> pb.ProtectResponse:
+def _quality(value: int) -> int:
+    if not 0 <= value <= 100:
+        raise InvalidArgument(
+            "jpeg_quality must be in [0, 100] (0 = the default)", details={"field": "jpeg_quality"}
+        )
+    return int(value)
+
+
+def protected_to_pb(out: Protected) -> pb.ProtectResponse:
     return pb.ProtectResponse(
-        image=common_pb2.Image(data=out.image, format_hint=fmt.lower()),
+        image=common_pb2.Image(data=out.image, format_hint=out.format.lower()),
         linf=out.linf,
         feature_distortion=out.feature_distortion,
         authorized_label=out.authorized_label,
@@ -94,6 +126,12 @@ def protected_to_pb(out: Protected, fmt: str) -> pb.ProtectResponse:
         psnr_db=out.psnr_db if math.isfinite(out.psnr_db) else 0.0,
         authorized_model=common_pb2.ModelRef(name=out.model, version=out.version),
         robustness=ROBUSTNESS_OF[out.robustness],
+        optimised_for=list(out.optimised_for),
+        checks=[
+            pb.TransformCheck(transform=c.transform, prediction=c.prediction, margin=c.margin)
+            for c in out.checks
+        ],
+        margin=out.margin,
     )
 
 

@@ -5,8 +5,14 @@ A photo of any size is protected at the authorized model's resolution R: it is r
 R×R, perturbed there (FMD or the fast generator, ‖δ‖∞ ≤ ε), and the perturbation δ is
 resized back (bilinear: every value stays within [−ε, ε]) and added to the photo at its own
 resolution, which is kept. The result is rounded to 8 bits and clipped again to the ε-ball
-around the original, so ``linf`` ≤ ε holds for the bytes returned. For an R×R image the
-perturbation is exactly the kernel's.
+around the original, so ``linf`` ≤ ε holds for the bytes returned losslessly (PNG, the
+default). For an R×R image the perturbation is exactly the kernel's.
+
+A caller may ask for JPEG instead, at a quality the protection was optimised for (70–95,
+robustness ``jpeg`` or ``full``); the codec's error then comes on top of the perturbation and
+``linf`` measures the decoded JPEG. Every answer says what the protection was optimised for and
+the authorized model's margin on the returned image and after the edges of that range
+(:mod:`services.protection.transforms`), measured through the authorized model's backend.
 
 The kernels and the worker pool are ports (:mod:`services.protection.ports`) that
 :mod:`services.protection.app` wires: the core imports no grpc, no generated stubs, no
@@ -32,8 +38,20 @@ from services.protection.metrics import ProtectionMetrics
 from services.protection.models import SharedBase
 from services.protection.ports import AuthorizedModels, Kernels, Offload, Resolved
 from services.protection.settings import ProtectionSettings
+from services.protection.transforms import (
+    AS_RETURNED,
+    CHECKS,
+    DEFAULT_JPEG_QUALITY,
+    JPEG_QUALITIES,
+    OPTIMISED_FOR,
+    covers_jpeg,
+    margins,
+    operation,
+)
 
 MODES = ("fmd", "fast")
+ENCODINGS = ("", "png", "jpeg")
+"""A request's output encoding: "" = the server's lossless default."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,20 @@ class ProtectJob:
     time_budget_s: float | None = None
     tenant: str = ""
     """Whose versions ``version`` names (0 = the tenant's production alias)."""
+    encoding: str = ""
+    """One of :data:`ENCODINGS`."""
+    jpeg_quality: int = 0
+    """For ``jpeg``: 0 = :data:`~services.protection.transforms.DEFAULT_JPEG_QUALITY`."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """The authorized model on one transformation of the returned image."""
+
+    transform: str
+    prediction: int
+    margin: float
+    """Logit of y minus the largest other logit."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +114,14 @@ class Protected:
     version: int
     request_id: str = ""
     robustness: str = "none"
-    """What the protection was optimised to survive (``none`` for the fast mode, whose
-    generator is fixed)."""
+    """What the protection was optimised to survive (for the fast mode, what its generator
+    was trained for)."""
+    format: str = "PNG"
+    """The returned image's encoding: PNG, WEBP (lossless) or JPEG."""
+    optimised_for: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+    margin: float = 0.0
+    """The smallest margin over ``checks``."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +191,7 @@ class Protection:
         offload: Offload,
         limits: ImageLimits | None = None,
         models: AuthorizedModels | None = None,
+        fast_robustness: str = "none",
     ) -> None:
         self.settings = settings
         self._backend = backend
@@ -163,6 +202,8 @@ class Protection:
         self._offload = offload
         self.limits = limits or ImageLimits()
         self.models = models or SharedBase()
+        self.fast_robustness = fast_robustness
+        """What the fast mode's generator was trained to survive (its manifest says)."""
 
     # -- validation ------------------------------------------------------------------------
 
@@ -208,6 +249,38 @@ class Protection:
             raise InvalidArgument(f"mode must be one of {MODES}", details={"field": "mode"})
         return params
 
+    def check_output(self, encoding: str, quality: int, robustness: str) -> tuple[str, int]:
+        """(format, JPEG quality) of the answer: lossless unless JPEG is asked for, and JPEG
+        only at a quality the protection (optimised for ``robustness``) covers."""
+        if encoding not in ENCODINGS:
+            raise InvalidArgument(
+                f"output_encoding must be one of {ENCODINGS[1:]} or unset; got {encoding!r}",
+                details={"field": "output_encoding"},
+            )
+        if encoding != "jpeg":
+            if quality:
+                raise InvalidArgument(
+                    "jpeg_quality is only for output_encoding JPEG",
+                    details={"field": "jpeg_quality"},
+                )
+            return ("PNG" if encoding == "png" else self.settings.output_format), 0
+        if not covers_jpeg(robustness):
+            raise InvalidArgument(
+                f"JPEG output needs a protection optimised for JPEG (robustness jpeg or "
+                f"full); this one is {robustness!r}, so a JPEG could undo the authorized "
+                "label: ask for PNG",
+                details={"field": "output_encoding"},
+            )
+        quality = quality or DEFAULT_JPEG_QUALITY
+        low, high = JPEG_QUALITIES
+        if not low <= quality <= high:
+            raise InvalidArgument(
+                f"jpeg_quality must be in [{low}, {high}], the qualities the protection is "
+                f"optimised for; got {quality}",
+                details={"field": "jpeg_quality"},
+            )
+        return "JPEG", quality
+
     def check_label(self, label: int | None) -> int | None:
         if label is None or label < 0:
             return None
@@ -225,6 +298,8 @@ class Protection:
         mode = job.mode or self.settings.default_mode
         params = self.check_params(job.params, mode)
         label = self.check_label(job.label)
+        robustness = self.fast_robustness if mode == "fast" else params.robustness
+        fmt, quality = self.check_output(job.encoding, job.jpeg_quality, robustness)
         resolved = await self.check_model(job.tenant, job.model, job.version)
         resolution = self.authorized.resolution
         pixels = (await self._offload(decode_image, job.image, self.limits)).pixels
@@ -232,9 +307,8 @@ class Protection:
         backend = self._backend()
         if mode == "fast":
             out = await backend.protect_fast(x)
-            steps, early, robustness = 0, False, "none"
+            steps, early = 0, False
         else:
-            robustness = params.robustness
             budget = None
             if job.time_budget_s is not None:
                 # Keep room to verify, encode and answer: the margin, or a quarter of the
@@ -260,13 +334,22 @@ class Protection:
         protected_model = np.asarray(out.protected, dtype=np.float32)
         delta = protected_model[0] - x[0]
         result = await self._offload(apply_perturbation, pixels, delta, params.epsilon)
-        check = np.stack([x[0], to_model(result, resolution)])
-        logits, _ = await backend.classify(
-            check, model=self.authorized.name, version=resolved.serving
+        data, returned, variants = await self._offload(
+            encoded_and_checked, result, fmt, quality, CHECKS[robustness], resolution, self.limits
         )
-        before, after = (int(v) for v in np.asarray(logits).argmax(1))
-        data = await self._offload(encode_image, result, self.settings.output_format)
-        linf = float(np.abs(result.astype(np.int16) - pixels.astype(np.int16)).max()) / 255
+        logits, _ = await backend.classify(
+            np.stack([x[0], *variants]), model=self.authorized.name, version=resolved.serving
+        )
+        logits = np.asarray(logits)
+        before = int(logits[0].argmax())
+        y = before if label is None else label
+        names = (AS_RETURNED, *CHECKS[robustness])
+        checks = tuple(
+            Check(name, int(row.argmax()), float(m))
+            for name, row, m in zip(names, logits[1:], margins(logits[1:], y), strict=True)
+        )
+        after = checks[0].prediction
+        linf = float(np.abs(returned.astype(np.int16) - pixels.astype(np.int16)).max()) / 255
         self.metrics.protections.labels(mode=mode).inc()
         self.metrics.latency.labels(mode=mode).observe(time.perf_counter() - start)
         return Protected(
@@ -278,11 +361,15 @@ class Protection:
             steps_run=steps,
             early_stopped=early,
             mode=mode,
-            psnr_db=psnr(pixels, result),
+            psnr_db=psnr(pixels, returned),
             model=self.authorized.name,
             version=resolved.number,
             request_id=job.request_id,
             robustness=robustness,
+            format=fmt,
+            optimised_for=OPTIMISED_FOR[robustness],
+            checks=checks,
+            margin=min(c.margin for c in checks),
         )
 
     # -- evaluate --------------------------------------------------------------------------
@@ -356,6 +443,25 @@ class Protection:
             mean_psnr_db=float(np.mean(finite)) if finite else math.inf,
             count=len(pairs),
         )
+
+
+def encoded_and_checked(
+    result: np.ndarray,
+    fmt: str,
+    quality: int,
+    checks: Sequence[str],
+    resolution: int,
+    limits: ImageLimits,
+) -> tuple[bytes, np.ndarray, list[np.ndarray]]:
+    """(the answer's bytes, its pixels as a client decodes them, the authorized model's
+    inputs: those pixels and each of ``checks`` applied to them)."""
+    if fmt == "JPEG":
+        data = encode_image(result, "JPEG", quality=quality)
+        returned = decode_image(data, limits).pixels
+    else:
+        data, returned = encode_image(result, fmt), result
+    variants = [returned, *(operation(name, resolution)(returned) for name in checks)]
+    return data, returned, [to_model(v, resolution) for v in variants]
 
 
 def with_defaults(params: Params) -> Params:

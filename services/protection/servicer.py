@@ -23,12 +23,11 @@ def _budget(context) -> float | None:
 class ProtectionServicer(protection_pb2_grpc.ProtectionServicer):
     def __init__(self, core: Protection) -> None:
         self.core = core
-        self.format = core.settings.output_format
 
     async def Protect(self, request: pb.ProtectRequest, context) -> pb.ProtectResponse:
         tenant = require_tenant(request.tenant_id)
         job = replace(cv.job_from_pb(request, _budget(context)), tenant=tenant)
-        return cv.protected_to_pb(await self.core.protect(job), self.format)
+        return cv.protected_to_pb(await self.core.protect(job))
 
     async def ProtectBatch(
         self, request_iterator: AsyncIterator[pb.ProtectRequest], context
@@ -45,7 +44,7 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServicer):
                 tenant = require_tenant(request.tenant_id)
                 job = replace(cv.job_from_pb(request, _budget(context)), tenant=tenant)
                 out = await self.core.protect(job)
-                await done.put(cv.protected_to_pb(out, self.format))
+                await done.put(cv.protected_to_pb(out))
             except VeilError as exc:
                 error = common_pb2.ItemError(code=status_code(exc).value[0], message=exc.message)
                 await done.put(pb.ProtectResponse(request_id=request.request_id, error=error))

@@ -45,7 +45,7 @@ def test_unknown_layer_and_bad_input_are_typed_errors() -> None:
     with pytest.raises(KernelInputError, match=r"\(B, 3, 16, 16\)"):
         model(torch.zeros(1, 16, 16, 3))
     with pytest.raises(KernelInputError, match="arch"):
-        ClassifierConfig(arch="vit")
+        ClassifierConfig(arch="convnext")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -91,6 +91,31 @@ def test_mixer_sees_where_a_feature_sits() -> None:
     assert not torch.allclose(
         model.features(x, "penultimate"), model.features(shifted, "penultimate")
     )
+
+
+def test_vit_stages_are_maps_on_a_4px_patch_grid() -> None:
+    model = build_classifier(ClassifierConfig(arch="vit", resolution=32, width=8))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for layer in ("stem", "block1", "block4"):
+        assert model.features(x, layer).shape == (2, 32, 8, 8)
+    with pytest.raises(KernelInputError, match="divisible by 4"):
+        build_classifier(ClassifierConfig(arch="vit", resolution=30))
+
+
+def test_vit_sees_where_a_feature_sits_and_attends_across_the_image() -> None:
+    """The learned position embeddings tell a shifted image from the original through the
+    mean over patches; attention lets one patch change every patch's features (no conv
+    receptive field)."""
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(arch="vit", resolution=16, width=8)).eval()
+    x = torch.zeros(1, 3, 16, 16)
+    x[..., 0:4, 0:4] = 1.0
+    shifted = torch.roll(x, shifts=(8, 8), dims=(-2, -1))
+    assert not torch.allclose(
+        model.features(x, "penultimate"), model.features(shifted, "penultimate")
+    )
+    corner = model.features(x, "block1") - model.features(torch.zeros_like(x), "block1")
+    assert float(corner[..., -1, -1].abs().max()) > 0  # the far patch moved too
 
 
 def test_unauthorized_models_learn_the_task_labels() -> None:

@@ -289,8 +289,10 @@ def test_an_unknown_robustness_is_refused(trained) -> None:
 @pytest.mark.slow
 def test_robust_fmd_keeps_the_authorized_model_after_a_real_jpeg() -> None:
     """The committed models on 16 held-out faces (seed 21), 30 steps: re-encoded by Pillow
-    at quality 75, plain FMD's faces lose the authorized model, the ``jpeg`` ones keep it,
-    and the held-out unauthorized model stays fooled."""
+    at quality 75, the ``jpeg`` faces keep the authorized model, at least as well as plain
+    FMD's, and the held-out unauthorized model stays fooled. (Since the owner's model is
+    trained with pipeline augmentations, plain FMD's faces keep it too: 0.94 here, where with
+    the model trained without them they lost it, 0.25 or more below the ``jpeg`` ones.)"""
     from services.kernels.defaults import DEFAULT_SURROGATES
     from services.kernels.models import load_classifier
     from services.kernels.pipeline import jpeg, quantize
@@ -309,5 +311,5 @@ def test_robust_fmd_keeps_the_authorized_model_after_a_real_jpeg() -> None:
     robust, _ = protect(authorized, x, iterations=30, surrogates=surrogates, robustness="jpeg")
     assert accuracy(authorized, x) == 1.0
     assert accuracy(authorized, robust) >= 0.875
-    assert accuracy(authorized, plain) <= accuracy(authorized, robust) - 0.25
+    assert accuracy(authorized, robust) >= accuracy(authorized, plain)
     assert accuracy(outsider, robust) <= 0.6

@@ -1,7 +1,9 @@
 """The fast-protection generator (services/kernels/protector.py): the ℓ∞ bound holds
 whatever the weights, outputs are deterministic and independent of the batch, a short
-training run raises FMD's objective, and ``veil train protector`` writes a store entry
-that names its authorized model and resumes from its checkpoints."""
+training run raises FMD's objective (also with surrogates and a pipeline drawn per step),
+old manifests still load, the packaged generator names the packaged authorized model, and
+``veil train protector`` writes a store entry that names its authorized model and its
+surrogates, resumes from its checkpoints and warm-starts from another generator."""
 
 from __future__ import annotations
 
@@ -106,6 +108,91 @@ def test_wrong_inputs_and_configs_are_typed(classifier) -> None:
         with pytest.raises(KernelInputError):
             ProtectorConfig(**bad)
     assert ProtectorConfig.from_dict(CONFIG.to_dict()) == CONFIG
+    for bad in (
+        {"robustness": "blur"},
+        {"surrogate_weight": -1.0},
+        {"diversity": -1},
+        {"surrogate_cap": 0.0},
+    ):
+        with pytest.raises(KernelInputError):
+            ProtectorConfig(**bad)
+
+
+def test_the_transfer_fields_round_trip_and_an_old_manifest_still_loads() -> None:
+    robust = replace(
+        CONFIG, surrogates=("s1", "s2"), surrogate_weight=2.0, surrogate_cap=4.0, robustness="jpeg"
+    )
+    assert ProtectorConfig.from_dict(robust.to_dict()) == robust
+    assert robust.to_dict()["surrogates"] == ["s1", "s2"]
+    old = CONFIG.to_dict()
+    for key in ("surrogates", "surrogate_weight", "surrogate_cap", "diversity", "robustness"):
+        del old[key]
+    loaded = ProtectorConfig.from_dict(old)
+    assert loaded == CONFIG  # missing fields: the authorized model alone, no pipeline
+    assert (loaded.surrogates, loaded.robustness) == ((), "none")
+
+
+def test_the_packaged_protector_names_the_packaged_authorized_model() -> None:
+    store = ModelStore(DEFAULT_ROOT)
+    config = ProtectorConfig.from_dict(store.manifest("protector").config)
+    assert config.authorized_sha256 == store.manifest(config.authorized).sha256
+    for name in config.surrogates:
+        assert store.manifest(name).kind == "classifier"
+    assert load_protector("protector", store).config == config
+
+
+@pytest.fixture(scope="module")
+def surrogates() -> tuple[Classifier, ...]:
+    out = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        config = ClassifierConfig(num_classes=3, resolution=16, width=8)
+        out.append(build_classifier(config).eval().requires_grad_(False))
+    return tuple(out)
+
+
+def test_the_surrogate_and_eot_objective_has_gradients_and_keeps_the_bound(
+    classifier, surrogates
+) -> None:
+    config = replace(
+        CONFIG, surrogates=("a", "b"), surrogate_weight=1.0, diversity=2, robustness="jpeg"
+    )
+    torch.manual_seed(0)
+    protector = build_protector(config)
+    x = images(6)
+    gen = torch.Generator().manual_seed(3)
+    loss = protector_loss(protector, classifier, x, surrogates, gen)
+    loss.backward()
+    grads = [p.grad for p in protector.parameters()]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
+    alone = protector_loss(protector, classifier, x, (), torch.Generator().manual_seed(3))
+    assert float(loss.detach()) != float(alone.detach())  # the surrogates' term counts
+    capped = build_protector(replace(config, surrogate_cap=1e-3))
+    capped.load_state_dict(protector.state_dict())
+    low = protector_loss(capped, classifier, x, surrogates, torch.Generator().manual_seed(3))
+    assert float(low.detach()) >= float(loss.detach())  # a CE counts up to the cap only
+    with torch.no_grad():
+        out = protector(x)
+    assert float((out - x).abs().max()) <= protector.bound + 1e-6
+
+
+def test_a_short_robust_run_with_surrogates_trains_and_reports(classifier, surrogates) -> None:
+    table = load_table("synthfaces://?n=32&seed=3", 16, cache_dir=None)
+    config = replace(CONFIG, surrogates=("a", "b"), diversity=2, robustness="full")
+    train_config = TrainConfig(
+        steps=4, batch_size=4, lr=3e-3, ema_decay=0.0, threads=1, progress=False
+    )
+    result = train_protector(
+        table, classifier, config, train_config, held=table, surrogates=surrogates
+    )
+    x = table.batch(torch.arange(8))
+    with torch.no_grad():
+        assert float((result.model(x) - x).abs().max()) <= result.model.bound + 1e-6
+    for key in ("authorized kept after JPEG 75", "surrogate protected accuracy"):
+        assert 0.0 <= result.metrics[key] <= 1.0
+    with pytest.raises(ValueError):
+        train_protector(table, classifier, config, train_config, surrogates=surrogates[:1])
 
 
 def test_a_short_training_run_raises_the_objective(classifier) -> None:
@@ -134,15 +221,27 @@ def _train(tmp_path: Path, *extra: str) -> int:
 
 @pytest.mark.slow
 def test_veil_train_protector_records_its_recipe_and_resumes(tmp_path: Path) -> None:
-    shutil.copytree(DEFAULT_ROOT / "task-resnet", tmp_path / "store" / "task-resnet")
+    for name in ("task-resnet", "surrogate-resnet"):
+        shutil.copytree(DEFAULT_ROOT / name, tmp_path / "store" / name)
     store = ModelStore(tmp_path / "store")
-    assert _train(tmp_path, "--steps", "2") == 0
+    robust = ("--surrogates", "surrogate-resnet", "--diversity", "2", "--robustness", "jpeg")
+    assert _train(tmp_path, "--steps", "2", *robust) == 0
     manifest = store.manifest("protector")
+    assert manifest.config["surrogates"] == ["surrogate-resnet"]
+    assert manifest.config["robustness"] == "jpeg"
+    assert "--surrogates surrogate-resnet" in manifest.command
     assert manifest.kind == "protector"
     assert manifest.command.startswith("veil train protector ") and "--seed 0" in manifest.command
     assert manifest.config["authorized"] == "task-resnet"
     assert manifest.config["authorized_sha256"] == store.manifest("task-resnet").sha256
     assert load_protector("protector", store).config.widths == (4, 8)
-    assert _train(tmp_path, "--steps", "4", "--resume") == 0
+    assert _train(tmp_path, "--steps", "4", "--resume", *robust) == 0
     assert store.manifest("protector").metrics["resumed from"] == 2
     assert _train(tmp_path, "--authorized", "nope", "--steps", "1") == 2
+    assert _train(tmp_path, "--surrogates", "nope", "--steps", "1") == 2
+    assert _train(tmp_path, "--steps", "2") == 0  # none named: the authorized model alone
+    assert store.manifest("protector").config["surrogates"] == []
+    assert _train(tmp_path, "--steps", "1", "--init-from", "protector") == 0  # a warm start
+    assert store.manifest("protector").command.count("veil train protector ") == 2
+    assert _train(tmp_path, "--steps", "1", "--init-from", "protector", "--widths", "8,16") == 2
+    assert _train(tmp_path, "--steps", "1", "--init-from", "task-resnet") == 2

@@ -125,6 +125,7 @@ def test_veil_train_classifier_writes_a_store_entry(tmp_path: Path) -> None:
     manifest = ModelStore(store).manifest("attacker-smiling-vgg")
     assert manifest.config["target"] == "smiling" and manifest.seed == 0
     assert "held-out accuracy" in manifest.metrics
+    assert "--augment pipeline" in manifest.command  # the CLI's default, recorded
     assert _veil(["models", "list", "--out", str(store)]) == 0
     assert ModelStore(store).verify() == {"attacker-smiling-vgg": "ok"}
 

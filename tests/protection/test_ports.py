@@ -194,3 +194,87 @@ def test_the_local_backend_runs_the_robustness_it_is_given(authorized: Classifie
     none, jpeg = (np.asarray(o.protected) for o in asyncio.run(both()))
     assert not np.array_equal(none, jpeg)
     assert max(np.abs(none - x).max(), np.abs(jpeg - x).max()) <= 2 * 16 / 255 + 1e-5
+
+
+def face(resolution: int = 32) -> bytes:
+    return encode_image(SynthFaces(n=1, seed=3, resolution=resolution).pixels(0))
+
+
+@pytest.mark.parametrize(
+    "robustness,checks",
+    [
+        ("none", ["as returned"]),
+        ("jpeg", ["as returned", "jpeg q70", "jpeg q95"]),
+        ("full", ["as returned", "jpeg q70", "jpeg q95", "resize 0.5x", "shift 2px"]),
+    ],
+)
+def test_the_answer_says_what_was_covered_and_the_margin_it_measured(
+    authorized: ClassifierInfo, robustness: str, checks: list[str]
+) -> None:
+    """Each check's margin is the authorized model's on that transformation of the returned
+    bytes, recomputed here from the fake's logits; the answer's margin is the smallest."""
+    from services.protection import transforms
+    from services.protection.core import to_model
+
+    core, fake = fake_core(authorized)
+    params = Params(iterations=3, robustness=robustness)
+    out = asyncio.run(core.protect(ProtectJob(face(48), mode="fmd", params=params)))
+    assert out.format == "PNG" and out.optimised_for == transforms.OPTIMISED_FOR[robustness]
+    assert [c.transform for c in out.checks] == checks
+    returned = decode_image(out.image).pixels
+    res = authorized.resolution
+    variants = [returned] + [transforms.operation(n, res)(returned) for n in checks[1:]]
+    logits, _ = asyncio.run(fake.classify(np.stack([to_model(v, res) for v in variants])))
+    y = out.authorized_label
+    expected = logits[:, y] - np.delete(logits, y, axis=1).max(axis=1)
+    assert [c.margin for c in out.checks] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert [c.prediction for c in out.checks] == logits.argmax(1).tolist()
+    assert out.margin == min(c.margin for c in out.checks)
+    assert out.authorized_prediction_after == out.checks[0].prediction
+
+
+def test_a_jpeg_answer_is_a_jpeg_at_the_quality_asked(authorized: ClassifierInfo) -> None:
+    core, _ = fake_core(authorized)
+    photo = face(48)
+    job = ProtectJob(photo, params=Params(iterations=3), encoding="jpeg", jpeg_quality=85)
+    out = asyncio.run(core.protect(job))
+    decoded = decode_image(out.image)
+    assert out.format == "JPEG" and decoded.format == "JPEG"
+    assert out.robustness == "jpeg" and out.checks[0].transform == "as returned"
+    original = decode_image(photo).pixels.astype(int)
+    assert out.linf == pytest.approx(np.abs(decoded.pixels.astype(int) - original).max() / 255)
+    default = asyncio.run(core.protect(ProtectJob(photo, params=Params(iterations=3))))
+    assert default.format == "PNG" and decode_image(default.image).format == "PNG"
+    assert default.linf <= Params().epsilon + 1e-9
+
+
+@pytest.mark.parametrize(
+    "job,field",
+    [
+        ({"encoding": "jpeg", "params": Params(robustness="none")}, "output_encoding"),
+        ({"encoding": "jpeg", "jpeg_quality": 60}, "jpeg_quality"),
+        ({"encoding": "jpeg", "jpeg_quality": 96}, "jpeg_quality"),
+        ({"encoding": "png", "jpeg_quality": 80}, "jpeg_quality"),
+        ({"jpeg_quality": 80}, "jpeg_quality"),
+        ({"encoding": "webp"}, "output_encoding"),
+        ({"encoding": "jpeg", "mode": "fast"}, "output_encoding"),
+    ],
+)
+def test_an_output_the_protection_does_not_cover_is_refused_before_any_work(
+    authorized: ClassifierInfo, job: dict, field: str
+) -> None:
+    core, fake = fake_core(authorized)  # its fast mode: a generator trained for "none"
+    with pytest.raises(InvalidArgument) as exc:
+        asyncio.run(core.protect(ProtectJob(face(), **job)))
+    assert exc.value.details == {"field": field} and not fake.asked
+
+
+def test_the_fast_mode_says_what_its_generator_was_trained_for(
+    authorized: ClassifierInfo,
+) -> None:
+    core, _ = fake_core(authorized)
+    core.fast_robustness = "jpeg"
+    job = ProtectJob(face(), mode="fast", encoding="jpeg", jpeg_quality=90)
+    out = asyncio.run(core.protect(job))
+    assert out.robustness == "jpeg" and out.format == "JPEG"
+    assert [c.transform for c in out.checks] == ["as returned", "jpeg q70", "jpeg q95"]

@@ -103,12 +103,22 @@ def test_fmd_stops_before_the_deadline(
     assert out.early_stopped and 0 < out.steps_run < 10_000
 
 
+def trained_for() -> int:
+    """What the packaged generator was trained to survive (its manifest), on the wire."""
+    from services.inference.backend import InferenceSettings
+    from services.inference.catalog import protector_robustness
+    from services.protection.converters import ROBUSTNESS_OF
+
+    return ROBUSTNESS_OF[protector_robustness(InferenceSettings())]
+
+
 def test_fast_mode(stub: protection_pb2_grpc.ProtectionStub, faces: SynthFaces) -> None:
     data = png(faces, 3)
     out = stub.Protect(request(data, mode=pb.PROTECTION_MODE_FAST), metadata=bearer())
     assert out.mode == pb.PROTECTION_MODE_FAST and out.steps_run == 0
     assert 0 < linf(data, out.image.data) <= EPS + 1e-9
-    assert out.robustness == pb.ROBUSTNESS_NONE  # the generator is fixed
+    assert out.robustness == trained_for()  # fixed by the generator's training
+    assert out.checks[0].transform == "as returned"
 
 
 def test_fast_mode_ignores_robustness(
@@ -120,7 +130,7 @@ def test_fast_mode_ignores_robustness(
     )
     plain = request(data, mode=pb.PROTECTION_MODE_FAST)
     out, same = (stub.Protect(r, metadata=bearer()) for r in (asked, plain))
-    assert out.robustness == pb.ROBUSTNESS_NONE and out.image.data == same.image.data
+    assert out.robustness == trained_for() and out.image.data == same.image.data
 
 
 def test_robustness_reaches_fmd_and_is_echoed(
@@ -168,6 +178,16 @@ def test_an_unknown_robustness_names_its_field(
         ({"params": pb.FmdParams(epsilon=float("nan"))}, "INVALID_ARGUMENT"),
         ({"label": 9}, "INVALID_ARGUMENT"),
         ({"tenant_id": "globex"}, "PERMISSION_DENIED"),
+        ({"output_encoding": 9}, "INVALID_ARGUMENT"),
+        ({"output_encoding": pb.IMAGE_ENCODING_JPEG, "jpeg_quality": 50}, "INVALID_ARGUMENT"),
+        ({"output_encoding": pb.IMAGE_ENCODING_PNG, "jpeg_quality": 80}, "INVALID_ARGUMENT"),
+        (
+            {
+                "output_encoding": pb.IMAGE_ENCODING_JPEG,
+                "params": pb.FmdParams(robustness=pb.ROBUSTNESS_NONE),
+            },
+            "INVALID_ARGUMENT",
+        ),
     ],
 )
 def test_bad_requests(

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from services.kernels.classifiers import ClassifierConfig, build_classifier
-from services.kernels.defaults import ARCHITECTURES, DEFAULT_SURROGATES
+from services.kernels.defaults import DEFAULT_SURROGATES
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.protector import ProtectorConfig, build_protector
 from services.kernels.store import ModelStore
@@ -214,8 +214,8 @@ def tiny_store(root: Path) -> Path:
     )
     protector = build_protector(protector_config).state_dict()
     store.save(PROTECTOR_ENTRY, "protector", protector, protector_config.to_dict(), seed=0)
-    for name, arch in zip(DEFAULT_SURROGATES, ARCHITECTURES, strict=True):
-        surrogate = replace(TINY_CLASSIFIER, arch=arch, role="surrogate")
+    for name in DEFAULT_SURROGATES:
+        surrogate = replace(TINY_CLASSIFIER, arch=name.removeprefix("surrogate-"), role="surrogate")
         state = build_classifier(surrogate).state_dict()
         store.save(name, "classifier", state, surrogate.to_dict(), seed=0)
     return root

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from services.common.errors import InvalidArgument
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
+from services.kernels.training.augment import AUGMENTATIONS, augment_pipeline
 from services.kernels.training.data import ImageTable
 from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -41,7 +42,18 @@ def train_classifier(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     held: ImageTable | None = None,
+    augment: str = "none",
 ) -> TrainResult:
+    """Train a classifier of ``train`` (accuracy on ``held`` reported when given).
+
+    ``augment="pipeline"`` passes every training batch through
+    :func:`~services.kernels.training.augment.augment_pipeline` (real JPEG, resizes, shifts,
+    8-bit rounding), so the model keeps its accuracy on images an upload pipeline touched;
+    ``"none"`` (the default, that of the unlearning service's retraining) trains on the
+    images as they are.
+    """
+    if augment not in AUGMENTATIONS:
+        raise InvalidArgument(f"augment: expected one of {AUGMENTATIONS}; got {augment!r}")
     seed_everything(config.seed)
     model = build_classifier(model_config)
     targets = labels_for(train, model_config)
@@ -51,6 +63,8 @@ def train_classifier(
         if model_config.role == "attacker":  # mirrors keep attributes; they swap pose labels
             flip = torch.rand(len(indices), generator=gen) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if augment == "pipeline":
+            images = augment_pipeline(images, gen)
         return F.cross_entropy(net(images), targets[indices])
 
     def evaluate(ema: nn.Module) -> dict[str, float]:
@@ -61,5 +75,7 @@ def train_classifier(
         return metrics
 
     run_config = {"model": model_config.to_dict(), "data": train.uri, "n": len(train)}
+    if augment != "none":  # absent when off, so checkpoints of earlier runs still resume
+        run_config["augment"] = augment
     trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config)
     return trainer.run(resume=resume, evaluate=evaluate)

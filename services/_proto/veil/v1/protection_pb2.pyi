@@ -15,6 +15,12 @@ class Robustness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROBUSTNESS_JPEG: _ClassVar[Robustness]
     ROBUSTNESS_FULL: _ClassVar[Robustness]
 
+class ImageEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_ENCODING_UNSPECIFIED: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_PNG: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_JPEG: _ClassVar[ImageEncoding]
+
 class ProtectionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROTECTION_MODE_UNSPECIFIED: _ClassVar[ProtectionMode]
@@ -24,6 +30,9 @@ ROBUSTNESS_UNSPECIFIED: Robustness
 ROBUSTNESS_NONE: Robustness
 ROBUSTNESS_JPEG: Robustness
 ROBUSTNESS_FULL: Robustness
+IMAGE_ENCODING_UNSPECIFIED: ImageEncoding
+IMAGE_ENCODING_PNG: ImageEncoding
+IMAGE_ENCODING_JPEG: ImageEncoding
 PROTECTION_MODE_UNSPECIFIED: ProtectionMode
 PROTECTION_MODE_FMD: ProtectionMode
 PROTECTION_MODE_FAST: ProtectionMode
@@ -45,7 +54,7 @@ class FmdParams(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., step_size: _Optional[float] = ..., iterations: _Optional[int] = ..., ce_weight: _Optional[float] = ..., feature_layer: _Optional[str] = ..., robustness: _Optional[_Union[Robustness, str]] = ...) -> None: ...
 
 class ProtectRequest(_message.Message):
-    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id", "mode")
+    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id", "mode", "output_encoding", "jpeg_quality")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +62,8 @@ class ProtectRequest(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     image: _common_pb2.Image
     authorized_model: _common_pb2.ModelRef
@@ -60,10 +71,22 @@ class ProtectRequest(_message.Message):
     label: int
     request_id: str
     mode: ProtectionMode
-    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ...) -> None: ...
+    output_encoding: ImageEncoding
+    jpeg_quality: int
+    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., output_encoding: _Optional[_Union[ImageEncoding, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
+
+class TransformCheck(_message.Message):
+    __slots__ = ("transform", "prediction", "margin")
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    transform: str
+    prediction: int
+    margin: float
+    def __init__(self, transform: _Optional[str] = ..., prediction: _Optional[int] = ..., margin: _Optional[float] = ...) -> None: ...
 
 class ProtectResponse(_message.Message):
-    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model", "robustness")
+    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model", "robustness", "optimised_for", "checks", "margin")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LINF_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DISTORTION_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +100,9 @@ class ProtectResponse(_message.Message):
     PSNR_DB_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
     ROBUSTNESS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMISED_FOR_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     linf: float
     feature_distortion: float
@@ -90,7 +116,10 @@ class ProtectResponse(_message.Message):
     psnr_db: float
     authorized_model: _common_pb2.ModelRef
     robustness: Robustness
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., robustness: _Optional[_Union[Robustness, str]] = ...) -> None: ...
+    optimised_for: _containers.RepeatedScalarFieldContainer[str]
+    checks: _containers.RepeatedCompositeFieldContainer[TransformCheck]
+    margin: float
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., robustness: _Optional[_Union[Robustness, str]] = ..., optimised_for: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[TransformCheck, _Mapping]]] = ..., margin: _Optional[float] = ...) -> None: ...
 
 class LabeledImage(_message.Message):
     __slots__ = ("original", "protected", "label")
