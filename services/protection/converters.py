@@ -46,24 +46,20 @@ def _finite(value: float, field: str) -> float:
     return float(value)
 
 
+def _enum_name(value: int, names: dict[int, str], field: str) -> str:
+    """The domain name of a wire enum value ("" = unspecified, the server's default); a
+    number this server does not know (a newer client's) is INVALID_ARGUMENT naming ``field``."""
+    if value not in names:
+        raise InvalidArgument(f"{field}: unknown value {value}", details={"field": field})
+    return names[value]
+
+
 def robustness_from_pb(value: int) -> str:
-    """The domain name of a wire Robustness ("" = unspecified, the server default); a
-    number this server does not know is INVALID_ARGUMENT."""
-    if value not in ROBUSTNESS_NAMES:
-        raise InvalidArgument(
-            f"params.robustness: unknown value {value}", details={"field": "params.robustness"}
-        )
-    return ROBUSTNESS_NAMES[value]
+    return _enum_name(value, ROBUSTNESS_NAMES, "params.robustness")
 
 
 def encoding_from_pb(value: int) -> str:
-    """The domain name of a wire ImageEncoding ("" = the server's lossless default); a
-    number this server does not know is INVALID_ARGUMENT."""
-    if value not in ENCODING_NAMES:
-        raise InvalidArgument(
-            f"output_encoding: unknown value {value}", details={"field": "output_encoding"}
-        )
-    return ENCODING_NAMES[value]
+    return _enum_name(value, ENCODING_NAMES, "output_encoding")
 
 
 def params_from_pb(params: pb.FmdParams) -> Params:
