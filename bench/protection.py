@@ -657,12 +657,12 @@ def panel(draw: ImageDraw.ImageDraw, font: Any, box: tuple, title: str, labels: 
 
 def bars(draw: ImageDraw.ImageDraw, font: Any, box: tuple, modes_: list[str],
          values: dict[str, list[float]], chance: float) -> None:  # fmt: skip
-    """Same-task average per mode, one bar per transform (red: none, lighter: JPEG 90, 75;
-    grey: the shift)."""
+    """Same-task average per mode, one bar per transform, in the order of ``values`` (red:
+    none, lighter: JPEG 90, 75; greys: the resize, the shift)."""
     x0, y0, x1, y1 = box
-    _axes(draw, font, box, "same-task avg: none / JPEG 90 / JPEG 75 / shift 2px")
+    _axes(draw, font, box, "same-task avg: " + " / ".join(values))
     group = (x1 - x0) / len(modes_)
-    shades = [(214, 39, 40), (230, 120, 100), (240, 170, 150), (120, 120, 120)]
+    shades = [(214, 39, 40), (230, 120, 100), (240, 170, 150), (90, 90, 90), (170, 170, 170)]
     for g, mode in enumerate(modes_):
         gx = x0 + g * group
         draw.text((gx + group / 2 - draw.textlength(mode, font=font) / 2, y1 + 6), mode,
