@@ -71,13 +71,18 @@ def test_config_round_trips_into_a_model_that_takes_the_weights(arch: str) -> No
     assert torch.equal(model(x), rebuilt(x))
 
 
-def test_mixer_stages_are_maps_on_an_8x8_patch_grid() -> None:
-    model = build_classifier(ClassifierConfig(arch="mlpmixer", resolution=32, width=8))
+@pytest.mark.parametrize("arch,bad,divisor", [("mlpmixer", 36, 8), ("vit", 30, 4)])
+def test_token_models_stages_are_maps_on_an_8x8_patch_grid(
+    arch: str, bad: int, divisor: int
+) -> None:
+    """The mixer and the ViT cut 32 px into an 8×8 grid of patches (4 px each); a side their
+    patch does not divide is refused."""
+    model = build_classifier(ClassifierConfig(arch=arch, resolution=32, width=8))
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     for layer in ("stem", "block1", "block4"):
         assert model.features(x, layer).shape == (2, 32, 8, 8)
-    with pytest.raises(KernelInputError, match="divisible by 8"):
-        build_classifier(ClassifierConfig(arch="mlpmixer", resolution=36))
+    with pytest.raises(KernelInputError, match=f"divisible by {divisor}"):
+        build_classifier(ClassifierConfig(arch=arch, resolution=bad))
 
 
 def test_mixer_sees_where_a_feature_sits() -> None:
@@ -91,15 +96,6 @@ def test_mixer_sees_where_a_feature_sits() -> None:
     assert not torch.allclose(
         model.features(x, "penultimate"), model.features(shifted, "penultimate")
     )
-
-
-def test_vit_stages_are_maps_on_a_4px_patch_grid() -> None:
-    model = build_classifier(ClassifierConfig(arch="vit", resolution=32, width=8))
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    for layer in ("stem", "block1", "block4"):
-        assert model.features(x, layer).shape == (2, 32, 8, 8)
-    with pytest.raises(KernelInputError, match="divisible by 4"):
-        build_classifier(ClassifierConfig(arch="vit", resolution=30))
 
 
 def test_vit_sees_where_a_feature_sits_and_attends_across_the_image() -> None:
