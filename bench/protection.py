@@ -1,9 +1,10 @@
 """Authorized-inference protection, evaluated: who still reads a protected face, at what cost.
 
-    python -m bench.protection [--images 256] [--fmd-images 64] [--steps 10,30,100]
-        [--ce-weight L] [--feature-layer NAME] [--surrogates A,B|none] [--surrogate-weight M]
+    python -m bench.protection [--authorized task-resnet] [--protector auto|none|NAME]
+        [--images 256] [--fmd-images 64] [--steps 10,30,100]
+        [--ce-weight L] [--feature-layer NAME] [--surrogates auto|A,B|none] [--surrogate-weight M]
         [--momentum MU] [--diversity PX] [--no-alone] [--time-images 8] [--time-batches 1]
-        [--adaptive-images 128] [--adaptive-steps 150] [--adaptive-model unauth-vgg]
+        [--adaptive-images 128] [--adaptive-steps 150] [--adaptive-model NAME]
         [--adaptive-curve 16,64,256,1024,4096 [--curve-epochs 5] [--curve-max-steps 500]]
         [--fmd-robustness none,jpeg] [--no-robustness] [--faces-seed 17] [--threads 1] [--quick]
         [--attacker FILE.onnx --model-labels pose|ATTR [--model-size 32] [--model-mean 0.5]
@@ -30,16 +31,26 @@ pipelines FMD is optimised to survive (``fmd.protect``'s ``robustness``; default
 a row each, "FMD-N" for ``none``, "FMD-N jpeg" for ``jpeg``. Every protected image is
 rounded to 8 bits, as the service returns it.
 
+Any task: ``--authorized`` names the store classifier protected for, of whatever target it
+predicts (``task-resnet``: pose; ``task-smiling-resnet``: a tenant's smiling classifier).
+The same-task models are then the store's unauthorized models and attackers of that target,
+the other-task ones every other (cross-task transfer: does protecting for one task also
+hide another?); ``--surrogates auto`` takes the store's surrogates of that target, and
+``--protector auto`` the generator trained for it (none for smiling: no fast mode).
+
 What each figure measures:
 
-- **authorized**: ``task-resnet`` (pose, 3 classes) on the originals → on the protected images.
-- **same task**: every store classifier with role ``unauthorized`` (``unauth-vgg``,
-  ``unauth-wide-resnet``, ``unauth-mixer``, ``unauth-vit``: other architectures, seeds and
-  data): the black-box pose models the protection must defeat; "avg" is their mean, to be
-  compared with chance (the majority rate of the labels). ``unauth-vit`` (a ViT-tiny) and any
-  ``--attacker`` are of architectures in no surrogate; the report names them.
-- **other task**: the attribute attackers (``attacker-<attr>-{resnet,vgg}``), each on its own
-  attribute: models of another task, whose accuracy the protection should also lower.
+- **authorized**: ``--authorized`` (default ``task-resnet``: pose, 3 classes) on the
+  originals → on the protected images.
+- **same task**: every store classifier with role ``unauthorized`` or ``attacker`` that
+  predicts the authorized model's target (for pose: ``unauth-vgg``, ``unauth-wide-resnet``,
+  ``unauth-mixer``, ``unauth-vit``: other architectures, seeds and data): the black-box
+  models the protection must defeat; "avg" is their mean, to be compared with chance (the
+  majority rate of the labels). ``unauth-vit`` (a ViT-tiny) and any ``--attacker`` are of
+  architectures in no surrogate; the report names them.
+- **other task**: the other ones (for pose, the attribute attackers
+  ``attacker-<attr>-{resnet,vgg}``), each on its own labels: models of another task, whose
+  accuracy the protection should also lower.
 - **PSNR / SSIM** of the protected images against the originals
   (``services.kernels.metrics``).
 - **time**: ms per image at batch 16 (the first 16 · ``--time-batches`` faces) and at batch 1
@@ -52,7 +63,15 @@ What each figure measures:
   under the same transform says what the transform alone costs. One column per same-task
   model (the store's unauthorized ones, then every ``--attacker``), one row per mode and
   transform: each architecture before and after each transformation.
-- **adaptive**: a copy of ``--adaptive-model`` fine-tuned (Adam, lr 3e-4, batch 32,
+- **trade-off**: every mode's time per image at batch 16 against its same-task average,
+  fastest first: with ``--steps 5,10,30,100`` the curve of FMD's steps against protection,
+  and where the fast mode sits on it.
+- **targets**: issue #26's done-when on this run: under no transform, JPEG 90 / 75 and a
+  0.5x resize, the authorized model keeps >= 0.95 of its accuracy on the originals so
+  transformed and the same-task average is at most chance + 0.10 (fast: + 0.15); the fast
+  mode >= 50x faster than the slowest FMD.
+- **adaptive**: a copy of ``--adaptive-model`` (default: the first same-task vgg,
+  ``unauth-vgg`` for pose) fine-tuned (Adam, lr 3e-4, batch 32,
   ``--adaptive-steps`` steps) on ``--adaptive-images`` faces of seed 8 protected by the same
   mode, with their true labels (what FaceCure did to Fawkes), then tested on the protected
   held-out faces. It sees the protection's output, never its code or the authorized model.
@@ -61,9 +80,9 @@ What each figure measures:
   each N fine-tunes a fresh copy for ``--curve-epochs`` epochs at batch 32, at least 50 and at
   most ``--curve-max-steps`` steps (default 5 epochs, 50-500 steps: 50, 50, 50, 160 and 500 at
   N = 16 … 4 096), then tests it on the fast mode's protected report faces (and on their
-  originals). FMD is left out of the curve: at 0.8 s per image for 100 steps at batch 16 on
-  one core (the time table's FMD-100 row: 814 ms in the README's run), its 4 096 images alone
-  would take about 55 minutes; ``--adaptive-images`` is FMD's single point.
+  originals). FMD is left out of the curve: at 1.3-2.2 s per image for 100 steps at batch 16
+  on one core (the time table's FMD-100 rows in the README's run, 2026-12-07), its 4 096
+  images alone would take 1.5-2.5 hours; ``--adaptive-images`` is FMD's single point.
 - **--model / --attacker** (one option under two names): any ONNX classifier (inputs [0, 1]
   pixels resized to ``--model-size``, then (x − mean) / std; output i means label
   ``--model-label-map[i]``), reported in its own column, outside the committed models'
@@ -102,7 +121,7 @@ from torch.nn import functional as F
 from bench.protector import BATCH, _paired_times
 from services.kernels import fmd, pipeline
 from services.kernels.classifiers import Classifier, build_classifier
-from services.kernels.defaults import DEFAULT_SURROGATES
+from services.kernels.defaults import ARCHITECTURES
 from services.kernels.metrics import psnr, ssim
 from services.kernels.models import load_classifier, load_protector
 from services.kernels.protector import Protector, protect_fast
@@ -115,6 +134,9 @@ TUNING_SEED = 7
 ADAPTIVE_SEED = 8
 TRAINING_SEEDS = (0, 3)
 """The faces the authorized model, the attackers and the unauthorized models learned from."""
+SCORED = ("unauthorized", "attacker")
+"""The roles of the store models the protected images are shown to (never a surrogate nor
+another authorized model)."""
 ADAPTIVE_POOL = f"synthfaces://?n={{n}}&seed={ADAPTIVE_SEED}"
 PLOT = Path(__file__).resolve().parent / "figures" / "protection.png"
 TRANSFORMS = ("none", "JPEG 90", "JPEG 75", "resize 0.5x", "shift 2px")
@@ -197,23 +219,35 @@ class Context:
     faces: ImageTable
     x: torch.Tensor
     authorized: Classifier
-    protector: Protector
+    protector: Protector | None
+    """The fast mode's generator (None: none is trained for the authorized model)."""
     surrogates: list[Classifier]
     """What FMD attacks besides the authorized model (never one of the models scored)."""
     same: dict[str, Predictor]
-    """Same-task (pose) models: the committed unauthorized ones first, then ONNX ones."""
+    """Same-task models (the authorized model's target): the committed ones first, then
+    ONNX ones."""
     other: dict[str, tuple[str, Predictor]]
-    """Other-task models: name → (attribute, model)."""
+    """Other-task models: name → (what it predicts, model)."""
     committed: set[str]
     """Names of the store's models (the averages are over these only)."""
     args: argparse.Namespace
     curve: list[dict[str, float]] = field(default_factory=list)
     """The adaptive attacker per number of protected training images (``--adaptive-curve``)."""
 
+    @property
+    def task(self) -> str:
+        """What the authorized model predicts: ``pose`` or an attribute."""
+        return str(self.authorized.config.target)
+
     def labels(self, attribute: str) -> torch.Tensor:
-        if attribute == "pose":
-            return self.faces.tasks
-        return self.faces.attributes[:, self.faces.attribute_names.index(attribute)]
+        return column(self.faces, attribute)
+
+
+def column(table: ImageTable, attribute: str) -> torch.Tensor:
+    """The labels of ``attribute`` (``pose``: the task labels) in ``table``."""
+    if attribute == "pose":
+        return table.tasks
+    return table.attributes[:, table.attribute_names.index(attribute)]
 
 
 def accuracy(model: Predictor, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -265,13 +299,15 @@ def fmd_protect(
 
 
 def fast_protect(ctx: Context) -> Protect:
-    return lambda x: protect_fast(ctx.protector, ctx.authorized, x)[0]
+    protector = ctx.protector
+    assert protector is not None
+    return lambda x: protect_fast(protector, ctx.authorized, x)[0]
 
 
 def modes(ctx: Context) -> list[tuple[str, int, Protect]]:
     """(name, images, protect) of the fast mode and of FMD at each N."""
     args = ctx.args
-    out = [("fast", len(ctx.x), fast_protect(ctx))]
+    out = [("fast", len(ctx.x), fast_protect(ctx))] if ctx.protector is not None else []
     for r in args.fmd_robustness:
         out += [(fmd_name(s, r), args.fmd_images,
                  fmd_protect(args, ctx.authorized, s, ctx.surrogates, robustness=r))
@@ -297,8 +333,9 @@ def run_mode(ctx: Context, name: str, n: int, protect: Protect) -> Row:
 
 def score(ctx: Context, x: torch.Tensor) -> dict[str, float]:
     """Accuracy of every model on ``x`` (the first len(x) faces)."""
-    out = {"authorized": accuracy(ctx.authorized, x, ctx.faces.tasks)}
-    out |= {name: accuracy(m, x, ctx.faces.tasks) for name, m in ctx.same.items()}
+    y = ctx.labels(ctx.task)
+    out = {"authorized": accuracy(ctx.authorized, x, y)}
+    out |= {name: accuracy(m, x, y) for name, m in ctx.same.items()}
     out |= {name: accuracy(m, x, ctx.labels(a)) for name, (a, m) in ctx.other.items()}
     return out
 
@@ -368,11 +405,11 @@ def adaptive_curve(ctx: Context, row: Row, protect: Protect) -> None:
     made = time.perf_counter()
     base = ctx.same[args.adaptive_model]
     assert isinstance(base, Classifier)
-    y = ctx.faces.tasks
+    y = ctx.labels(ctx.task)
     for n in args.adaptive_curve:
         started = time.perf_counter()
         steps = curve_steps(args, n)
-        net = fine_tune(base, protected[:n], pool.tasks[:n], steps, seed=0)
+        net = fine_tune(base, protected[:n], column(pool, ctx.task)[:n], steps, seed=0)
         ctx.curve.append({
             "images": n, "steps": steps, "after": accuracy(net, row.protected, y),
             "clean after": accuracy(net, ctx.x[: row.n], y),
@@ -392,8 +429,8 @@ def adaptive(ctx: Context, row: Row, protect: Protect) -> None:
     made = time.perf_counter()
     base = ctx.same[args.adaptive_model]
     assert isinstance(base, Classifier)
-    net = fine_tune(base, protected, pool.tasks, args.adaptive_steps, seed=0)
-    y = ctx.faces.tasks
+    net = fine_tune(base, protected, column(pool, ctx.task), args.adaptive_steps, seed=0)
+    y = ctx.labels(ctx.task)
     row.adaptive = {
         "before": row.after["none"][args.adaptive_model],
         "after": accuracy(net, row.protected, y),
@@ -453,7 +490,7 @@ def accuracy_table(ctx: Context, rows: list[Row], chance: float, other_chance: f
 
 def time_table(rows: list[Row]) -> None:
     slowest = max((r for r in rows if r.mode != "fast"), key=lambda r: r.ms_batch16, default=None)
-    fast = next(r for r in rows if r.mode == "fast")
+    fast = next((r for r in rows if r.mode == "fast"), None)
     table_rows = []
     for r in rows:
         ratio = "-"
@@ -536,32 +573,59 @@ def curve_table(ctx: Context, rows: list[Row]) -> None:
     )
 
 
+def tradeoff_table(ctx: Context, rows: list[Row], chance: float) -> None:
+    """Protection against its cost, fastest first: with ``--steps 5,10,30,100`` the curve of
+    FMD's steps against the same-task average, and where the fast mode sits on it."""
+    fastest = min(r.ms_batch16 for r in rows)
+    table_rows = []
+    for r in sorted(rows, key=lambda r: r.ms_batch16):
+        avg = averages(ctx, r.after["none"])[0]
+        jpeg = averages(ctx, r.after["JPEG 75"])[0] if "JPEG 75" in r.after else "-"
+        table_rows.append([r.mode, f"{r.ms_batch16:.1f}", f"{r.ms_batch16 / fastest:.1f}x",
+                           avg, f"{avg - chance:+.3f}", jpeg])  # fmt: skip
+    markdown(
+        f"trade-off: time per image (batch 16) against the same-task average (chance {chance:.3f})",
+        ["mode", "ms", "× fastest", "same-task avg", "− chance", "after JPEG 75"],
+        table_rows,
+    )
+
+
+TARGET_TRANSFORMS = ("none", "JPEG 90", "JPEG 75", "resize 0.5x")
+"""The transforms the issue's done-when names."""
+
+
 def targets_table(ctx: Context, rows: list[Row], chance: float) -> None:
-    """The issue's done-when, checked on this run's figures."""
-    fast = next(r for r in rows if r.mode == "fast")
-    last = f"FMD-{max(ctx.args.steps)}"
+    """The issue's done-when, checked on this run's figures: under each transform the
+    authorized model keeps >= 0.95 of its accuracy on the originals so transformed, and the
+    same-task average is at most chance + 0.10 (+ 0.15 for the fast mode; below chance
+    counts as protected); the fast mode >= 50x faster than the slowest FMD at batch 16."""
     checks = []
     for r in rows:
-        if r.mode == "fast":
-            continue
-        drop = r.clean["authorized"] - r.after["none"]["authorized"]
-        same = averages(ctx, r.after["none"])[0]
-        ratio = r.ms_batch16 / fast.ms_batch16
-        speed = ("yes" if ratio >= 50 else "no") if r.mode == last else "-"
-        checks.append([r.mode, f"{drop * 100:+.1f} points", "yes" if drop <= 0.01 else "no",
-                       f"{same - chance:+.3f}", "yes" if abs(same - chance) <= 0.10 else "no",
-                       f"{ratio:.0f}x", speed])  # fmt: skip
+        bound = 0.15 if r.mode == "fast" else 0.10
+        for t in (t for t in TARGET_TRANSFORMS if t in r.after):
+            clean = r.transformed_clean.get(t, r.clean)["authorized"]
+            kept = r.after[t]["authorized"]
+            excess = averages(ctx, r.after[t])[0] - chance
+            checks.append([r.mode, t, arrow(clean, kept), "yes" if kept >= 0.95 * clean else "no",
+                           f"{excess:+.3f}", "yes" if excess <= bound else "no"])  # fmt: skip
     markdown(
-        "targets: authorized drop <= 1 point; same-task avg within 0.10 of chance; fast >= 50x "
-        f"faster than {last} (batch 16)",
-        ["mode", "authorized drop", "ok", "same-task avg − chance", "ok", "slower than fast",
-         "ok"],
+        "targets: authorized >= 0.95 x its accuracy under the same transform; same-task avg "
+        "<= chance + 0.10 (fast: + 0.15)",
+        ["mode", "transform", "authorized", "ok", "same-task avg − chance", "ok"],
         checks,
-    )  # fmt: skip
+    )
+    fast = next((r for r in rows if r.mode == "fast"), None)
+    slowest = max((r for r in rows if r.mode != "fast"), key=lambda r: r.ms_batch16, default=None)
+    if fast is not None and slowest is not None:
+        ratio = slowest.ms_batch16 / fast.ms_batch16
+        print(f"\nfast: {ratio:.0f}x faster than {slowest.mode} at batch 16 (target >= 50x: "
+              f"{'yes' if ratio >= 50 else 'no'})")  # fmt: skip
 
 
 # -- plot ------------------------------------------------------------------------------------
 
+LABEL_ROWS = 3
+"""At most this many staggered rows of x labels under a panel."""
 COLOURS = {
     "authorized": (44, 160, 44),
     "same-task avg": (214, 39, 40),
@@ -588,7 +652,7 @@ def plot(ctx: Context, rows: list[Row], chance: float, path: Path) -> None:
     """Left: accuracy per mode (clean at the left end); middle: same-task avg per transform;
     right (with ``--adaptive-curve``): the adaptive attacker against N protected images."""
     font = plot_font()
-    image = Image.new("RGB", (1420 if ctx.curve else 980, 420), "white")
+    image = Image.new("RGB", (1420 if ctx.curve else 980, 440), "white")
     draw = ImageDraw.Draw(image)
     series: dict[str, list[float]] = {k: [] for k in COLOURS}
     labels = ["original", *[r.mode for r in rows]]
@@ -610,10 +674,10 @@ def plot(ctx: Context, rows: list[Row], chance: float, path: Path) -> None:
               sizes, {"adaptive": points}, chance)  # fmt: skip
     x = 12.0
     for label, colour in COLOURS.items():
-        draw.line((x, 380, x + 20, 380), fill=colour, width=3)
-        draw.text((x + 25, 373), label, fill="black", font=font)
+        draw.line((x, 405, x + 20, 405), fill=colour, width=3)
+        draw.text((x + 25, 398), label, fill="black", font=font)
         x += 40 + draw.textlength(label, font=font)
-    draw.text((x, 373), "dashed: same-task chance", fill="black", font=font)
+    draw.text((x, 398), "dashed: same-task chance", fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
@@ -641,9 +705,12 @@ def panel(draw: ImageDraw.ImageDraw, font: Any, box: tuple, title: str, labels: 
     x0, y0, x1, y1 = box
     _axes(draw, font, box, title)
     xs = [x0 + 30 + i * (x1 - x0 - 60) / max(len(labels) - 1, 1) for i in range(len(labels))]
-    for x, label in zip(xs, labels, strict=True):
-        draw.text((x - draw.textlength(label, font=font) / 2, y1 + 6), label, fill="black",
-                  font=font)  # fmt: skip
+    gap = (x1 - x0 - 60) / max(len(labels) - 1, 1)
+    widest = max(draw.textlength(label, font=font) for label in labels)
+    rows = min(LABEL_ROWS, math.ceil((widest + 6) / gap))  # wide labels: staggered rows
+    for i, (x, label) in enumerate(zip(xs, labels, strict=True)):
+        draw.text((x - draw.textlength(label, font=font) / 2, y1 + 6 + 13 * (i % rows)), label,
+                  fill="black", font=font)  # fmt: skip
     for key, values in series.items():
         points = [(x, y1 - v * (y1 - y0)) for x, v in zip(xs, values, strict=True)]
         for a, b in pairwise(points):
@@ -696,16 +763,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.protection",
                                 description=__doc__.splitlines()[0])  # fmt: skip
     p.add_argument("--store", type=Path, help="model store (default: packaged)")
-    p.add_argument("--authorized", default="task-resnet")
-    p.add_argument("--protector", default="protector")
+    p.add_argument("--authorized", default="task-resnet",
+                   help="the store classifier protected for, of any task (default: "
+                   "%(default)s, pose; e.g. task-smiling-resnet)")  # fmt: skip
+    p.add_argument("--protector", default="auto",
+                   help="the fast mode's generator: a store entry, none, or auto (the store's "
+                   "generator trained for --authorized, if any; default)")  # fmt: skip
     p.add_argument("--images", type=int, help="held-out faces (default 256; --quick 32)")
     p.add_argument("--fmd-images", type=int, help="of them, protected by FMD (default 64)")
     p.add_argument("--steps", type=numbers(int), help="FMD N (default 10,30,100; --quick 2)")
     p.add_argument("--ce-weight", type=float, help="FMD λ (default: fmd.protect's)")
     p.add_argument("--feature-layer", help="FMD feature map (default: fmd.protect's)")
-    p.add_argument("--surrogates", default=",".join(DEFAULT_SURROGATES),
-                   help="store entries FMD also attacks, comma-separated, or none "
-                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--surrogates", default="auto",
+                   help="store entries FMD also attacks, comma-separated, none, or auto (the "
+                   "store's surrogates of the authorized model's task; default)")  # fmt: skip
     p.add_argument("--surrogate-weight", type=float, help="FMD μ (default: fmd.protect's)")
     p.add_argument("--momentum", type=float, help="FMD momentum (default: fmd.protect's)")
     p.add_argument("--diversity", type=int, help="FMD input diversity, px (default: fmd's)")
@@ -715,7 +786,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--time-batches", type=int, default=1, help="batch-16 timing batches")
     p.add_argument("--adaptive-images", type=int, help="default 128 (--quick 16)")
     p.add_argument("--adaptive-steps", type=int, help="default 150 (--quick 5)")
-    p.add_argument("--adaptive-model", default="unauth-vgg")
+    p.add_argument(
+        "--adaptive-model",
+        help="a same-task store model (default: its first vgg, unauth-vgg for pose)",
+    )
     p.add_argument("--adaptive-curve", type=numbers(int), default=(),
                    help="N protected training images of the adaptive attacker, comma-separated "
                    "(e.g. 16,64,256,1024,4096; default: no curve)")  # fmt: skip
@@ -795,34 +869,59 @@ def onnx_models(args: argparse.Namespace, names: Sequence[str], res: int) -> lis
 
 
 def context(args: argparse.Namespace) -> Context:
+    """The report faces and the models: scored ones split by task against the authorized
+    model's, and (``auto``) the store's surrogates and generator made for it."""
     store = ModelStore(args.store)
     authorized = load_classifier(args.authorized, store)
-    res = authorized.config.resolution
+    task, res = authorized.config.target, authorized.config.resolution
     faces = load_table(FACES.format(n=args.images, seed=args.faces_seed), res, cache_dir=None)
     same: dict[str, Predictor] = {}
     other: dict[str, tuple[str, Predictor]] = {}
+    own: list[tuple[int, str]] = []
+    generators: list[str] = []
     for m in store.list():
-        role = m.config.get("role") if m.kind == "classifier" else None
-        if role == "unauthorized" and m.config.get("target") == "pose":
+        if m.kind == "protector" and m.config.get("authorized") == args.authorized:
+            generators.append(m.name)
+        if m.kind != "classifier" or m.name == args.authorized:
+            continue
+        role, target = m.config.get("role"), m.config.get("target")
+        if role == "surrogate" and target == task:
+            own.append((ARCHITECTURES.index(m.config["arch"]), m.name))
+        elif role in SCORED and target == task:
             same[m.name] = load_classifier(m.name, store)
-        elif role == "attacker":
-            other[m.name] = (m.config["target"], load_classifier(m.name, store))
+        elif role in SCORED:
+            other[m.name] = (str(target), load_classifier(m.name, store))
     committed = set(same) | set(other)
+    if not same:
+        raise SystemExit(f"no unauthorized or attacker model of {task!r} in the store")
+    args.adaptive_model = args.adaptive_model or next(
+        (n for n, m in same.items() if isinstance(m, Classifier) and m.config.arch == "vgg"),
+        next(iter(same)),
+    )
     if args.adaptive_model not in same:
         raise SystemExit(f"--adaptive-model {args.adaptive_model}: not among {sorted(same)}")
     for o in onnx_models(args, faces.attribute_names, res):
-        if o.labels == "pose":
+        if o.labels == task:
             same[o.name] = o
         else:
             other[o.name] = (o.labels, o)
-    names = [n for n in args.surrogates.split(",") if n.strip() and n.strip() != "none"]
+    if args.surrogates == "auto":
+        args.surrogates = ",".join(name for _, name in sorted(own)) or "none"
+    names = [n.strip() for n in args.surrogates.split(",") if n.strip() not in ("", "none")]
     scored = sorted(set(names) & (committed | {args.authorized}))
     if scored:
         raise SystemExit(f"--surrogates {scored}: FMD may not attack a model it is scored on")
-    surrogates = [load_classifier(n.strip(), store) for n in names]
-    return Context(faces, faces.batch(torch.arange(len(faces))), authorized,
-                   load_protector(args.protector, store), surrogates, same, other, committed,
-                   args)  # fmt: skip
+    surrogates = [load_classifier(n, store) for n in names]
+    if args.protector == "auto":
+        args.protector = min(generators, default="none")
+    protector = None if args.protector == "none" else load_protector(args.protector, store)
+    if protector is not None and protector.config.authorized != args.authorized:
+        raise SystemExit(f"--protector {args.protector}: trained for "
+                         f"{protector.config.authorized}, not {args.authorized}")  # fmt: skip
+    if protector is None and args.adaptive_curve:
+        raise SystemExit("--adaptive-curve attacks the fast mode: it needs --protector")
+    return Context(faces, faces.batch(torch.arange(len(faces))), authorized, protector,
+                   surrogates, same, other, committed, args)  # fmt: skip
 
 
 def fmd_settings(args: argparse.Namespace) -> str:
@@ -865,13 +964,17 @@ def run(args: argparse.Namespace) -> tuple[Context, list[Row]]:
 
 def report(ctx: Context, rows: list[Row], wall: float) -> None:
     args = ctx.args
-    chance = majority(ctx.faces.tasks)
+    chance = majority(ctx.labels(ctx.task))
     other_chance = mean([majority(ctx.labels(a)) for a, _ in ctx.other.values()])
     store = ModelStore(args.store)
-    names = (args.authorized, args.protector, *sorted(ctx.committed))
+    generator = () if ctx.protector is None else (args.protector,)
+    names = (args.authorized, *generator, *sorted(ctx.committed))
     shas = ", ".join(f"{m} {store.manifest(m).sha256[:12]}" for m in names)
     print(f"command: python -m bench.protection {shlex.join(args.argv)}".rstrip())
     print(f"models: {shas}")
+    fast = args.protector if generator else "none (no generator for it)"
+    print(f"authorized: {args.authorized} ({ctx.task}); same task: {', '.join(ctx.same)}; "
+          f"fast mode: {fast}")  # fmt: skip
     held = f"held out: tuned on seed {TUNING_SEED}"
     if args.faces_seed == TUNING_SEED:
         held = "the tuning faces: not held out"
@@ -881,6 +984,7 @@ def report(ctx: Context, rows: list[Row], wall: float) -> None:
     accuracy_table(ctx, rows, chance, other_chance)
     print(f"\nin no surrogate's architecture: {', '.join(unsurrogated(ctx)) or 'none'}")
     time_table(rows)
+    tradeoff_table(ctx, rows, chance)
     if args.robustness:
         robustness_table(ctx, rows)
     adaptive_table(ctx, rows)

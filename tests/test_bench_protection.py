@@ -141,7 +141,15 @@ def test_a_quick_run_prints_sane_tables_and_writes_the_plot(
     assert "faces: synthfaces seed 17 (held out: tuned on seed 7)" in out
     assert "onnx:vgg (ONNX)" in out.split("in no surrogate's architecture:")[1].splitlines()[0]
     _, targets = rows_of(out, "targets:")
-    assert [r[0] for r in targets] == ["FMD-1", "FMD-1 alone"]
+    assert [(r[0], r[1]) for r in targets] == [
+        (m, t) for m in ("fast", "FMD-1") for t in protection.TARGET_TRANSFORMS
+    ] + [("FMD-1 alone", "none")]
+    assert all(r[3] in ("yes", "no") and r[5] in ("yes", "no") for r in targets)
+    assert re.search(r"\nfast: \d+x faster than FMD-1( alone)? at batch 16", out)
+    _, tradeoff = rows_of(out, "trade-off:")
+    assert {r[0] for r in tradeoff} == {"fast", "FMD-1", "FMD-1 alone"}
+    assert tradeoff[0][2] == "1.0x" and all(float(r[2][:-1]) >= 1 for r in tradeoff)
+    assert [float(r[1]) for r in tradeoff] == sorted(float(r[1]) for r in tradeoff)
     assert plot.stat().st_size > 1000
     assert re.search(r"λ = [\d.]+, feature layer \w+", out)
     assert "surrogates surrogate-resnet,surrogate-vgg,surrogate-mlpmixer (μ = 1)" in out
@@ -160,3 +168,31 @@ def test_report_faces_are_held_out_and_attacker_is_model() -> None:
             protection.parse(["--faces-seed", seed])
     args = protection.parse(["--adaptive-curve", "16,64,256,1024,4096"])
     assert [protection.curve_steps(args, n) for n in args.adaptive_curve] == [50, 50, 50, 160, 500]
+
+
+def test_a_tenant_task_other_than_pose_is_scored_against_its_own_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Protected for the smiling classifier: the same-task columns are the smiling models,
+    the pose models are another task, FMD attacks the smiling surrogates, and with no
+    generator trained for it there is no fast mode."""
+    assert protection.main([
+        "--authorized", "task-smiling-resnet", "--images", "8", "--fmd-images", "8",
+        "--steps", "1", "--no-alone", "--no-robustness", "--time-images", "1",
+        "--adaptive-images", "8", "--adaptive-steps", "1", "--plot", str(tmp_path / "p.png"),
+    ]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "authorized: task-smiling-resnet (smiling);" in out
+    assert "fast mode: none (no generator for it)" in out
+    assert re.search(
+        r"surrogates surrogate-smiling-resnet,surrogate-smiling-vgg,surrogate-smiling-mlpmixer ",
+        out,
+    )
+    header, rows = rows_of(out, "accuracy, original → protected")
+    assert [r[0] for r in rows] == ["FMD-1"]
+    same = header[3 : header.index("same-task avg")]
+    assert set(same) == {"attacker-smiling-resnet", "attacker-smiling-vgg", "unauth-smiling-vit"}
+    assert "unauth-vgg" not in header  # pose: another task, in the other-task average
+    assert "adaptive: attacker-smiling-vgg fine-tuned" in out
+    with pytest.raises(SystemExit, match="trained for task-resnet"):
+        protection.main(["--authorized", "task-smiling-resnet", "--protector", "protector"])

@@ -144,10 +144,15 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--role",
         choices=ROLES,
         default="task",
-        help="task: the authorized model; attacker: predicts --attribute; unauthorized: an"
-        " independent model of the task (an outside black box the protection never sees)",
+        help="task: the authorized model; attacker: predicts a sensitive --attribute;"
+        " unauthorized: an independent model of the task (an outside black box the protection"
+        " never sees); surrogate: the protection's stand-in for such models",
     )
-    clf.add_argument("--attribute", help="what an attacker predicts (a sensitive attribute)")
+    clf.add_argument(
+        "--attribute",
+        help="the attribute it predicts (required for an attacker; for the other roles a"
+        " task other than pose, e.g. a tenant's smiling classifier; default pose)",
+    )
     clf.add_argument("--arch", choices=ARCHITECTURES, default="resnet")
     clf.add_argument("--width", type=int, default=32)
     clf.add_argument(
@@ -390,20 +395,22 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     from services.kernels.classifiers import ClassifierConfig
     from services.kernels.training.classifier import train_classifier
 
-    if (args.role == "attacker") != bool(args.attribute):
-        print("veil train classifier: --attribute goes with --role attacker", file=sys.stderr)
+    if args.role == "attacker" and not args.attribute:
+        print("veil train classifier: --role attacker needs --attribute", file=sys.stderr)
         return 2
-    target = args.attribute if args.role == "attacker" else "pose"
+    if args.attribute == "pose":
+        args.attribute = None  # the task itself
+    target = args.attribute or "pose"
+    prefix = {"task": "task", "unauthorized": "unauth", "surrogate": "surrogate"}
     names = {
-        "task": f"task-{args.arch}",
-        "unauthorized": f"unauth-{args.arch}",
-        "surrogate": f"surrogate-{args.arch}",
+        role: "-".join(filter(None, (short, args.attribute, args.arch)))
+        for role, short in prefix.items()
     }
     args.name = args.name or names.get(args.role, f"attacker-{target}-{args.arch}")
     train, held = _data(args)
     num_classes = (
         train.num_task_classes
-        if args.role != "attacker"
+        if target == "pose"
         else int(train.attributes[:, train.attribute_names.index(target)].max()) + 1
         if target in train.attribute_names
         else 2

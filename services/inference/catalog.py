@@ -74,5 +74,15 @@ def protector_robustness(settings: InferenceSettings) -> str:
     return str(manifest.config.get("robustness", "none"))
 
 
+def protector_authorized(settings: InferenceSettings) -> str | None:
+    """The classifier store entry the fast-protection generator was trained against (its
+    manifest's ``authorized``); None when the entry is missing."""
+    try:
+        manifest = read_store(settings.store).manifest(settings.protector)
+    except NotFound:
+        return None
+    return str(manifest.config.get("authorized", ""))
+
+
 PROTECTION_MODELS = [CLASSIFIER, PROTECT, PROTECTOR]
 """The models the protection service calls (its readiness waits for these)."""

@@ -20,6 +20,7 @@ from services.inference.catalog import (
     PROTECTION_MODELS,
     ClassifierInfo,
     classifier_info,
+    protector_authorized,
     protector_robustness,
 )
 from services.inference.factory import create_backend
@@ -65,9 +66,30 @@ def build_app(settings: Settings) -> ServiceApp:
     unauthorized: dict[str, ClassifierInfo] = {}
     for name, entry in settings.unauthorized.items():
         try:
-            unauthorized[name] = classifier_info(evaluation_settings, name, entry)
+            info = classifier_info(evaluation_settings, name, entry)
         except ModelNotReady as exc:
             log.warning("unauthorized model %s left out of Evaluate: %s", name, exc.message)
+            continue
+        if info.target != authorized.target:  # Evaluate scores with the authorized labels
+            log.warning(
+                "unauthorized model %s left out of Evaluate: it predicts %s, the authorized "
+                "model %s",
+                name,
+                info.target,
+                authorized.target,
+            )
+            continue
+        unauthorized[name] = info
+    fast_robustness: str | None = protector_robustness(settings.inference)
+    trained_for = protector_authorized(settings.inference)
+    if trained_for is not None and trained_for != authorized.entry:
+        log.warning(
+            "fast mode off: generator %s was trained for %s, not the authorized model %s",
+            settings.inference.protector,
+            trained_for,
+            authorized.entry,
+        )
+        fast_robustness = None
     handle = None
     evaluation: InferenceBackend | None = None
 
@@ -93,7 +115,7 @@ def build_app(settings: Settings) -> ServiceApp:
         app.workers.run,
         settings.image_limits,
         models,
-        protector_robustness(settings.inference),
+        fast_robustness,
     )
     app.mounts += [
         Mount(

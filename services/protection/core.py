@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.inference.backend import ROBUSTNESS, ProtectParams
 from services.inference.catalog import ClassifierInfo
@@ -63,13 +63,14 @@ class Params:
     iterations: int = 100
     ce_weight: float = 10.0
     feature_layer: str = ""
-    robustness: str = "jpeg"
+    robustness: str = "full"
     """What FMD optimises the result to survive (one of
-    ``services.inference.backend.ROBUSTNESS``): ``jpeg`` by default, since a platform's
-    JPEG re-encode undoes the authorized label of a ``none`` protection more often (32
-    held-out faces of seed 17, 100 steps, after JPEG 90 / 75: 0.906 / 0.719 with ``none``,
-    0.969 / 0.969 with ``jpeg``; README "Measured on held-out faces"). The fast mode ignores
-    it: its generator's training fixes what it survives."""
+    ``services.inference.backend.ROBUSTNESS``): ``full`` by default (JPEG 70-95, resizes,
+    shifts), since a platform's JPEG re-encode undoes the authorized label of a ``none``
+    protection (32 held-out faces of seed 17, 100 steps, after JPEG 90 / 75: 0.906 / 0.719
+    with ``none``, 0.969 / 0.969 with ``jpeg``) and a 0.5x resize that of a ``jpeg`` one
+    (0.812 of 1.000); README "Measured on held-out faces". The fast mode ignores it: its
+    generator's training fixes what it survives."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ class Protection:
         offload: Offload,
         limits: ImageLimits | None = None,
         models: AuthorizedModels | None = None,
-        fast_robustness: str = "none",
+        fast_robustness: str | None = "none",
     ) -> None:
         self.settings = settings
         self._backend = backend
@@ -204,7 +205,8 @@ class Protection:
         self.limits = limits or ImageLimits()
         self.models = models or SharedBase()
         self.fast_robustness = fast_robustness
-        """What the fast mode's generator was trained to survive (its manifest says)."""
+        """What the fast mode's generator was trained to survive (its manifest says); None:
+        it was trained for another authorized model, and the fast mode is refused."""
 
     # -- validation ------------------------------------------------------------------------
 
@@ -299,7 +301,15 @@ class Protection:
         mode = job.mode or self.settings.default_mode
         params = self.check_params(job.params, mode)
         label = self.check_label(job.label)
-        robustness = self.fast_robustness if mode == "fast" else params.robustness
+        robustness = params.robustness
+        if mode == "fast":
+            if self.fast_robustness is None:
+                raise FailedPrecondition(
+                    f"the fast mode's generator was not trained for the authorized model "
+                    f"({self.authorized.entry}): ask for PROTECTION_MODE_FMD",
+                    details={"field": "mode"},
+                )
+            robustness = self.fast_robustness
         fmt, quality = self.check_output(job.encoding, job.jpeg_quality, robustness)
         resolved = await self.check_model(job.tenant, job.model, job.version)
         resolution = self.authorized.resolution

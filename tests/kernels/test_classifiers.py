@@ -127,21 +127,29 @@ def test_unauthorized_models_learn_the_task_labels() -> None:
     assert torch.equal(labels_for(table, unauthorized), table.tasks)
     attacker = ClassifierConfig(role="attacker", target="smiling")
     assert torch.equal(labels_for(table, attacker), table.attributes[:, 0])
+    tenant = ClassifierConfig(role="task", target="smiling")  # a task other than pose
+    assert torch.equal(labels_for(table, tenant), table.attributes[:, 0])
     with pytest.raises(KernelInputError, match="role"):
         ClassifierConfig(role="outsider")
 
 
 def test_veil_train_classifier_role_unauthorized(tmp_path: Path) -> None:
-    """``--role unauthorized`` trains on the pose labels into ``unauth-<arch>``; an
-    ``--attribute`` is refused (it belongs to attackers)."""
+    """``--role unauthorized`` trains on the pose labels into ``unauth-<arch>``; with an
+    ``--attribute``, on that attribute (another task) into ``unauth-<attribute>-<arch>``; an
+    attacker without one is refused."""
     parser = argparse.ArgumentParser(prog="veil")
     add_train_parser(parser.add_subparsers(dest="command", required=True))
     common = ["--out", str(tmp_path / "store"), "--data", "synthfaces://?n=24&seed=0",
               "--cache-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ckpt"),
               "--steps", "2", "--batch-size", "2", "--threads", "1", "--no-progress"]  # fmt: skip
     base = ["train", "classifier", "--role", "unauthorized", "--arch", "mlpmixer", "--width", "4"]
-    refused = parser.parse_args([*base, "--attribute", "smiling", *common])
+    refused = parser.parse_args(["train", "classifier", "--role", "attacker", *common])
     assert refused.handler(refused) == 2
+    other = parser.parse_args([*base, "--attribute", "smiling", "--seed", "14", *common])
+    assert other.handler(other) == 0
+    smiling = ModelStore(tmp_path / "store").manifest("unauth-smiling-mlpmixer")
+    assert (smiling.config["target"], smiling.config["num_classes"]) == ("smiling", 2)
+    assert "--attribute smiling" in smiling.command
     args = parser.parse_args([*base, "--seed", "13", *common])
     assert args.handler(args) == 0
     manifest = ModelStore(tmp_path / "store").manifest("unauth-mlpmixer")

@@ -81,6 +81,30 @@ def test_fmd_surrogates_are_the_defenders_models_not_the_unauthorized_ones():
     assert archs == {"vgg", "resnet", "mlpmixer"}
 
 
+def test_a_second_task_has_its_own_surrogates_and_outside_model():
+    """Protection for a tenant's classifier of another task (issue #26, item 5): the
+    smiling classifier, the defender's surrogates of that task (its data, other seeds, one
+    per architecture, >= 94 % held out) and an outside ViT of that task (other faces,
+    another seed)."""
+    task = STORE.manifest("task-smiling-resnet")
+    assert (task.config["role"], task.config["target"], task.config["num_classes"]) == (
+        "task", "smiling", 2
+    )  # fmt: skip
+    assert "--augment pipeline" in task.command
+    archs = set()
+    for arch in ("resnet", "vgg", "mlpmixer"):
+        manifest = STORE.manifest(f"surrogate-smiling-{arch}")
+        assert (manifest.config["role"], manifest.config["target"]) == ("surrogate", "smiling")
+        assert manifest.data["uri"] == task.data["uri"] and manifest.seed != task.seed
+        assert manifest.metrics["held-out accuracy"] >= 0.94  # the mixer: 0.948
+        archs.add(manifest.config["arch"])
+    assert archs == {"resnet", "vgg", "mlpmixer"}
+    outside = STORE.manifest("unauth-smiling-vit")
+    assert (outside.config["role"], outside.config["target"]) == ("unauthorized", "smiling")
+    assert outside.data["uri"] != task.data["uri"] and outside.seed != task.seed
+    assert outside.metrics["held-out accuracy"] >= 0.9
+
+
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.name)
 def test_each_default_verifies_and_records_how_it_was_made(manifest):
     assert STORE.verify(manifest.name) == {manifest.name: "ok"}

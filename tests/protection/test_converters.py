@@ -33,7 +33,7 @@ def protected(robustness: str, **fields: object) -> Protected:
 @pytest.mark.parametrize(
     "value,name",
     [
-        (pb.ROBUSTNESS_UNSPECIFIED, "jpeg"),  # the server default
+        (pb.ROBUSTNESS_UNSPECIFIED, "full"),  # the server default
         (pb.ROBUSTNESS_NONE, "none"),
         (pb.ROBUSTNESS_JPEG, "jpeg"),
         (pb.ROBUSTNESS_FULL, "full"),
@@ -42,7 +42,7 @@ def protected(robustness: str, **fields: object) -> Protected:
 def test_robustness_from_the_wire(value: int, name: str) -> None:
     params = cv.params_from_pb(pb.FmdParams(robustness=value))  # type: ignore[arg-type]
     assert params.robustness == name
-    assert Params().robustness == "jpeg"
+    assert Params().robustness == "full"
 
 
 def test_every_kernel_robustness_goes_back_to_the_wire_and_round_trips() -> None:

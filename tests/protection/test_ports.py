@@ -137,7 +137,7 @@ def test_the_core_protects_an_image_within_its_bound(
     assert 0 < out.linf <= bound + 1e-9
     assert out.steps_run == (3 if mode == "fmd" else 0) and out.mode == mode
     assert (out.model, out.version, out.request_id) == (authorized.name, 1, "r")
-    assert out.robustness == ("jpeg" if mode == "fmd" else "none")
+    assert out.robustness == ("full" if mode == "fmd" else "none")
 
 
 def fake_core(authorized: ClassifierInfo) -> tuple[Protection, FakeKernels]:
@@ -240,7 +240,7 @@ def test_a_jpeg_answer_is_a_jpeg_at_the_quality_asked(authorized: ClassifierInfo
     out = asyncio.run(core.protect(job))
     decoded = decode_image(out.image)
     assert out.format == "JPEG" and decoded.format == "JPEG"
-    assert out.robustness == "jpeg" and out.checks[0].transform == "as returned"
+    assert out.robustness == "full" and out.checks[0].transform == "as returned"
     original = decode_image(photo).pixels.astype(int)
     assert out.linf == pytest.approx(np.abs(decoded.pixels.astype(int) - original).max() / 255)
     default = asyncio.run(core.protect(ProtectJob(photo, params=Params(iterations=3))))

@@ -16,9 +16,9 @@ from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, se
 
 
 def labels_for(table: ImageTable, config: ClassifierConfig) -> torch.Tensor:
-    """The column a classifier predicts: the task labels (the authorized model and the
-    unauthorized ones), or one attribute (an attacker)."""
-    if config.role != "attacker":
+    """The column a classifier predicts: the task labels (target ``pose``), or one
+    attribute (an attacker's, or a tenant's task other than pose)."""
+    if config.target == "pose":
         return table.tasks
     if config.target not in table.attribute_names:
         raise InvalidArgument(
@@ -60,7 +60,7 @@ def train_classifier(
 
     def step_loss(net: nn.Module, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         images = train.batch(indices)
-        if model_config.role == "attacker":  # mirrors keep attributes; they swap pose labels
+        if model_config.target != "pose":  # mirrors keep attributes; they swap pose labels
             flip = torch.rand(len(indices), generator=gen) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if augment == "pipeline":
