@@ -488,9 +488,15 @@ def accuracy_table(ctx: Context, rows: list[Row], chance: float, other_chance: f
     )  # fmt: skip
 
 
-def time_table(rows: list[Row]) -> None:
-    slowest = max((r for r in rows if r.mode != "fast"), key=lambda r: r.ms_batch16, default=None)
+def fast_and_slowest(rows: list[Row]) -> tuple[Row | None, Row | None]:
+    """(the fast mode's row, the slowest FMD row at batch 16); None where there is none."""
     fast = next((r for r in rows if r.mode == "fast"), None)
+    slowest = max((r for r in rows if r.mode != "fast"), key=lambda r: r.ms_batch16, default=None)
+    return fast, slowest
+
+
+def time_table(rows: list[Row]) -> None:
+    fast, slowest = fast_and_slowest(rows)
     table_rows = []
     for r in rows:
         ratio = "-"
@@ -614,8 +620,7 @@ def targets_table(ctx: Context, rows: list[Row], chance: float) -> None:
         ["mode", "transform", "authorized", "ok", "same-task avg − chance", "ok"],
         checks,
     )
-    fast = next((r for r in rows if r.mode == "fast"), None)
-    slowest = max((r for r in rows if r.mode != "fast"), key=lambda r: r.ms_batch16, default=None)
+    fast, slowest = fast_and_slowest(rows)
     if fast is not None and slowest is not None:
         ratio = slowest.ms_batch16 / fast.ms_batch16
         print(f"\nfast: {ratio:.0f}x faster than {slowest.mode} at batch 16 (target >= 50x: "
@@ -704,8 +709,8 @@ def panel(draw: ImageDraw.ImageDraw, font: Any, box: tuple, title: str, labels: 
           series: dict[str, list[float]], chance: float) -> None:  # fmt: skip
     x0, y0, x1, y1 = box
     _axes(draw, font, box, title)
-    xs = [x0 + 30 + i * (x1 - x0 - 60) / max(len(labels) - 1, 1) for i in range(len(labels))]
     gap = (x1 - x0 - 60) / max(len(labels) - 1, 1)
+    xs = [x0 + 30 + i * gap for i in range(len(labels))]
     widest = max(draw.textlength(label, font=font) for label in labels)
     rows = min(LABEL_ROWS, math.ceil((widest + 6) / gap))  # wide labels: staggered rows
     for i, (x, label) in enumerate(zip(xs, labels, strict=True)):
