@@ -212,11 +212,16 @@ def test_installed_veil_demo_quick_runs_from_outside_the_checkout(
     assert "WhoAmI          tenant=demo service=accountant" in out.stdout
     assert "bad image       INVALID_ARGUMENT" in out.stdout
     assert "RESOURCE_EXHAUSTED: charge exceeds the subject budget" in out.stdout
+    assert "CreatePreview   FAILED_PRECONDITION: the face lies outside" in out.stdout
+    assert "CreatePreview   allow_out_of_domain: score " in out.stdout
     assert "CreatePreview   face at" in out.stdout
     assert "Release         ε=2.000" in out.stdout
     assert "Ledger          alice: 1 charge" in out.stdout
     assert "RESOURCE_EXHAUSTED: the accountant:" in out.stdout
-    assert out.stdout.count("SanitizeBatch   lfw-") == 4
+    assert out.stdout.count("SanitizeBatch   lfw-") == 2
+    assert out.stdout.count(": OUT_OF_DOMAIN (score ") == 2
+    assert out.stdout.count("SanitizeBatch   synth-") == 2
+    assert out.stdout.count("charged (") == 2
     assert (tmp_path / "out" / "released.png").is_file()
     for mode in ("FMD ", "FAST"):
         assert f"ProtectBatch    {mode} 6 faces" in out.stdout

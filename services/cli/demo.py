@@ -279,17 +279,24 @@ def lfw_faces(count: int) -> list[bytes]:
     try:
         from skimage import data
     except ImportError:
-        from services.kernels.data.synthfaces import SynthFaces
-
-        faces = SynthFaces(n=count, seed=3, resolution=32)
-        return [encode_image(faces.pixels(i), "PNG") for i in range(count)]
+        return synthetic_faces(count)
     images = data.lfw_subset()[:count]  # the first 100 are faces
     return [encode_image((img * 255).round().astype("uint8"), "PNG") for img in images]
 
 
+def synthetic_faces(count: int) -> list[bytes]:
+    """Procedural faces of a seed the default model never saw: inside its domain."""
+    from services.kernels.data.synthfaces import SynthFaces
+
+    faces = SynthFaces(n=count, seed=3, resolution=32)
+    return [encode_image(faces.pixels(i), "PNG") for i in range(count)]
+
+
 async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) -> None:
-    """Alice previews her portrait at three strengths, releases one, and runs out of
-    budget; the product backend sanitizes a few LFW faces in one batch."""
+    """Alice's real portrait is outside the default model's domain: refused, then previewed
+    with ``allow_out_of_domain`` at three strengths; she releases one and runs out of
+    budget. The product backend sends two LFW faces (refused, nothing charged) and two
+    synthetic ones (charged) in one batch."""
     import tempfile
     from pathlib import Path
 
@@ -318,12 +325,23 @@ async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) 
         f"at {model.resolution}x{model.resolution}, trained on {model.training_data}"
     )
     photo = common_pb2.Image(data=demo_image())
-    preview = await alice.sanitizer.CreatePreview(
-        spb.CreatePreviewRequest(
-            dataset_id=dataset, subject_id="alice", image=photo, strengths=[0.5, 2.0, 8.0],
-            delta=1e-5,
-        )
+    ask = spb.CreatePreviewRequest(
+        dataset_id=dataset, subject_id="alice", image=photo, strengths=[0.5, 2.0, 8.0],
+        delta=1e-5,
     )  # fmt: skip
+    try:
+        preview = await alice.sanitizer.CreatePreview(ask)
+    except grpc.aio.AioRpcError as err:  # a real photo: the default model knows synthfaces
+        if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        print(f"CreatePreview   {err.code().name}: {err.details()}")
+        ask.allow_out_of_domain = True
+        preview = await alice.sanitizer.CreatePreview(ask)
+        score = preview.domain
+        print(
+            f"CreatePreview   allow_out_of_domain: score {score.score:.2f} > threshold "
+            f"{score.threshold:.2f} ({score.method}; for alice only: logged nowhere)"
+        )
     box = preview.face_box
     for c in preview.candidates:
         (out / f"preview-eps{c.epsilon:g}.png").write_bytes(c.image.data)
@@ -353,7 +371,12 @@ async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) 
         try:
             await backend.sanitizer.Sanitize(
                 spb.SanitizeRequest(
-                    dataset_id=dataset, subject_id="alice", image=photo, epsilon=2.0, delta=1e-5
+                    dataset_id=dataset,
+                    subject_id="alice",
+                    image=photo,
+                    epsilon=2.0,
+                    delta=1e-5,
+                    allow_out_of_domain=True,
                 )
             )
             print(f"Sanitize #{attempt}     alice again at ε=2: released")
@@ -361,13 +384,16 @@ async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) 
             print(f"Sanitize #{attempt}     {err.code().name}: {err.details()}")
             break
 
+    faces = [(f"lfw-{i}", face) for i, face in enumerate(lfw_faces(2))]
+    faces += [(f"synth-{i}", face) for i, face in enumerate(synthetic_faces(2))]
+
     async def items():
-        for i, face in enumerate(lfw_faces(4)):
+        for item_id, face in faces:
             yield spb.SanitizeBatchRequest(
-                item_id=f"lfw-{i}",
+                item_id=item_id,
                 request=spb.SanitizeRequest(
                     dataset_id=dataset,
-                    subject_id=f"lfw-{i}",
+                    subject_id=item_id,
                     image=common_pb2.Image(data=face),
                     epsilon=1.0,
                     delta=1e-5,
@@ -377,7 +403,9 @@ async def _sanitize(backend: VeilClient, alice: VeilClient, ledger: VeilClient) 
 
     async for answer in backend.sanitizer.SanitizeBatch(items()):
         if answer.HasField("error"):
-            print(f"SanitizeBatch   {answer.item_id}: error {answer.error.message}")
+            error = answer.error
+            score = error.metadata.get("score", "-")
+            print(f"SanitizeBatch   {answer.item_id}: {error.reason} (score {score}), not charged")
             continue
         (out / f"{answer.item_id}.png").write_bytes(answer.result.image.data)
         print(

@@ -1,4 +1,4 @@
-"""``veil train diffae|classifier|probes|protector``.
+"""``veil train diffae|classifier|probes|protector|domain``.
 
 Wire into the top-level parser with :func:`add_train_parser`;
 each leaf parser sets ``handler`` (``args.handler(args) -> int``). Every trained model is
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.cli.domain import add_domain_parser
 from services.kernels.defaults import (
     ARCHITECTURES,
     DEFAULT_CACHE,
@@ -188,6 +189,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     probes.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     _registry_arguments(probes)
     probes.set_defaults(handler=run_train_probes)
+    add_domain_parser(kinds)
     return train
 
 

@@ -67,6 +67,14 @@ class FailedPrecondition(VeilError):
     reason = "FAILED_PRECONDITION"
 
 
+class OutOfDomain(FailedPrecondition):
+    """The input lies outside what the loaded model was trained on (its in-domain score is
+    above the model's threshold); nothing was charged. ``details`` carry the score: they go
+    to the caller who sent the input, never to logs or metrics."""
+
+    reason = "OUT_OF_DOMAIN"
+
+
 class BudgetExhausted(VeilError):
     """The charge would take a privacy budget past its limit; nothing was spent."""
 

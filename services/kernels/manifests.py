@@ -31,7 +31,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parent / "weights"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-KINDS = ("diffae", "classifier", "probes", "protector")
+KINDS = ("diffae", "classifier", "probes", "protector", "domain")
 
 
 class ModelIntegrityError(FailedPrecondition):

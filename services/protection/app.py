@@ -23,6 +23,7 @@ from services.inference.catalog import (
     protector_authorized,
     protector_robustness,
 )
+from services.inference.domain import domain_model
 from services.inference.factory import create_backend
 from services.protection.core import MODES, Protection
 from services.protection.metrics import ProtectionMetrics
@@ -103,6 +104,15 @@ def build_app(settings: Settings) -> ServiceApp:
             evaluation = create_backend(evaluation_settings)
         return evaluation
 
+    domain = domain_model(settings.inference, settings.domain, authorized.entry)
+    if domain is None:
+        log.warning("VEIL_PROTECTION_DOMAIN is empty: no image is refused as out of domain")
+    elif settings.inference.feature_layer != "penultimate":
+        raise ModelNotReady(
+            f"the authorized model's domain is fitted on its penultimate features; the "
+            f"backend's feature_layer is {settings.inference.feature_layer!r} (set "
+            "VEIL_PROTECTION_DOMAIN empty to serve without the check)"
+        )
     registry = registry_client(settings)
     models: AuthorizedModels = SharedBase() if registry is None else RegistryModels(registry)
     core = Protection(
@@ -116,6 +126,7 @@ def build_app(settings: Settings) -> ServiceApp:
         settings.image_limits,
         models,
         fast_robustness,
+        domain,
     )
     app.mounts += [
         Mount(

@@ -7,6 +7,7 @@ import math
 from services._proto.veil.v1 import common_pb2
 from services._proto.veil.v1 import protection_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.kernels.domain import DomainScore
 from services.protection.core import (
     Evaluation,
     Pair,
@@ -97,6 +98,7 @@ def job_from_pb(request: pb.ProtectRequest, time_budget_s: float | None) -> Prot
         time_budget_s=time_budget_s,
         encoding=encoding_from_pb(request.output_encoding),
         jpeg_quality=_quality(request.jpeg_quality),
+        allow_out_of_domain=bool(request.allow_out_of_domain),
     )
 
 
@@ -128,7 +130,12 @@ def protected_to_pb(out: Protected) -> pb.ProtectResponse:
             for c in out.checks
         ],
         margin=out.margin,
+        domain=domain_to_pb(out.domain),
     )
+
+
+def domain_to_pb(score: DomainScore | None) -> common_pb2.DomainScore | None:
+    return None if score is None else common_pb2.DomainScore(**score.fields())
 
 
 def pairs_from_pb(request: pb.EvaluateRequest) -> list[Pair]:

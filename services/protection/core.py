@@ -30,10 +30,11 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfDomain
 from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.inference.backend import ROBUSTNESS, ProtectParams
 from services.inference.catalog import ClassifierInfo
+from services.kernels.domain import DomainModel, DomainScore
 from services.protection.metrics import ProtectionMetrics
 from services.protection.models import SharedBase
 from services.protection.ports import AuthorizedModels, Kernels, Offload, Resolved
@@ -89,6 +90,7 @@ class ProtectJob:
     """One of :data:`ENCODINGS`."""
     jpeg_quality: int = 0
     """For ``jpeg``: 0 = :data:`~services.protection.transforms.DEFAULT_JPEG_QUALITY`."""
+    allow_out_of_domain: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class Protected:
     checks: tuple[Check, ...] = ()
     margin: float = 0.0
     """The smallest margin over ``checks``."""
+    domain: DomainScore | None = None
+    """The image's in-domain score, only when the caller set ``allow_out_of_domain`` (a
+    function of the input for the caller alone: never logged or counted)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,7 @@ class Protection:
         limits: ImageLimits | None = None,
         models: AuthorizedModels | None = None,
         fast_robustness: str | None = "none",
+        domain: DomainModel | None = None,
     ) -> None:
         self.settings = settings
         self._backend = backend
@@ -205,6 +211,9 @@ class Protection:
         self.limits = limits or ImageLimits()
         self.models = models or SharedBase()
         self.fast_robustness = fast_robustness
+        self.domain = domain
+        """The authorized model's in-domain score on its penultimate features (None: no
+        check)."""
         """What the fast mode's generator was trained to survive (its manifest says); None:
         it was trained for another authorized model, and the fast mode is refused."""
 
@@ -316,6 +325,7 @@ class Protection:
         pixels = (await self._offload(decode_image, job.image, self.limits)).pixels
         x = to_model(pixels, resolution)[None]
         backend = self._backend()
+        domain = await self.screen(backend, x, job.allow_out_of_domain)
         if mode == "fast":
             out = await backend.protect_fast(x)
             steps, early = 0, False
@@ -381,7 +391,29 @@ class Protection:
             optimised_for=OPTIMISED_FOR[robustness],
             checks=checks,
             margin=min(c.margin for c in checks),
+            domain=domain,
         )
+
+    async def screen(self, backend: Kernels, x: np.ndarray, allow: bool) -> DomainScore | None:
+        """The image's score on the authorized model's base version (the one its domain was
+        fitted on); OutOfDomain above the threshold unless ``allow``; the score for the
+        answer only when ``allow``. Nothing of it is logged or counted."""
+        if self.domain is None:
+            return None
+        _, features = await backend.classify(x, model=self.authorized.name, version=1)
+        score = self.domain.judge(np.asarray(features).reshape(1, -1))[0]
+        if not score.in_domain and not allow:
+            raise OutOfDomain(
+                f"the image lies outside what the authorized model {self.authorized.entry!r} "
+                "was trained on: the reading the protection would keep means little. Set "
+                "allow_out_of_domain to protect it anyway",
+                details={
+                    "score": f"{score.score:.4f}",
+                    "threshold": f"{score.threshold:.4f}",
+                    "method": score.method,
+                },
+            )
+        return score if allow else None
 
     # -- evaluate --------------------------------------------------------------------------
 

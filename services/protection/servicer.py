@@ -46,7 +46,12 @@ class ProtectionServicer(protection_pb2_grpc.ProtectionServicer):
                 out = await self.core.protect(job)
                 await done.put(cv.protected_to_pb(out))
             except VeilError as exc:
-                error = common_pb2.ItemError(code=status_code(exc).value[0], message=exc.message)
+                error = common_pb2.ItemError(
+                    code=status_code(exc).value[0],
+                    message=exc.message,
+                    reason=exc.reason,
+                    metadata=exc.details,
+                )
                 await done.put(pb.ProtectResponse(request_id=request.request_id, error=error))
             finally:
                 slots.release()

@@ -25,6 +25,11 @@ class ProtectionSettings(BaseSettings):
     """The served model images are protected for (the inference backend's classifier)."""
     default_mode: Literal["fmd", "fast"] = "fmd"
     """Mode when a request leaves it unspecified."""
+    domain: str | None = None
+    """Model store entry of the authorized model's in-domain score (``veil train domain
+    --model <entry>``): an image whose score is above its threshold is refused with
+    OUT_OF_DOMAIN unless the caller sets ``allow_out_of_domain``. Unset: ``domain-<the
+    authorized model's entry>``; empty: no check."""
     max_iterations: int = Field(default=300, ge=1, le=10_000)
     """Most FMD steps a request may ask for."""
     max_epsilon: float = Field(default=32 / 255, gt=0, le=1)

@@ -19,6 +19,7 @@ from services._proto.veil.v1 import sanitizer_pb2_grpc
 from services.inference.attach import attach_backend
 from services.inference.attributes import attribute_model
 from services.inference.backend import SANITIZER_MODELS, InferenceSettings
+from services.inference.domain import domain_model
 from services.runtime.diagnostics import diagnostics_mount
 from services.runtime.registry import registry_client
 from services.runtime.server import Mount, ServiceApp
@@ -59,6 +60,9 @@ def build_app(
     app = ServiceApp(name="sanitizer", settings=settings, mounts=[])
     metrics = SanitizerMetrics(app.registry)
     model = attribute_model(settings.inference, settings.probes)
+    domain = domain_model(settings.inference, settings.domain, settings.inference.diffae)
+    if domain is None:
+        log.warning("VEIL_SANITIZER_DOMAIN is empty: no input is refused as out of domain")
     store = store or SessionStore(settings.database_url)
     accountant: Ledger = ledger or AccountantLedger(
         settings.accountant_url,
@@ -81,6 +85,7 @@ def build_app(
         margin=settings.face_margin,
         output_format=settings.output_format,
         backend_ready=lambda: handle.last_ready if handle is not None else None,
+        domain=domain,
     )
     core = Sanitizer(settings, pipeline, store, accountant, metrics, app.workers.run, records)
     app.mounts += [

@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from services._proto.veil.v1 import common_pb2
 from services._proto.veil.v1 import sanitizer_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.kernels.domain import DomainScore
 from services.sanitizer.core import BatchItem, Candidate, Preview, Released, Request
 from services.sanitizer.faces import Box
 from services.sanitizer.pipeline import FaceChoice
@@ -75,6 +76,7 @@ def request_from_pb(request: pb.CreatePreviewRequest | pb.SanitizeRequest) -> Re
         steps=int(request.ddim_steps),
         complement=complement_from_pb(request.complement),
         face=face_from_pb(request.face, request.HasField("face")),
+        allow_out_of_domain=bool(request.allow_out_of_domain),
     )
 
 
@@ -117,7 +119,12 @@ def released_to_pb(released: Released, fmt: str) -> pb.ReleaseResponse:
             delta=released.ledger_delta,
             accountant=released.ledger_accountant,
         ),
+        domain=domain_to_pb(released.domain),
     )
+
+
+def domain_to_pb(score: DomainScore | None) -> common_pb2.DomainScore | None:
+    return None if score is None else common_pb2.DomainScore(**score.fields())
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -140,4 +147,5 @@ def preview_to_pb(preview: Preview, fmt: str) -> pb.CreatePreviewResponse:
         candidates=[candidate(c) for c in preview.candidates],
         expires_at=timestamp(preview.expires_at),
         face_box=box_to_pb(preview.face_box),
+        domain=domain_to_pb(preview.domain),
     )

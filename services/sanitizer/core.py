@@ -53,10 +53,12 @@ from services.common.errors import (
     BudgetExhausted,
     FailedPrecondition,
     InvalidArgument,
+    OutOfDomain,
     PermissionDenied,
     Unavailable,
     VeilError,
 )
+from services.kernels.domain import DomainScore
 from services.kernels.mechanism import (
     COMPLEMENTS,
     Calibration,
@@ -108,6 +110,8 @@ class Request:
     steps: int = 0
     complement: str = ""
     face: FaceChoice = field(default_factory=FaceChoice)
+    allow_out_of_domain: bool = False
+    """Sanitize a face outside the model's domain too; the answer then carries its score."""
 
 
 @dataclass(frozen=True)
@@ -131,17 +135,22 @@ class Released:
     (``ledger_accountant``, e.g. ``rdp``): its own bound, never below ``epsilon``."""
     ledger_delta: float = 0.0
     ledger_accountant: str = ""
+    domain: DomainScore | None = None
+    """The face's in-domain score, only when the caller set ``allow_out_of_domain``: a
+    function of the private input outside the guarantee, for the caller alone (kept with the
+    answer for its idempotent replays, never on the ledger)."""
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
         record.pop("image")
-        record["face_box"] = asdict(self.face_box)
         return record
 
     @classmethod
     def from_stored(cls, stored: StoredRelease) -> Released:
         data = dict(stored.result)
         data["face_box"] = Box(**data["face_box"])
+        domain = data.pop("domain", None)
+        data["domain"] = None if domain is None else DomainScore(**domain)
         data["replayed"] = True
         return cls(image=stored.image, **data)
 
@@ -172,6 +181,8 @@ class Preview:
     delta: float
     expires_at: float
     face_box: Box
+    domain: DomainScore | None = None
+    """As :attr:`Released.domain`."""
 
 
 @dataclass(frozen=True)
@@ -302,16 +313,36 @@ class Sanitizer:
             steps=self.steps(request.steps),
             complement=self.complement(request.complement),
             face=request.face,
+            allow_out_of_domain=request.allow_out_of_domain,
         )
 
     # -- the pipeline ----------------------------------------------------------------------
 
     async def _prepare(self, request: Request) -> Prepared:
+        """The face cropped, encoded and screened: outside the model's domain (and not
+        allowed), OutOfDomain before anything is reserved; with ``allow_out_of_domain`` the
+        score rides along for the answer. The score reaches no log, metric or ledger."""
         with self.metrics.timed("image"):
             prepared: Prepared = await self._offload(
                 self.pipeline.prepare_sync, request.image, request.face
             )
-        return prepared
+        with self.metrics.timed("encode"):
+            prepared = await self.pipeline.screen(prepared)
+        score = prepared.domain
+        if score is not None and not score.in_domain and not request.allow_out_of_domain:
+            self.metrics.refused("out_of_domain")
+            raise OutOfDomain(
+                "the face lies outside what the loaded model was trained on "
+                f"({self.pipeline.model.training_data or 'its training data'}): its release "
+                "would be a stand-in, not a sanitized version of it; nothing was charged. "
+                "Set allow_out_of_domain to sanitize it anyway",
+                details={
+                    "score": f"{score.score:.4f}",
+                    "threshold": f"{score.threshold:.4f}",
+                    "method": score.method,
+                },
+            )
+        return replace(prepared, domain=score if request.allow_out_of_domain else None)
 
     async def _generate(
         self, prepared: Sequence[Prepared], draws: Sequence[Draw], request: Request
@@ -382,6 +413,7 @@ class Sanitizer:
                 "complement": request.complement,
                 "face_box": asdict(prepared.face.box),
                 "seeded": seed is not None,
+                "allow_out_of_domain": request.allow_out_of_domain,
             },
             original=request.image,
             created_at=now,
@@ -401,6 +433,7 @@ class Sanitizer:
             request.delta,
             session.expires_at,
             prepared.face.box,
+            prepared.domain,
         )
 
     async def cancel_preview(self, caller: Caller, session_id: str) -> None:
@@ -681,6 +714,7 @@ class Sanitizer:
             complement=request.complement,
             rdp_epsilon=calibration.rdp_epsilon,
             noise_multiplier=calibration.noise_multiplier,
+            domain=prepared.domain,
         ).charged(spent)
 
     async def _candidate_charged(
@@ -897,6 +931,7 @@ class Sanitizer:
                 complement=w.request.complement,
                 rdp_epsilon=w.calibration.rdp_epsilon,
                 noise_multiplier=w.calibration.noise_multiplier,
+                domain=w.prepared.domain,
             ).charged(spent)
             return await self._finish(caller, released, w.key, w.claim, None, "batch")
         except BaseException:
@@ -949,6 +984,8 @@ def _sanitize_fingerprint(caller: Caller, request: Request, epsilon: float) -> s
         "sanitize", caller.subject, request.dataset, request.subject, request.image,
         sorted(request.weights.items()), request.delta, request.steps,
         request.complement, request.face, epsilon,
+        # Only when set: a key claimed before the flag existed keeps its fingerprint.
+        *(("allow_out_of_domain",) if request.allow_out_of_domain else ()),
     )  # fmt: skip
 
 
@@ -996,4 +1033,5 @@ def _session_request(session: Session) -> Request:
         steps=params["steps"],
         complement=params["complement"],
         face=FaceChoice(box=Box(**params["face_box"])),
+        allow_out_of_domain=bool(params.get("allow_out_of_domain", False)),
     )

@@ -30,6 +30,7 @@ REFUSAL_REASONS = (
     "delta",
     "key_spent",
     "seeded_candidate",
+    "out_of_domain",
 )
 """Every reason ``core.py`` refuses with (a test holds the two equal)."""
 

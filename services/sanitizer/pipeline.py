@@ -15,13 +15,14 @@ this same class.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.inference.attributes import AttributeModel
+from services.kernels.domain import DomainModel, DomainScore
 from services.kernels.mechanism import Calibration, Complement, fresh_noise, privatize
 from services.sanitizer.faces import Box, FaceCrop, crop_face, locate_face, paste_face
 from services.sanitizer.ports import Kernels
@@ -44,10 +45,14 @@ class FaceChoice:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A decoded photo and the face crop the model sees."""
+    """A decoded photo and the face crop the model sees (with its semantic code and
+    in-domain score once :meth:`Pipeline.screen` has encoded it)."""
 
     pixels: np.ndarray
     face: FaceCrop
+    code: np.ndarray | None = None
+    """(d,) semantic code of the crop: :meth:`Pipeline.encode` reuses it."""
+    domain: DomainScore | None = None
 
     @property
     def model_input(self) -> np.ndarray:
@@ -86,7 +91,9 @@ class Pipeline:
         margin: float = 0.25,
         output_format: str = "PNG",
         backend_ready: Callable[[], bool | None] = lambda: True,
+        domain: DomainModel | None = None,
     ) -> None:
+        """``domain``: the encoder's in-domain score (None: every face is scored in it)."""
         self._backend = backend
         self._backend_ready = backend_ready
         self.model = model
@@ -94,6 +101,7 @@ class Pipeline:
         self.limits = limits or ImageLimits()
         self.margin = margin
         self.output_format = output_format
+        self.domain = domain
 
     def backend_down(self) -> bool:
         """The backend's last readiness probe failed (None: no probe has answered yet, and
@@ -122,9 +130,20 @@ class Pipeline:
     # -- the mechanism ---------------------------------------------------------------------
 
     async def encode(self, prepared: Sequence[Prepared]) -> np.ndarray:
-        """Semantic codes (B, d) of the crops."""
+        """Semantic codes (B, d) of the crops (those :meth:`screen` encoded: not again)."""
+        codes = [p.code for p in prepared]
+        if all(c is not None for c in codes):
+            return np.stack(codes)  # type: ignore[arg-type]
         batch = np.stack([p.model_input for p in prepared])
         return await self._backend().encode(batch)
+
+    async def screen(self, prepared: Prepared) -> Prepared:
+        """``prepared`` with its code and, with a domain model, its in-domain score
+        (``services.kernels.domain``: a function of the private input that the mechanism's
+        guarantee does not cover; the core returns it to the caller only)."""
+        code = (await self.encode([prepared]))[0]
+        score = None if self.domain is None else self.domain.judge(code[None])[0]
+        return replace(prepared, code=code, domain=score)
 
     def noisy_codes(
         self, z: np.ndarray, draws: Sequence[Draw], complement: Complement

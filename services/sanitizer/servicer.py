@@ -155,7 +155,12 @@ class SanitizerServicer(sanitizer_pb2_grpc.SanitizerServicer):
                         code = status_code(result).value[0]
                         yield pb.SanitizeBatchResponse(
                             item_id=item_id,
-                            error=common_pb2.ItemError(code=code, message=result.message),
+                            error=common_pb2.ItemError(
+                                code=code,
+                                message=result.message,
+                                reason=result.reason,
+                                metadata=result.details,
+                            ),
                             done=done,
                             failed=failed,
                         )

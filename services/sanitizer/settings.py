@@ -59,6 +59,11 @@ class SanitizerSettings(BaseSettings):
 
     probes: str = "probes"
     """Model store entry of the attribute probes (directions, clip bounds, eraser)."""
+    domain: str | None = None
+    """Model store entry of the encoder's in-domain score (``veil train domain``): a face
+    whose score is above its threshold is refused with OUT_OF_DOMAIN unless the caller sets
+    ``allow_out_of_domain``. Unset: ``domain-<the diffae entry>``; empty: no check (every
+    input is taken as in the domain)."""
     default_ddim_steps: int = Field(default=10, ge=1, le=1000)
     """DDIM steps when a request gives 0."""
     max_ddim_steps: int = Field(default=100, ge=1, le=1000)

@@ -1,5 +1,6 @@
 """The model store as a service reads it, without torch: where the store is, which entry
-holds a model version, and the sanitizer's attribute model as numpy.
+holds a model version, the sanitizer's attribute model and a model's in-domain score as
+numpy.
 
 A service whose kernels run on Triton imports this module, never
 :mod:`services.serving.loading` (which builds the kernels and imports torch): reading
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import ModelNotReady, NotFound
+from services.kernels.domain import DomainModel
 from services.kernels.manifests import (
     DEFAULT_ROOT,
     ModelIntegrityError,
@@ -112,3 +114,23 @@ def load_attribute_space(store: StoreReader, probes: str, diffae: str) -> Attrib
         diffae_lineage=manifest_lineage(encoder),
         probes_lineage=manifest_lineage(manifest),
     )
+
+
+def load_domain(store: StoreReader, name: str, model: str) -> DomainModel:
+    """The in-domain score of the ``model`` entry (:mod:`services.kernels.domain`), read as
+    numpy from the ``name`` entry, which must have been fitted on that very model: a domain
+    fitted on another model's representation would accept and refuse the wrong inputs."""
+    try:
+        manifest, arrays = store.arrays(name, kind="domain")
+        fitted = store.manifest(model)
+    except (NotFound, ModelIntegrityError) as exc:
+        raise ModelNotReady(
+            f"domain {name!r} or model {model!r} cannot be loaded from the model store "
+            f"{store.root}: {exc.message} (fit one with `veil train domain --model {model}`)"
+        ) from None
+    if manifest.config.get("model_sha256") != fitted.sha256:
+        raise ModelNotReady(
+            f"domain {name!r} was fitted on another model than {model!r} (fit one with "
+            f"`veil train domain --model {model}`)"
+        )
+    return DomainModel.from_arrays(arrays, manifest.config)

@@ -173,3 +173,30 @@ def test_protector_registers_with_its_authorized_model(
     (record,) = registry(url).trained_models()  # the classifier was not registered
     authorized = StoreReader(tmp_path / "store").manifest(ENTRY).sha256
     assert record.kind == "protector" and record.lineage["authorized_sha256"] == authorized
+
+
+def test_train_domain_fits_the_model_it_names_and_a_service_reads_it(tmp_path: Path) -> None:
+    """``veil train domain`` on a tiny classifier's penultimate features: the entry records
+    the model's SHA-256 and its own data, a service reads it back; another model's entry
+    is refused (ModelNotReady), and so is a kind that has no representation."""
+    from services.common.errors import InvalidArgument, ModelNotReady
+    from services.serving.entries import load_domain
+
+    assert train(tmp_path, "--no-register") == 0
+    store = StoreReader(tmp_path / "store")
+    code = main(["train", "domain", "--model", ENTRY, "--out", str(tmp_path / "store"),
+                 "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--quantile", "0.9",
+                 "--no-register"])  # fmt: skip
+    assert code == 0
+    manifest = store.manifest(f"domain-{ENTRY}")
+    assert manifest.kind == "domain" and manifest.data["uri"] == store.manifest(ENTRY).data["uri"]
+    assert manifest.config["model_sha256"] == store.manifest(ENTRY).sha256
+    assert manifest.command.startswith("veil train domain --model task-mlpmixer")
+    domain = load_domain(store, f"domain-{ENTRY}", ENTRY)
+    assert domain.threshold == manifest.config["threshold"] > 0
+    assert train(tmp_path, "--no-register", seed=1) == 0  # the model changes under it
+    with pytest.raises(ModelNotReady, match="fitted on another model"):
+        load_domain(StoreReader(tmp_path / "store"), f"domain-{ENTRY}", ENTRY)
+    with pytest.raises(InvalidArgument, match="domain"):
+        main(["train", "domain", "--model", f"domain-{ENTRY}", "--out", str(tmp_path / "store"),
+              "--no-register"])  # fmt: skip

@@ -206,7 +206,9 @@ def test_a_service_under_load_rides_out_a_killed_triton(tmp_path: Path) -> None:
     )
     base = test_settings().model_dump()
     base.pop("metrics_port")
-    settings = Settings(**base, metrics_port=None, unauthorized={}, inference=inference)
+    settings = Settings(  # a random-init classifier: no training domain to check
+        **base, metrics_port=None, unauthorized={}, inference=inference, domain=""
+    )
     image = common_pb2.Image(data=encode_image(np.zeros((16, 16, 3), np.uint8)))
     request = pb.EvaluateRequest(images=[pb.LabeledImage(original=image, protected=image)])
     try:

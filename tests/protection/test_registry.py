@@ -73,6 +73,7 @@ def servers(
             registry_token=SERVICE,
             registry_cache_s=CACHE_S,
             unauthorized={},
+            domain="",  # a random-init classifier has no training domain to check against
             inference=InferenceSettings(
                 store=store, models=["veil_classifier", "veil_protect"], surrogates=[]
             ),
@@ -204,6 +205,7 @@ def test_a_registry_that_cannot_be_reached_is_unavailable(store: Path) -> None:
         registry_token=SERVICE,
         registry_timeout_s=1.0,
         unauthorized={},
+        domain="",  # a random-init classifier: no training domain
         inference=InferenceSettings(
             store=store, models=["veil_classifier", "veil_protect"], surrogates=[]
         ),

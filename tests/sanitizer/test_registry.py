@@ -46,7 +46,7 @@ from tests.sanitizer.fakes import FakeKernels, FakeLedger, FakeRecords
 from tests.support.server import ServerThread, bearer, free_port, serve
 from tests.unlearning.conftest import settings as unlearning_settings
 
-ENTRIES = ("diffae", "probes")
+ENTRIES = ("diffae", "probes", "domain-diffae")
 REGISTRY_TOKEN = "sanitizer-test-registry"
 TOKENS = {
     **conftest.TOKENS,
@@ -60,7 +60,8 @@ NEWER = "0" * 64
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The packaged ``diffae`` and ``probes``, copied: the store both servers read."""
+    """The packaged ``diffae``, ``probes`` and ``domain-diffae``, copied: the store both
+    servers read."""
     root = tmp_path_factory.mktemp("store")
     for entry in ENTRIES:
         shutil.copytree(DEFAULT_ROOT / entry, root / entry)

@@ -443,9 +443,11 @@ def test_detects_the_face_in_a_photo(
             image=common_pb2.Image(data=png),
             delta=1e-5,
             epsilon=4.0,
+            allow_out_of_domain=True,  # a real photo: outside the synthetic faces' domain
         ),
         metadata=bearer(TENANT_TOKEN),
     )
+    assert not out.domain.in_domain
     result = decode_image(out.image.data).pixels
     assert result.shape == photo.shape
     box = out.face_box

@@ -25,31 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14veil/v1/common.proto\x12\x07veil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66ormat_hint\x18\x02 \x01(\t\"b\n\rTensorSummary\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\x0b\n\x03std\x18\x06 \x01(\x01\"p\n\x0bPrivacyCost\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x12\n\naccountant\x18\x03 \x01(\t\x12-\n\rper_attribute\x18\x04 \x03(\x0b\x32\x16.veil.v1.AttributeCost\"3\n\rAttributeCost\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\xf1\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.veil.v1.JobState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14veil/v1/common.proto\x12\x07veil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66ormat_hint\x18\x02 \x01(\t\"b\n\rTensorSummary\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\x0b\n\x03std\x18\x06 \x01(\x01\"p\n\x0bPrivacyCost\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x12\n\naccountant\x18\x03 \x01(\t\x12-\n\rper_attribute\x18\x04 \x03(\x0b\x32\x16.veil.v1.AttributeCost\"R\n\x0b\x44omainScore\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x11\n\tin_domain\x18\x03 \x01(\x08\x12\x0e\n\x06method\x18\x04 \x01(\t\"3\n\rAttributeCost\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\xf1\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.veil.v1.JobState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x9f\x01\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\x08metadata\x18\x04 \x03(\x0b\x32 .veil.v1.ItemError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'veil.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=824
-  _globals['_JOBSTATE']._serialized_end=978
+  _globals['_ITEMERROR_METADATAENTRY']._loaded_options = None
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=1026
+  _globals['_JOBSTATE']._serialized_end=1180
   _globals['_IMAGE']._serialized_start=66
   _globals['_IMAGE']._serialized_end=108
   _globals['_TENSORSUMMARY']._serialized_start=110
   _globals['_TENSORSUMMARY']._serialized_end=208
   _globals['_PRIVACYCOST']._serialized_start=210
   _globals['_PRIVACYCOST']._serialized_end=322
-  _globals['_ATTRIBUTECOST']._serialized_start=324
-  _globals['_ATTRIBUTECOST']._serialized_end=375
-  _globals['_PAGEREQUEST']._serialized_start=377
-  _globals['_PAGEREQUEST']._serialized_end=429
-  _globals['_PAGERESPONSE']._serialized_start=431
-  _globals['_PAGERESPONSE']._serialized_end=490
-  _globals['_JOBSTATUS']._serialized_start=493
-  _globals['_JOBSTATUS']._serialized_end=734
-  _globals['_MODELREF']._serialized_start=736
-  _globals['_MODELREF']._serialized_end=777
-  _globals['_ITEMERROR']._serialized_start=779
-  _globals['_ITEMERROR']._serialized_end=821
+  _globals['_DOMAINSCORE']._serialized_start=324
+  _globals['_DOMAINSCORE']._serialized_end=406
+  _globals['_ATTRIBUTECOST']._serialized_start=408
+  _globals['_ATTRIBUTECOST']._serialized_end=459
+  _globals['_PAGEREQUEST']._serialized_start=461
+  _globals['_PAGEREQUEST']._serialized_end=513
+  _globals['_PAGERESPONSE']._serialized_start=515
+  _globals['_PAGERESPONSE']._serialized_end=574
+  _globals['_JOBSTATUS']._serialized_start=577
+  _globals['_JOBSTATUS']._serialized_end=818
+  _globals['_MODELREF']._serialized_start=820
+  _globals['_MODELREF']._serialized_end=861
+  _globals['_ITEMERROR']._serialized_start=864
+  _globals['_ITEMERROR']._serialized_end=1023
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_start=976
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_end=1023
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,18 @@ class PrivacyCost(_message.Message):
     per_attribute: _containers.RepeatedCompositeFieldContainer[AttributeCost]
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., per_attribute: _Optional[_Iterable[_Union[AttributeCost, _Mapping]]] = ...) -> None: ...
 
+class DomainScore(_message.Message):
+    __slots__ = ("score", "threshold", "in_domain", "method")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    IN_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    threshold: float
+    in_domain: bool
+    method: str
+    def __init__(self, score: _Optional[float] = ..., threshold: _Optional[float] = ..., in_domain: _Optional[bool] = ..., method: _Optional[str] = ...) -> None: ...
+
 class AttributeCost(_message.Message):
     __slots__ = ("attribute", "epsilon")
     ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
@@ -112,9 +124,20 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "reason", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    reason: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from services._proto.veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18veil/v1/protection.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"\xa9\x01\n\tFmdParams\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x11\n\tstep_size\x18\x02 \x01(\x01\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\x16\n\tce_weight\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rfeature_layer\x18\x05 \x01(\t\x12\'\n\nrobustness\x18\x06 \x01(\x0e\x32\x13.veil.v1.RobustnessB\x0c\n\n_ce_weight\"\xb3\x02\n\x0eProtectRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1d\n\x05image\x18\x02 \x01(\x0b\x32\x0e.veil.v1.Image\x12+\n\x10\x61uthorized_model\x18\x03 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\"\n\x06params\x18\x04 \x01(\x0b\x32\x12.veil.v1.FmdParams\x12\x12\n\x05label\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12%\n\x04mode\x18\x07 \x01(\x0e\x32\x17.veil.v1.ProtectionMode\x12/\n\x0foutput_encoding\x18\x08 \x01(\x0e\x32\x16.veil.v1.ImageEncoding\x12\x14\n\x0cjpeg_quality\x18\t \x01(\x05\x42\x08\n\x06_label\"G\n\x0eTransformCheck\x12\x11\n\ttransform\x18\x01 \x01(\t\x12\x12\n\nprediction\x18\x02 \x01(\x03\x12\x0e\n\x06margin\x18\x03 \x01(\x01\"\xd8\x03\n\x0fProtectResponse\x12\x1d\n\x05image\x18\x01 \x01(\x0b\x32\x0e.veil.v1.Image\x12\x0c\n\x04linf\x18\x02 \x01(\x01\x12\x1a\n\x12\x66\x65\x61ture_distortion\x18\x03 \x01(\x01\x12\x18\n\x10\x61uthorized_label\x18\x04 \x01(\x03\x12#\n\x1b\x61uthorized_prediction_after\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.veil.v1.ItemError\x12\x11\n\tsteps_run\x18\x08 \x01(\x05\x12\x15\n\rearly_stopped\x18\t \x01(\x08\x12%\n\x04mode\x18\n \x01(\x0e\x32\x17.veil.v1.ProtectionMode\x12\x0f\n\x07psnr_db\x18\x0b \x01(\x01\x12+\n\x10\x61uthorized_model\x18\x0c \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\'\n\nrobustness\x18\r \x01(\x0e\x32\x13.veil.v1.Robustness\x12\x15\n\roptimised_for\x18\x0e \x03(\t\x12\'\n\x06\x63hecks\x18\x0f \x03(\x0b\x32\x17.veil.v1.TransformCheck\x12\x0e\n\x06margin\x18\x10 \x01(\x01\"b\n\x0cLabeledImage\x12 \n\x08original\x18\x01 \x01(\x0b\x32\x0e.veil.v1.Image\x12!\n\tprotected\x18\x02 \x01(\x0b\x32\x0e.veil.v1.Image\x12\r\n\x05label\x18\x03 \x01(\x03\"\xa8\x01\n\x0f\x45valuateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.veil.v1.LabeledImage\x12+\n\x10\x61uthorized_model\x18\x03 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12.\n\x13unauthorized_models\x18\x04 \x03(\x0b\x32\x11.veil.v1.ModelRef\"h\n\rModelAccuracy\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\x19\n\x11\x61\x63\x63uracy_original\x18\x02 \x01(\x01\x12\x1a\n\x12\x61\x63\x63uracy_protected\x18\x03 \x01(\x01\"\xcb\x01\n\x10\x45valuateResponse\x12$\n\x1c\x61uthorized_accuracy_original\x18\x01 \x01(\x01\x12%\n\x1d\x61uthorized_accuracy_protected\x18\x02 \x01(\x01\x12,\n\x0cunauthorized\x18\x03 \x03(\x0b\x32\x16.veil.v1.ModelAccuracy\x12\x11\n\tmean_linf\x18\x04 \x01(\x01\x12\x14\n\x0cmean_psnr_db\x18\x05 \x01(\x01\x12\x13\n\x0bimage_count\x18\x06 \x01(\x05*g\n\nRobustness\x12\x1a\n\x16ROBUSTNESS_UNSPECIFIED\x10\x00\x12\x13\n\x0fROBUSTNESS_NONE\x10\x01\x12\x13\n\x0fROBUSTNESS_JPEG\x10\x02\x12\x13\n\x0fROBUSTNESS_FULL\x10\x03*`\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x01\x12\x17\n\x13IMAGE_ENCODING_JPEG\x10\x02*d\n\x0eProtectionMode\x12\x1f\n\x1bPROTECTION_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROTECTION_MODE_FMD\x10\x01\x12\x18\n\x14PROTECTION_MODE_FAST\x10\x02\x32\xd2\x01\n\nProtection\x12<\n\x07Protect\x12\x17.veil.v1.ProtectRequest\x1a\x18.veil.v1.ProtectResponse\x12\x45\n\x0cProtectBatch\x12\x17.veil.v1.ProtectRequest\x1a\x18.veil.v1.ProtectResponse(\x01\x30\x01\x12?\n\x08\x45valuate\x12\x18.veil.v1.EvaluateRequest\x1a\x19.veil.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18veil/v1/protection.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"\xa9\x01\n\tFmdParams\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x11\n\tstep_size\x18\x02 \x01(\x01\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\x16\n\tce_weight\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rfeature_layer\x18\x05 \x01(\t\x12\'\n\nrobustness\x18\x06 \x01(\x0e\x32\x13.veil.v1.RobustnessB\x0c\n\n_ce_weight\"\xd0\x02\n\x0eProtectRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1d\n\x05image\x18\x02 \x01(\x0b\x32\x0e.veil.v1.Image\x12+\n\x10\x61uthorized_model\x18\x03 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\"\n\x06params\x18\x04 \x01(\x0b\x32\x12.veil.v1.FmdParams\x12\x12\n\x05label\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12%\n\x04mode\x18\x07 \x01(\x0e\x32\x17.veil.v1.ProtectionMode\x12/\n\x0foutput_encoding\x18\x08 \x01(\x0e\x32\x16.veil.v1.ImageEncoding\x12\x14\n\x0cjpeg_quality\x18\t \x01(\x05\x12\x1b\n\x13\x61llow_out_of_domain\x18\n \x01(\x08\x42\x08\n\x06_label\"G\n\x0eTransformCheck\x12\x11\n\ttransform\x18\x01 \x01(\t\x12\x12\n\nprediction\x18\x02 \x01(\x03\x12\x0e\n\x06margin\x18\x03 \x01(\x01\"\xfe\x03\n\x0fProtectResponse\x12\x1d\n\x05image\x18\x01 \x01(\x0b\x32\x0e.veil.v1.Image\x12\x0c\n\x04linf\x18\x02 \x01(\x01\x12\x1a\n\x12\x66\x65\x61ture_distortion\x18\x03 \x01(\x01\x12\x18\n\x10\x61uthorized_label\x18\x04 \x01(\x03\x12#\n\x1b\x61uthorized_prediction_after\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.veil.v1.ItemError\x12\x11\n\tsteps_run\x18\x08 \x01(\x05\x12\x15\n\rearly_stopped\x18\t \x01(\x08\x12%\n\x04mode\x18\n \x01(\x0e\x32\x17.veil.v1.ProtectionMode\x12\x0f\n\x07psnr_db\x18\x0b \x01(\x01\x12+\n\x10\x61uthorized_model\x18\x0c \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\'\n\nrobustness\x18\r \x01(\x0e\x32\x13.veil.v1.Robustness\x12\x15\n\roptimised_for\x18\x0e \x03(\t\x12\'\n\x06\x63hecks\x18\x0f \x03(\x0b\x32\x17.veil.v1.TransformCheck\x12\x0e\n\x06margin\x18\x10 \x01(\x01\x12$\n\x06\x64omain\x18\x11 \x01(\x0b\x32\x14.veil.v1.DomainScore\"b\n\x0cLabeledImage\x12 \n\x08original\x18\x01 \x01(\x0b\x32\x0e.veil.v1.Image\x12!\n\tprotected\x18\x02 \x01(\x0b\x32\x0e.veil.v1.Image\x12\r\n\x05label\x18\x03 \x01(\x03\"\xa8\x01\n\x0f\x45valuateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.veil.v1.LabeledImage\x12+\n\x10\x61uthorized_model\x18\x03 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12.\n\x13unauthorized_models\x18\x04 \x03(\x0b\x32\x11.veil.v1.ModelRef\"h\n\rModelAccuracy\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.veil.v1.ModelRef\x12\x19\n\x11\x61\x63\x63uracy_original\x18\x02 \x01(\x01\x12\x1a\n\x12\x61\x63\x63uracy_protected\x18\x03 \x01(\x01\"\xcb\x01\n\x10\x45valuateResponse\x12$\n\x1c\x61uthorized_accuracy_original\x18\x01 \x01(\x01\x12%\n\x1d\x61uthorized_accuracy_protected\x18\x02 \x01(\x01\x12,\n\x0cunauthorized\x18\x03 \x03(\x0b\x32\x16.veil.v1.ModelAccuracy\x12\x11\n\tmean_linf\x18\x04 \x01(\x01\x12\x14\n\x0cmean_psnr_db\x18\x05 \x01(\x01\x12\x13\n\x0bimage_count\x18\x06 \x01(\x05*g\n\nRobustness\x12\x1a\n\x16ROBUSTNESS_UNSPECIFIED\x10\x00\x12\x13\n\x0fROBUSTNESS_NONE\x10\x01\x12\x13\n\x0fROBUSTNESS_JPEG\x10\x02\x12\x13\n\x0fROBUSTNESS_FULL\x10\x03*`\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x01\x12\x17\n\x13IMAGE_ENCODING_JPEG\x10\x02*d\n\x0eProtectionMode\x12\x1f\n\x1bPROTECTION_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROTECTION_MODE_FMD\x10\x01\x12\x18\n\x14PROTECTION_MODE_FAST\x10\x02\x32\xd2\x01\n\nProtection\x12<\n\x07Protect\x12\x17.veil.v1.ProtectRequest\x1a\x18.veil.v1.ProtectResponse\x12\x45\n\x0cProtectBatch\x12\x17.veil.v1.ProtectRequest\x1a\x18.veil.v1.ProtectResponse(\x01\x30\x01\x12?\n\x08\x45valuate\x12\x18.veil.v1.EvaluateRequest\x1a\x19.veil.v1.EvaluateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'veil.v1.protection_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROBUSTNESS']._serialized_start=1672
-  _globals['_ROBUSTNESS']._serialized_end=1775
-  _globals['_IMAGEENCODING']._serialized_start=1777
-  _globals['_IMAGEENCODING']._serialized_end=1873
-  _globals['_PROTECTIONMODE']._serialized_start=1875
-  _globals['_PROTECTIONMODE']._serialized_end=1975
+  _globals['_ROBUSTNESS']._serialized_start=1739
+  _globals['_ROBUSTNESS']._serialized_end=1842
+  _globals['_IMAGEENCODING']._serialized_start=1844
+  _globals['_IMAGEENCODING']._serialized_end=1940
+  _globals['_PROTECTIONMODE']._serialized_start=1942
+  _globals['_PROTECTIONMODE']._serialized_end=2042
   _globals['_FMDPARAMS']._serialized_start=60
   _globals['_FMDPARAMS']._serialized_end=229
   _globals['_PROTECTREQUEST']._serialized_start=232
-  _globals['_PROTECTREQUEST']._serialized_end=539
-  _globals['_TRANSFORMCHECK']._serialized_start=541
-  _globals['_TRANSFORMCHECK']._serialized_end=612
-  _globals['_PROTECTRESPONSE']._serialized_start=615
-  _globals['_PROTECTRESPONSE']._serialized_end=1087
-  _globals['_LABELEDIMAGE']._serialized_start=1089
-  _globals['_LABELEDIMAGE']._serialized_end=1187
-  _globals['_EVALUATEREQUEST']._serialized_start=1190
-  _globals['_EVALUATEREQUEST']._serialized_end=1358
-  _globals['_MODELACCURACY']._serialized_start=1360
-  _globals['_MODELACCURACY']._serialized_end=1464
-  _globals['_EVALUATERESPONSE']._serialized_start=1467
-  _globals['_EVALUATERESPONSE']._serialized_end=1670
-  _globals['_PROTECTION']._serialized_start=1978
-  _globals['_PROTECTION']._serialized_end=2188
+  _globals['_PROTECTREQUEST']._serialized_end=568
+  _globals['_TRANSFORMCHECK']._serialized_start=570
+  _globals['_TRANSFORMCHECK']._serialized_end=641
+  _globals['_PROTECTRESPONSE']._serialized_start=644
+  _globals['_PROTECTRESPONSE']._serialized_end=1154
+  _globals['_LABELEDIMAGE']._serialized_start=1156
+  _globals['_LABELEDIMAGE']._serialized_end=1254
+  _globals['_EVALUATEREQUEST']._serialized_start=1257
+  _globals['_EVALUATEREQUEST']._serialized_end=1425
+  _globals['_MODELACCURACY']._serialized_start=1427
+  _globals['_MODELACCURACY']._serialized_end=1531
+  _globals['_EVALUATERESPONSE']._serialized_start=1534
+  _globals['_EVALUATERESPONSE']._serialized_end=1737
+  _globals['_PROTECTION']._serialized_start=2045
+  _globals['_PROTECTION']._serialized_end=2255
 # @@protoc_insertion_point(module_scope)

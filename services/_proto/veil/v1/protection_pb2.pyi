@@ -54,7 +54,7 @@ class FmdParams(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., step_size: _Optional[float] = ..., iterations: _Optional[int] = ..., ce_weight: _Optional[float] = ..., feature_layer: _Optional[str] = ..., robustness: _Optional[_Union[Robustness, str]] = ...) -> None: ...
 
 class ProtectRequest(_message.Message):
-    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id", "mode", "output_encoding", "jpeg_quality")
+    __slots__ = ("tenant_id", "image", "authorized_model", "params", "label", "request_id", "mode", "output_encoding", "jpeg_quality", "allow_out_of_domain")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZED_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class ProtectRequest(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
     JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OUT_OF_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     image: _common_pb2.Image
     authorized_model: _common_pb2.ModelRef
@@ -73,7 +74,8 @@ class ProtectRequest(_message.Message):
     mode: ProtectionMode
     output_encoding: ImageEncoding
     jpeg_quality: int
-    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., output_encoding: _Optional[_Union[ImageEncoding, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
+    allow_out_of_domain: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[FmdParams, _Mapping]] = ..., label: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., output_encoding: _Optional[_Union[ImageEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., allow_out_of_domain: _Optional[bool] = ...) -> None: ...
 
 class TransformCheck(_message.Message):
     __slots__ = ("transform", "prediction", "margin")
@@ -86,7 +88,7 @@ class TransformCheck(_message.Message):
     def __init__(self, transform: _Optional[str] = ..., prediction: _Optional[int] = ..., margin: _Optional[float] = ...) -> None: ...
 
 class ProtectResponse(_message.Message):
-    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model", "robustness", "optimised_for", "checks", "margin")
+    __slots__ = ("image", "linf", "feature_distortion", "authorized_label", "authorized_prediction_after", "request_id", "error", "steps_run", "early_stopped", "mode", "psnr_db", "authorized_model", "robustness", "optimised_for", "checks", "margin", "domain")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LINF_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DISTORTION_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +105,7 @@ class ProtectResponse(_message.Message):
     OPTIMISED_FOR_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     MARGIN_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     linf: float
     feature_distortion: float
@@ -119,7 +122,8 @@ class ProtectResponse(_message.Message):
     optimised_for: _containers.RepeatedScalarFieldContainer[str]
     checks: _containers.RepeatedCompositeFieldContainer[TransformCheck]
     margin: float
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., robustness: _Optional[_Union[Robustness, str]] = ..., optimised_for: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[TransformCheck, _Mapping]]] = ..., margin: _Optional[float] = ...) -> None: ...
+    domain: _common_pb2.DomainScore
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., linf: _Optional[float] = ..., feature_distortion: _Optional[float] = ..., authorized_label: _Optional[int] = ..., authorized_prediction_after: _Optional[int] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., steps_run: _Optional[int] = ..., early_stopped: _Optional[bool] = ..., mode: _Optional[_Union[ProtectionMode, str]] = ..., psnr_db: _Optional[float] = ..., authorized_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., robustness: _Optional[_Union[Robustness, str]] = ..., optimised_for: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[TransformCheck, _Mapping]]] = ..., margin: _Optional[float] = ..., domain: _Optional[_Union[_common_pb2.DomainScore, _Mapping]] = ...) -> None: ...
 
 class LabeledImage(_message.Message):
     __slots__ = ("original", "protected", "label")

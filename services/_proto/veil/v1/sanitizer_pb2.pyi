@@ -113,7 +113,7 @@ class ListAttributesResponse(_message.Message):
     def __init__(self, attributes: _Optional[_Iterable[_Union[AttributeInfo, _Mapping]]] = ..., model: _Optional[_Union[SanitizerModel, _Mapping]] = ..., max_strengths: _Optional[int] = ..., default_complement: _Optional[_Union[Complement, str]] = ..., default_ddim_steps: _Optional[int] = ...) -> None: ...
 
 class CreatePreviewRequest(_message.Message):
-    __slots__ = ("tenant_id", "dataset_id", "subject_id", "image", "weights", "strengths", "delta", "ddim_steps", "seed", "complement", "face")
+    __slots__ = ("tenant_id", "dataset_id", "subject_id", "image", "weights", "strengths", "delta", "ddim_steps", "seed", "complement", "face", "allow_out_of_domain")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class CreatePreviewRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     COMPLEMENT_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OUT_OF_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     dataset_id: str
     subject_id: str
@@ -136,7 +137,8 @@ class CreatePreviewRequest(_message.Message):
     seed: int
     complement: Complement
     face: FaceSelection
-    def __init__(self, tenant_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., weights: _Optional[_Iterable[_Union[AttributeWeight, _Mapping]]] = ..., strengths: _Optional[_Iterable[float]] = ..., delta: _Optional[float] = ..., ddim_steps: _Optional[int] = ..., seed: _Optional[int] = ..., complement: _Optional[_Union[Complement, str]] = ..., face: _Optional[_Union[FaceSelection, _Mapping]] = ...) -> None: ...
+    allow_out_of_domain: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., weights: _Optional[_Iterable[_Union[AttributeWeight, _Mapping]]] = ..., strengths: _Optional[_Iterable[float]] = ..., delta: _Optional[float] = ..., ddim_steps: _Optional[int] = ..., seed: _Optional[int] = ..., complement: _Optional[_Union[Complement, str]] = ..., face: _Optional[_Union[FaceSelection, _Mapping]] = ..., allow_out_of_domain: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("index", "epsilon", "image", "cost_if_released")
@@ -151,16 +153,18 @@ class Candidate(_message.Message):
     def __init__(self, index: _Optional[int] = ..., epsilon: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., cost_if_released: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class CreatePreviewResponse(_message.Message):
-    __slots__ = ("session_id", "candidates", "expires_at", "face_box")
+    __slots__ = ("session_id", "candidates", "expires_at", "face_box", "domain")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     FACE_BOX_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     expires_at: _timestamp_pb2.Timestamp
     face_box: Box
-    def __init__(self, session_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., face_box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+    domain: _common_pb2.DomainScore
+    def __init__(self, session_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., face_box: _Optional[_Union[Box, _Mapping]] = ..., domain: _Optional[_Union[_common_pb2.DomainScore, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id", "epsilon", "candidate_index", "idempotency_key")
@@ -175,7 +179,7 @@ class ReleaseRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epsilon: _Optional[float] = ..., candidate_index: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
-    __slots__ = ("image", "cost", "spend_id", "face_box", "composed_draws", "replayed", "complement", "rdp_epsilon", "noise_multiplier", "ledger_cost")
+    __slots__ = ("image", "cost", "spend_id", "face_box", "composed_draws", "replayed", "complement", "rdp_epsilon", "noise_multiplier", "ledger_cost", "domain")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     SPEND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +190,7 @@ class ReleaseResponse(_message.Message):
     RDP_EPSILON_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     LEDGER_COST_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     cost: _common_pb2.PrivacyCost
     spend_id: str
@@ -196,7 +201,8 @@ class ReleaseResponse(_message.Message):
     rdp_epsilon: float
     noise_multiplier: float
     ledger_cost: _common_pb2.PrivacyCost
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ..., spend_id: _Optional[str] = ..., face_box: _Optional[_Union[Box, _Mapping]] = ..., composed_draws: _Optional[int] = ..., replayed: _Optional[bool] = ..., complement: _Optional[_Union[Complement, str]] = ..., rdp_epsilon: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., ledger_cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
+    domain: _common_pb2.DomainScore
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ..., spend_id: _Optional[str] = ..., face_box: _Optional[_Union[Box, _Mapping]] = ..., composed_draws: _Optional[int] = ..., replayed: _Optional[bool] = ..., complement: _Optional[_Union[Complement, str]] = ..., rdp_epsilon: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., ledger_cost: _Optional[_Union[_common_pb2.PrivacyCost, _Mapping]] = ..., domain: _Optional[_Union[_common_pb2.DomainScore, _Mapping]] = ...) -> None: ...
 
 class CancelPreviewRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -209,7 +215,7 @@ class CancelPreviewResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SanitizeRequest(_message.Message):
-    __slots__ = ("tenant_id", "dataset_id", "subject_id", "image", "weights", "epsilon", "delta", "ddim_steps", "idempotency_key", "complement", "face")
+    __slots__ = ("tenant_id", "dataset_id", "subject_id", "image", "weights", "epsilon", "delta", "ddim_steps", "idempotency_key", "complement", "face", "allow_out_of_domain")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +227,7 @@ class SanitizeRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     COMPLEMENT_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OUT_OF_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     dataset_id: str
     subject_id: str
@@ -232,7 +239,8 @@ class SanitizeRequest(_message.Message):
     idempotency_key: str
     complement: Complement
     face: FaceSelection
-    def __init__(self, tenant_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., weights: _Optional[_Iterable[_Union[AttributeWeight, _Mapping]]] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., ddim_steps: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., complement: _Optional[_Union[Complement, str]] = ..., face: _Optional[_Union[FaceSelection, _Mapping]] = ...) -> None: ...
+    allow_out_of_domain: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., weights: _Optional[_Iterable[_Union[AttributeWeight, _Mapping]]] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., ddim_steps: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., complement: _Optional[_Union[Complement, str]] = ..., face: _Optional[_Union[FaceSelection, _Mapping]] = ..., allow_out_of_domain: _Optional[bool] = ...) -> None: ...
 
 class SanitizeBatchRequest(_message.Message):
     __slots__ = ("item_id", "request")
