@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -25,23 +24,7 @@ from services.common.imaging import encode_image
 from services.kernels.data.synthfaces import SynthFaces
 from services.kernels.domain import auc
 from tests.sanitizer.test_domain import error_info
-from tests.support.server import ServerThread, bearer, serve, test_settings
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerThread]:
-    from services.protection.app import Settings, build_app
-
-    base = test_settings().model_dump()
-    base.pop("metrics_port")
-    with serve(build_app(Settings(**base, metrics_port=None))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: ServerThread) -> Iterator[protection_pb2_grpc.ProtectionStub]:
-    with grpc.insecure_channel(server.target) as channel:
-        yield protection_pb2_grpc.ProtectionStub(channel)
+from tests.support.server import ServerThread, bearer
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -16,26 +15,9 @@ from services._proto.veil.v1 import common_pb2, protection_pb2_grpc
 from services._proto.veil.v1 import protection_pb2 as pb
 from services.common.imaging import decode_image, encode_image
 from services.kernels.data.synthfaces import SynthFaces
-from tests.support.server import ServerThread, bearer, serve, test_settings
+from tests.support.server import ServerThread, bearer
 
 EPS = 16 / 255
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    from services.protection.app import Settings, build_app
-
-    base = test_settings().model_dump()
-    base.pop("metrics_port")
-    settings = Settings(**base, metrics_port=None, max_iterations=10_000)
-    with serve(build_app(settings)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: ServerThread) -> Iterator[protection_pb2_grpc.ProtectionStub]:
-    with grpc.insecure_channel(server.target) as channel:
-        yield protection_pb2_grpc.ProtectionStub(channel)
 
 
 @pytest.fixture(scope="module")

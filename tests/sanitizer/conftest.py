@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from services._proto.veil.v1 import accountant_pb2 as apb
-from services._proto.veil.v1 import accountant_pb2_grpc
+from services._proto.veil.v1 import accountant_pb2_grpc, sanitizer_pb2_grpc
 from services.runtime.settings import TokenGrant
 from tests.support.server import ServerThread, bearer, serve
 
@@ -139,3 +139,24 @@ def make_sanitizer(
 @pytest.fixture
 def sanitizer(make_sanitizer: Callable[..., ServerThread]) -> ServerThread:
     return make_sanitizer()
+
+
+@pytest.fixture(scope="module")
+def face_png() -> bytes:
+    """A held-out synthetic face (seed 7) at 48 px: inside the default model's domain."""
+    from services.common.imaging import encode_image
+    from services.kernels.data.synthfaces import SynthFaces
+
+    return encode_image(SynthFaces(n=4, seed=7, resolution=48).pixels(0))
+
+
+@pytest.fixture
+def stub(sanitizer: ServerThread) -> Iterator[sanitizer_pb2_grpc.SanitizerStub]:
+    with grpc.insecure_channel(sanitizer.target) as channel:
+        yield sanitizer_pb2_grpc.SanitizerStub(channel)
+
+
+@pytest.fixture
+def ledger(accountant: ServerThread) -> Iterator[accountant_pb2_grpc.AccountantStub]:
+    with grpc.insecure_channel(accountant.target) as channel:
+        yield accountant_pb2_grpc.AccountantStub(channel)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -31,7 +30,6 @@ from services.inference.attributes import attribute_model
 from services.inference.backend import InferenceSettings
 from services.inference.domain import domain_model
 from services.inference.local import LocalBackend
-from services.kernels.data.synthfaces import SynthFaces
 from services.kernels.domain import auc
 from services.sanitizer.pipeline import FaceChoice, Pipeline
 from tests.sanitizer.conftest import DATASET, TENANT_TOKEN
@@ -43,23 +41,6 @@ def astronaut_png() -> bytes:
     from skimage import data
 
     return encode_image(data.astronaut())
-
-
-@pytest.fixture(scope="module")
-def face_png() -> bytes:
-    return encode_image(SynthFaces(n=4, seed=7, resolution=48).pixels(0))
-
-
-@pytest.fixture
-def stub(sanitizer: ServerThread) -> Iterator[sanitizer_pb2_grpc.SanitizerStub]:
-    with grpc.insecure_channel(sanitizer.target) as channel:
-        yield sanitizer_pb2_grpc.SanitizerStub(channel)
-
-
-@pytest.fixture
-def ledger(accountant: ServerThread) -> Iterator[accountant_pb2_grpc.AccountantStub]:
-    with grpc.insecure_channel(accountant.target) as channel:
-        yield accountant_pb2_grpc.AccountantStub(channel)
 
 
 def sanitize(png: bytes, **fields: object) -> pb.SanitizeRequest:

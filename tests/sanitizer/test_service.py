@@ -23,7 +23,6 @@ from services._proto.veil.v1 import accountant_pb2 as apb
 from services._proto.veil.v1 import accountant_pb2_grpc, common_pb2, sanitizer_pb2_grpc
 from services._proto.veil.v1 import sanitizer_pb2 as pb
 from services.common.imaging import decode_image, encode_image
-from services.kernels.data.synthfaces import SynthFaces
 from services.kernels.mechanism import calibrate_mu, composed_mu, gaussian_epsilon
 from tests.sanitizer.conftest import (
     DATASET,
@@ -36,23 +35,6 @@ from tests.sanitizer.conftest import (
     budget,
 )
 from tests.support.server import ServerThread, bearer, free_port
-
-
-@pytest.fixture(scope="module")
-def face_png() -> bytes:
-    return encode_image(SynthFaces(n=4, seed=7, resolution=48).pixels(0))
-
-
-@pytest.fixture
-def stub(sanitizer: ServerThread) -> Iterator[sanitizer_pb2_grpc.SanitizerStub]:
-    with grpc.insecure_channel(sanitizer.target) as channel:
-        yield sanitizer_pb2_grpc.SanitizerStub(channel)
-
-
-@pytest.fixture
-def ledger(accountant: ServerThread) -> Iterator[accountant_pb2_grpc.AccountantStub]:
-    with grpc.insecure_channel(accountant.target) as channel:
-        yield accountant_pb2_grpc.AccountantStub(channel)
 
 
 def events(ledger: accountant_pb2_grpc.AccountantStub) -> list[Any]:

@@ -13,15 +13,19 @@ from services.kernels.data.base import (
     to_uint8,
 )
 from services.kernels.data.celeba import CelebA
+from services.kernels.data.celebahq import CelebAHQ
+from services.kernels.data.ffhq import FFHQ
 from services.kernels.data.folder import ImageFolder
 from services.kernels.data.packaged import Astronaut, LfwSubset
 from services.kernels.data.registry import open_dataset
 from services.kernels.data.synthfaces import SynthFaces
 
 __all__ = [
+    "FFHQ",
     "NO_TASK",
     "Astronaut",
     "CelebA",
+    "CelebAHQ",
     "FaceDataset",
     "ImageFolder",
     "LfwSubset",

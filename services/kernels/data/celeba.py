@@ -34,7 +34,7 @@ PARTITION_FILE = "list_eval_partition.txt"
 
 def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(attribute names, filenames, (N, 40) int8 table in {0, 1}) from ``list_attr_celeba.txt``."""
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if len(lines) < 2:
         raise InvalidArgument(f"{path}: expected a count line and a header line")
     try:
@@ -66,7 +66,7 @@ def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 def read_partition(path: Path) -> dict[str, int]:
     """filename → 0 (train), 1 (val) or 2 (test) from ``list_eval_partition.txt``."""
     partition: dict[str, int] = {}
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -76,7 +76,7 @@ def read_partition(path: Path) -> dict[str, int]:
     return partition
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -85,7 +85,7 @@ def _read_lines(path: Path) -> list[str]:
         raise InvalidArgument(f"{path} cannot be read: {exc}") from None
 
 
-def _columns(names: list[str], wanted: Sequence[str], path: Path) -> list[int]:
+def columns_of(names: list[str], wanted: Sequence[str], path: Path) -> list[int]:
     missing = [name for name in wanted if name not in names]
     if missing:
         raise InvalidArgument(f"{path}: no attribute {missing}; available: {names}")
@@ -93,7 +93,13 @@ def _columns(names: list[str], wanted: Sequence[str], path: Path) -> list[int]:
 
 
 class CelebA(FaceDataset):
-    """One split of CelebA; images are decoded lazily, labels parsed and checked up front."""
+    """One split of CelebA; images are decoded lazily, labels parsed and checked up front.
+    (:class:`services.kernels.data.celebahq.CelebAHQ` is the same with its own files.)"""
+
+    name = "CelebA"
+    image_dir = IMAGE_DIR
+    attr_file = ATTR_FILE
+    prefix = "celeba"
 
     def __init__(
         self,
@@ -106,25 +112,18 @@ class CelebA(FaceDataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise NotFound(f"CelebA root {self.root} is not a directory")
+            raise NotFound(f"{self.name} root {self.root} is not a directory")
         if split not in (*SPLITS, "all"):
             raise InvalidArgument(f"split must be one of {[*SPLITS, 'all']}; got {split!r}")
-        attr_path = self.root / ATTR_FILE
+        attr_path = self.root / self.attr_file
         names, files, table = read_attributes(attr_path)
-        keep = np.arange(len(files))
-        if split != "all":
-            partition_path = self.root / PARTITION_FILE
-            partition = read_partition(partition_path)
-            unlisted = [name for name in files if name not in partition]
-            if unlisted:
-                raise InvalidArgument(f"{partition_path}: no split for {unlisted[:3]} …")
-            keep = np.array([i for i, f in enumerate(files) if partition[f] == SPLITS[split]])
+        keep = np.arange(len(files)) if split == "all" else self._split(files, SPLITS[split])
         keep = keep.astype(np.int64)
         self.files = [files[i] for i in keep]
-        columns = _columns(names, attributes, attr_path)
-        task_columns = _columns(names, [task], attr_path) if task else []
+        columns = columns_of(names, attributes, attr_path)
+        task_columns = columns_of(names, [task], attr_path) if task else []
         super().__init__(
-            sample_ids=[f"celeba-{name}" for name in self.files],
+            sample_ids=[f"{self.prefix}-{name}" for name in self.files],
             attribute_names=tuple(attributes),
             attributes=table[keep][:, columns].reshape(len(keep), len(columns)),
             resolution=resolution,
@@ -134,6 +133,15 @@ class CelebA(FaceDataset):
         )
         self.limits = limits
 
+    def _split(self, files: list[str], wanted: int) -> np.ndarray:
+        """Indices of ``files`` in split ``wanted`` (0, 1, 2) by ``list_eval_partition.txt``."""
+        partition_path = self.root / PARTITION_FILE
+        partition = read_partition(partition_path)
+        unlisted = [name for name in files if name not in partition]
+        if unlisted:
+            raise InvalidArgument(f"{partition_path}: no split for {unlisted[:3]} …")
+        return np.array([i for i, f in enumerate(files) if partition[f] == wanted])
+
     def pixels(self, index: int) -> np.ndarray:
-        path = self.root / IMAGE_DIR / self.files[index]
+        path = self.root / self.image_dir / self.files[index]
         return load_image_file(path, self.resolution, self.limits)

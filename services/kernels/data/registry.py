@@ -4,6 +4,8 @@
         [&correlate=male:0.9,old:0.9][&resample=male,old&resample_seed=1]   (data/revision.py)
     lfw://                          astronaut://
     celeba:///path/to/root[?split=train&attributes=Male,Young&task=Mouth_Slightly_Open]
+    celebahq:///path/to/root[?split=all&attributes=Male,Young&task=Mouth_Slightly_Open]
+    ffhq:///path/to/root[?images=thumbnails128x128&attributes=male,old,glasses,smiling]
     folder:///path/to/root[?csv=labels.csv&attributes=a,b&task=c]
 
 An unknown scheme or a malformed URI is :class:`InvalidArgument` with the expected
@@ -17,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from services.common.errors import InvalidArgument
 from services.common.imaging import ImageLimits
-from services.kernels.data import celeba, folder, packaged, revision, synthfaces
+from services.kernels.data import celeba, celebahq, ffhq, folder, packaged, revision, synthfaces
 from services.kernels.data.base import FaceDataset
 
 FORMS = (
@@ -25,6 +27,8 @@ FORMS = (
     "lfw://",
     "astronaut://",
     "celeba:///path/to/root?split=train",
+    "celebahq:///path/to/root?split=all",
+    "ffhq:///path/to/root?attributes=male,old,glasses,smiling",
     "folder:///path/to/root?csv=labels.csv&attributes=a,b&task=c",
 )
 
@@ -63,6 +67,16 @@ def _celeba(path: str, q: dict[str, str], res: int, limits: ImageLimits | None) 
     return celeba.CelebA(_root(path), res, split, attributes, task, limits)
 
 
+def _celebahq(path: str, q: dict[str, str], res: int, limits: ImageLimits | None) -> FaceDataset:
+    task = q.get("task", celeba.DEFAULT_TASK) or None
+    attributes = _names(q, "attributes") or celeba.SENSITIVE_ATTRIBUTES
+    return celebahq.CelebAHQ(_root(path), res, q.get("split", "all"), attributes, task, limits)
+
+
+def _ffhq(path: str, q: dict[str, str], res: int, limits: ImageLimits | None) -> FaceDataset:
+    return ffhq.FFHQ(_root(path), res, q.get("images"), _names(q, "attributes") or (), limits)
+
+
 def _folder(path: str, q: dict[str, str], res: int, limits: ImageLimits | None) -> FaceDataset:
     attributes = _names(q, "attributes")
     if attributes is None:
@@ -84,6 +98,8 @@ OPENERS: dict[str, Opener] = {
     "lfw": lambda path, q, res, limits: packaged.LfwSubset(res, limits),
     "astronaut": lambda path, q, res, limits: packaged.Astronaut(res, limits),
     "celeba": _celeba,
+    "celebahq": _celebahq,
+    "ffhq": _ffhq,
     "folder": _folder,
 }
 
