@@ -11,6 +11,12 @@ in the database ``--registry-url`` names (default: the unlearning service's,
 status 3 (:data:`UNREGISTERED`): the entry is written but the registry could not be reached;
 nothing needs re-training, since the unlearning service registers the entries of its store
 that are not registered yet when it starts.
+
+``diffae``, ``classifier`` and ``protector`` also run under ``torchrun --nproc-per-node N -m
+services.cli train …`` as N data-parallel ranks (:mod:`services.kernels.training.distributed`;
+docs/TRAINING.md): ``--batch-size`` is the global batch, rank 0 alone writes the checkpoints,
+the store entry and the registration, and after a restart (``--max-restarts``) every rank
+resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
     from services.kernels.manifests import Manifest
     from services.kernels.probes import ProbeSet
     from services.kernels.training.data import ImageTable
+    from services.kernels.training.distributed import Distributed
     from services.kernels.training.loop import TrainConfig, TrainResult
 
 DEFAULT_DATA = "synthfaces://?n=20000&seed=0"
@@ -71,6 +78,11 @@ def _common(parser: argparse.ArgumentParser, steps: int, batch: int, lr: float, 
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="dataset cache")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="bfloat16 autocast of the loss on CUDA (refused without CUDA; default off)",
+    )
     _registry_arguments(parser)
 
 
@@ -231,9 +243,21 @@ def idle_cores() -> int:
 
 
 def _threads(args: argparse.Namespace) -> int:
+    """``--threads``, by default the idle cores shared among torchrun's local workers."""
     if args.threads is None:
-        args.threads = idle_cores()
+        from services.kernels.training.distributed import local_world
+
+        args.threads = max(1, idle_cores() // local_world())
     return int(args.threads)
+
+
+def _join(args: argparse.Namespace, cuda: bool = True) -> Distributed:
+    """This process's rank (one process without torchrun); after torchrun restarted the
+    workers, the run resumes from its latest checkpoint whatever ``--resume`` says."""
+    from services.kernels.training.distributed import init_from_env, restarted
+
+    args.resume = args.resume or restarted()
+    return init_from_env(cuda)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -248,20 +272,47 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         threads=_threads(args),
         checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress,
+        amp=args.amp,
     )
 
 
-def _data(args: argparse.Namespace) -> tuple[ImageTable, ImageTable]:
+def _data(args: argparse.Namespace, where: Distributed) -> tuple[ImageTable, ImageTable]:
+    """The training and held-out tables; rank 0 reads (and caches) the data first."""
     import torch
 
     from services.kernels.training.data import load_table
+    from services.kernels.training.distributed import main_first
 
     torch.set_num_threads(_threads(args))
-    print(f"loading {args.data} at {args.resolution}x{args.resolution} …", file=sys.stderr)
-    return load_table(args.data, args.resolution, args.cache_dir).split(HOLDOUT)
+    if where.is_main:
+        print(f"loading {args.data} at {args.resolution}x{args.resolution} …", file=sys.stderr)
+    with main_first(where):
+        return load_table(args.data, args.resolution, args.cache_dir).split(HOLDOUT)
 
 
-def _finish(args: argparse.Namespace, kind: str, result: TrainResult, config: dict, n: int) -> int:
+def _finish(
+    args: argparse.Namespace,
+    kind: str,
+    result: TrainResult,
+    config: dict,
+    n: int,
+    where: Distributed,
+) -> int:
+    """Rank 0 writes the store entry and registers it while the other ranks wait; then
+    every rank leaves the process group (the others exit 0)."""
+    from services.kernels.training.distributed import barrier, teardown
+
+    try:
+        status = _write(args, kind, result, config, n, where.world) if where.is_main else 0
+        barrier(where)
+    finally:
+        teardown(where)
+    return status
+
+
+def _write(
+    args: argparse.Namespace, kind: str, result: TrainResult, config: dict, n: int, world: int
+) -> int:
     from services.kernels.store import ModelStore
     from services.kernels.training.loop import format_table
 
@@ -277,11 +328,19 @@ def _finish(args: argparse.Namespace, kind: str, result: TrainResult, config: di
         command=command,
         seed=args.seed,
         data={"uri": args.data, "n": n, "resolution": args.resolution},
-        metrics={k: v for k, v in result.summary().items() if isinstance(v, int | float)},
+        metrics=_metrics(result, world),
     )
     rows = {**result.summary(), "model": f"{manifest.name} v{manifest.version}"}
     print(format_table(rows, f"trained {kind} → {store.path(args.name)}"))
     return _register(args, manifest)
+
+
+def _metrics(result: TrainResult, world: int) -> dict[str, Any]:
+    """The run's figures for the manifest, and its ranks when several trained it."""
+    metrics: dict[str, Any] = {
+        k: v for k, v in result.summary().items() if isinstance(v, int | float)
+    }
+    return metrics | ({"ranks": world} if world > 1 else {})
 
 
 def _register(args: argparse.Namespace, manifest: Manifest) -> int:
@@ -355,10 +414,11 @@ def run_train_diffae(args: argparse.Namespace) -> int:
     from services.kernels.training.diffae import train_diffae
 
     args.name = args.name or DEFAULT_DIFFAE
+    where = _join(args)
     init = None
     if args.init_from:
         init, args.init_recipe = _init_state(args.init_from, args.out)
-    train, held = _data(args)
+    train, held = _data(args, where)
     config = DiffAEConfig(
         resolution=args.resolution,
         z_dim=args.z_dim,
@@ -372,9 +432,9 @@ def run_train_diffae(args: argparse.Namespace) -> int:
         task_weight=args.task_weight,
     )
     result = train_diffae(
-        train, config, _train_config(args), _checkpoint_dir(args), args.resume, held, init
+        train, config, _train_config(args), _checkpoint_dir(args), args.resume, held, init, where
     )
-    return _finish(args, "diffae", result, config.to_dict(), len(train))
+    return _finish(args, "diffae", result, config.to_dict(), len(train), where)
 
 
 def _init_state(source: str, out: Path | None) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -409,7 +469,8 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         for role, short in prefix.items()
     }
     args.name = args.name or names.get(args.role, f"attacker-{target}-{args.arch}")
-    train, held = _data(args)
+    where = _join(args)
+    train, held = _data(args, where)
     num_classes = (
         train.num_task_classes
         if target == "pose"
@@ -433,8 +494,9 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         args.resume,
         held,
         augment=args.augment,
+        where=where,
     )
-    return _finish(args, "classifier", result, config.to_dict(), len(train))
+    return _finish(args, "classifier", result, config.to_dict(), len(train), where)
 
 
 def run_train_probes(args: argparse.Namespace) -> int:
@@ -649,7 +711,8 @@ def run_train_protector(args: argparse.Namespace) -> int:
             )
             return 2
         args.init_recipe = manifest.command
-    train, held = _data(args)
+    where = _join(args, cuda=False)
+    train, held = _data(args, where)
     result = train_protector(
         train,
         authorized,
@@ -660,5 +723,6 @@ def run_train_protector(args: argparse.Namespace) -> int:
         held,
         surrogates,
         init,
+        where,
     )
-    return _finish(args, "protector", result, config.to_dict(), len(train))
+    return _finish(args, "protector", result, config.to_dict(), len(train), where)

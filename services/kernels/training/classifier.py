@@ -12,6 +12,7 @@ from services.common.errors import InvalidArgument
 from services.kernels.classifiers import Classifier, ClassifierConfig, build_classifier
 from services.kernels.training.augment import AUGMENTATIONS, augment_pipeline
 from services.kernels.training.data import ImageTable
+from services.kernels.training.distributed import SINGLE, Distributed
 from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, seed_everything
 
 
@@ -43,6 +44,7 @@ def train_classifier(
     resume: bool = False,
     held: ImageTable | None = None,
     augment: str = "none",
+    where: Distributed = SINGLE,
 ) -> TrainResult:
     """Train a classifier of ``train`` (accuracy on ``held`` reported when given).
 
@@ -50,7 +52,8 @@ def train_classifier(
     :func:`~services.kernels.training.augment.augment_pipeline` (real JPEG, resizes, shifts,
     8-bit rounding), so the model keeps its accuracy on images an upload pipeline touched;
     ``"none"`` (the default, that of the unlearning service's retraining) trains on the
-    images as they are.
+    images as they are. ``where``: this process's rank and device under ``torchrun``; the
+    flips and the pipeline run on CPU, the model on that device.
     """
     if augment not in AUGMENTATIONS:
         raise InvalidArgument(f"augment: expected one of {AUGMENTATIONS}; got {augment!r}")
@@ -65,7 +68,8 @@ def train_classifier(
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if augment == "pipeline":
             images = augment_pipeline(images, gen)
-        return F.cross_entropy(net(images), targets[indices])
+        device = next(net.parameters()).device
+        return F.cross_entropy(net(images.to(device)), targets[indices].to(device))
 
     def evaluate(ema: nn.Module) -> dict[str, float]:
         assert isinstance(ema, Classifier)
@@ -77,5 +81,5 @@ def train_classifier(
     run_config = {"model": model_config.to_dict(), "data": train.uri, "n": len(train)}
     if augment != "none":  # absent when off, so checkpoints of earlier runs still resume
         run_config["augment"] = augment
-    trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config)
+    trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config, where)
     return trainer.run(resume=resume, evaluate=evaluate)

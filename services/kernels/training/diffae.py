@@ -14,6 +14,7 @@ from services.kernels.checks import KernelInputError
 from services.kernels.diffae import DiffAE, DiffAEConfig
 from services.kernels.metrics import psnr, ssim
 from services.kernels.training.data import ImageTable
+from services.kernels.training.distributed import SINGLE, Distributed
 from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, seed_everything
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,14 @@ def train_diffae(
     resume: bool = False,
     held: ImageTable | None = None,
     init: Mapping[str, torch.Tensor] | None = None,
+    where: Distributed = SINGLE,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) a diffusion autoencoder on ``train``.
 
     ``init`` warm-starts a new run from weights of the same architecture (an earlier
     model or checkpoint); a resumed run ignores it and continues from its checkpoint.
+    ``where`` is this process's rank and device under ``torchrun`` (one CPU process by
+    default); the batch is read on CPU and moved to the model's device.
     With ``held``, the result's metrics are the held-out loss and :func:`reconstruction`
     of the first held-out images (EMA weights, ``RECON_STEPS`` DDIM steps).
     """
@@ -102,7 +106,9 @@ def train_diffae(
 
     def step_loss(net: nn.Module, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         assert isinstance(net, DiffAE)
-        return net.loss(train.batch(indices), gen, *_labels(net, train, indices))
+        device = next(net.parameters()).device
+        labels = (None if t is None else t.to(device) for t in _labels(net, train, indices))
+        return net.loss(train.batch(indices).to(device), gen, *labels)
 
     def evaluate(ema: nn.Module) -> dict[str, float]:
         assert isinstance(ema, DiffAE)
@@ -112,7 +118,7 @@ def train_diffae(
         return {"held-out loss": heldout_loss(ema, held), **reconstruction(ema, images)}
 
     run_config = {"model": model_config.to_dict(), "data": train.uri, "n": len(train)}
-    trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config)
+    trainer = Trainer(model, step_loss, len(train), config, checkpoint_dir, run_config, where)
     if init is not None:
         fresh = trainer.warm_start(init)
         if fresh:

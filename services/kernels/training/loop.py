@@ -5,6 +5,11 @@ Reproducibility is by construction: the batch indices and every random draw of s
 step N takes exactly the steps an uninterrupted run would (same weights bit for bit on
 the same machine and thread count). The global RNG states are checkpointed too, for
 any code (dropout) that draws from them.
+
+Under ``torchrun`` the same loop runs data-parallel (:mod:`.distributed`): every rank
+draws the step's global batch (``batch_size``) and trains on its slice, DDP averages the
+gradients, and rank 0 alone writes checkpoints and shows progress. The EMA, the
+checkpoints and the result hold the unwrapped model, on CPU once training ends.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.kernels.training import distributed
+from services.kernels.training.distributed import SINGLE, Distributed
 from services.kernels.training.ema import EMA
 
 StepLoss = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
@@ -42,6 +49,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     progress: bool = True
+    amp: bool = False
+    """bfloat16 autocast of the loss on CUDA (refused on CPU, where it is slower)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,8 +129,15 @@ class Trainer:
         config: TrainConfig,
         checkpoint_dir: str | Path | None = None,
         run_config: Mapping[str, Any] | None = None,
+        where: Distributed = SINGLE,
     ) -> None:
-        self.model, self.step_loss, self.num_samples = model, step_loss, num_samples
+        self.model, self.step_loss, self.num_samples = (
+            model.to(where.device),
+            step_loss,
+            num_samples,
+        )
+        self.where = where
+        """This process's rank, world and device (one process on CPU by default)."""
         self.config = config
         self.dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.run_config = dict(run_config or {})
@@ -135,6 +151,8 @@ class Trainer:
         self.wall_before = 0.0
         """Wall time of the steps taken before the last resume (from the checkpoint)."""
         self._began = time.perf_counter()
+        self._loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+        """The step's loss, through DDP when several ranks train (set by :meth:`run`)."""
 
     def warm_start(self, state: Mapping[str, torch.Tensor]) -> list[str]:
         """Start from ``state`` (weights of an earlier model of this architecture): the
@@ -175,7 +193,8 @@ class Trainer:
         return self.step
 
     def save_checkpoint(self) -> Path | None:
-        if self.dir is None:
+        """Rank 0 writes the checkpoint (all ranks hold the same weights); the others none."""
+        if self.dir is None or not self.where.is_main:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"ckpt-{self.step:08d}.pt"
@@ -189,6 +208,7 @@ class Trainer:
             "wall_s": self.wall_before + time.perf_counter() - self._began,
             "run_config": self.run_config,
             "train_config": self.config.to_dict(),
+            "world": self.where.world,
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -199,14 +219,15 @@ class Trainer:
 
     def run(self, resume: bool = False, evaluate: Evaluate | None = None) -> TrainResult:
         cfg = self.config
+        self._check()
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        start = self.resume() if resume else 0
+        start = distributed.same_on_all(self.resume() if resume else 0, self.where)
         self.model.train()
+        self._loss = distributed.data_parallel(self.model, self.step_loss, self.where)
         self._began = time.perf_counter()
-        bar = tqdm(
-            total=cfg.steps, initial=start, disable=not cfg.progress, unit="step", smoothing=0.1
-        )
+        quiet = not cfg.progress or not self.where.is_main
+        bar = tqdm(total=cfg.steps, initial=start, disable=quiet, unit="step", smoothing=0.1)
         while self.step < cfg.steps:
             self._one_step()
             bar.update(1)
@@ -218,6 +239,9 @@ class Trainer:
             self.save_checkpoint()
         session = time.perf_counter() - self._began
         tail = self.losses[-50:]
+        self.model.cpu()
+        self.ema.model.cpu()
+        evaluate = evaluate if self.where.is_main else None  # its figures go to rank 0's entry
         metrics = dict(evaluate(self.ema.model)) if evaluate is not None else {}
         return TrainResult(
             self.model,
@@ -230,10 +254,22 @@ class Trainer:
             session,
         )
 
+    def _check(self) -> None:
+        distributed.check_batch(self.config.batch_size, self.where)
+        if self.config.amp and self.where.device.type != "cuda":
+            raise InvalidArgument("amp (bfloat16 autocast) trains on CUDA only; none is here")
+
     def _one_step(self) -> None:
-        gen = step_generator(self.config.seed, self.step)
+        """One optimizer step on the step's global batch; with several ranks, this rank's
+        slice of it, its own draws from (seed, step, rank) (:mod:`.distributed`)."""
+        seed, where = self.config.seed, self.where
+        gen = step_generator(seed, self.step)
         indices = torch.randint(self.num_samples, (self.config.batch_size,), generator=gen)
-        loss = self.step_loss(self.model, indices, gen)
+        if where.enabled:
+            indices = distributed.shard(indices, where)
+            gen = distributed.rank_generator(seed, self.step, where.rank)
+        with torch.autocast(where.device.type, torch.bfloat16, enabled=self.config.amp):
+            loss = self._loss(indices, gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
@@ -241,7 +277,7 @@ class Trainer:
         self.optimizer.step()
         self.ema.update(self.model, self.step)
         self.step += 1
-        self.losses.append(float(loss.detach()))
+        self.losses.append(distributed.mean_across(loss.detach(), where))
 
 
 def format_table(rows: Mapping[str, object], title: str = "") -> str:

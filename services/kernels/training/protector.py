@@ -41,11 +41,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from services.common.errors import InvalidArgument
 from services.kernels import pipeline
 from services.kernels.classifiers import Classifier
 from services.kernels.fmd import _diverse, objective
 from services.kernels.protector import Protector, ProtectorConfig, build_protector
 from services.kernels.training.data import ImageTable
+from services.kernels.training.distributed import SINGLE, Distributed
 from services.kernels.training.loop import TrainConfig, Trainer, TrainResult, seed_everything
 
 EVAL_ROWS = 512
@@ -178,11 +180,15 @@ def train_protector(
     held: ImageTable | None = None,
     surrogates: Sequence[Classifier] = (),
     init: Mapping[str, torch.Tensor] | None = None,
+    where: Distributed = SINGLE,
 ) -> TrainResult:
     """Train a generator against the frozen authorized ``model`` and ``surrogates`` (the
     classifiers ``config.surrogates`` names, in that order; its SHA-256 is in ``config``, so
     a resume against another classifier is refused), from ``init``'s weights if given (a
-    warm start: another generator of the same widths and blocks)."""
+    warm start: another generator of the same widths and blocks). ``where``: this
+    process's rank under ``torchrun``, on CPU (the robustness pipeline runs Pillow)."""
+    if where.device.type != "cpu":
+        raise InvalidArgument("the protector trains on CPU (gloo under torchrun)")
     if len(surrogates) != len(config.surrogates):
         raise ValueError(f"config names {len(config.surrogates)} surrogates; got {len(surrogates)}")
     seed_everything(train_config.seed)
@@ -202,5 +208,7 @@ def train_protector(
         return evaluate_protector(ema, model, _head(held, EVAL_ROWS), surrogates=surrogates)
 
     run_config = {"model": config.to_dict(), "data": train.uri, "n": len(train)}
-    trainer = Trainer(protector, step_loss, len(train), train_config, checkpoint_dir, run_config)
+    trainer = Trainer(
+        protector, step_loss, len(train), train_config, checkpoint_dir, run_config, where
+    )
     return trainer.run(resume=resume, evaluate=evaluate)
