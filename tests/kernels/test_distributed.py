@@ -26,12 +26,12 @@ from services.kernels.manifests import StoreReader
 from services.kernels.training import TrainConfig, Trainer
 from services.kernels.training.distributed import Distributed
 from services.kernels.training.loop import checkpoints
+from services.unlearning.trained import TrainedStore
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = "synthfaces://?n=32&seed=0"
 TINY = ["--resolution", "16", "--z-dim", "8", "--encoder-channels", "16",
-        "--unet-channels", "16,16", "--threads", "1", "--no-progress", "--no-register",
-        "--data", DATA]  # fmt: skip
+        "--unet-channels", "16,16", "--threads", "1", "--no-progress", "--data", DATA]  # fmt: skip
 TOY = """
 import sys, torch
 from torch import nn
@@ -73,8 +73,11 @@ def _run(argv: list[str], tmp: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
-def _veil_train(out: Path, *extra: str) -> list[str]:
-    return ["-m", "services.cli", "train", "diffae", *TINY, "--out", str(out / "store"),
+def _veil_train(out: Path, *extra: str, register: str = "") -> list[str]:
+    """``veil train diffae`` of the tiny model into ``out``; ``register``: the registry's
+    database URL (none: ``--no-register``)."""
+    where = ["--registry-url", register] if register else ["--no-register"]
+    return ["-m", "services.cli", "train", "diffae", *TINY, *where, "--out", str(out / "store"),
             "--checkpoint-dir", str(out / "ckpt"), "--cache-dir", str(out / "cache"),
             *extra]  # fmt: skip
 
@@ -172,8 +175,10 @@ def test_a_killed_rank_is_restarted_and_resumes_from_the_last_checkpoint(
     tmp_path: Path,
 ) -> None:
     out, logs = tmp_path / "run", tmp_path / "logs"
+    registry = f"sqlite:///{tmp_path / 'registry.sqlite'}"
     argv = _torchrun(*_veil_train(out, "--steps", "40", "--batch-size", "4",
-                                  "--checkpoint-every", "5"), logs=logs, restarts=1)  # fmt: skip
+                                  "--checkpoint-every", "5", register=registry),
+                     logs=logs, restarts=1)  # fmt: skip
     job = subprocess.Popen(argv, cwd=tmp_path, env=_env(), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
@@ -192,3 +197,11 @@ def test_a_killed_rank_is_restarted_and_resumes_from_the_last_checkpoint(
     assert manifest.version == 1 and manifest.metrics["steps"] == 40
     assert 5 <= resumed < 40 and resumed % 5 == 0
     assert (_rank_output(logs, 0) + _rank_output(logs, 1)).count("trained diffae →") == 1
+    # Registered once, by rank 0, as what the store holds (version 1, its lineage).
+    trained = TrainedStore(registry)
+    try:
+        (record,) = trained.trained_versions("diffae")
+    finally:
+        trained.close()
+    assert record.number == 1 and record.lineage["sha256"] == manifest.sha256
+    assert record.lineage["data"] == DATA
