@@ -318,18 +318,25 @@ class Sanitizer:
 
     # -- the pipeline ----------------------------------------------------------------------
 
-    async def _prepare(self, request: Request) -> Prepared:
-        """The face cropped, encoded and screened: outside the model's domain (and not
-        allowed), OutOfDomain before anything is reserved; with ``allow_out_of_domain`` the
-        score rides along for the answer. The score reaches no log, metric or ledger."""
+    async def _prepare(self, request: Request, *, screen: bool = True) -> Prepared:
+        """The face cropped and, with ``screen``, encoded and screened
+        (:meth:`_in_domain`); a batch screens its items together (:meth:`_batch_screen`)."""
         with self.metrics.timed("image"):
             prepared: Prepared = await self._offload(
                 self.pipeline.prepare_sync, request.image, request.face
             )
+        if not screen:
+            return prepared
         with self.metrics.timed("encode"):
-            prepared = await self.pipeline.screen(prepared)
+            (prepared,) = await self.pipeline.screen([prepared])
+        return self._in_domain(prepared, request.allow_out_of_domain)
+
+    def _in_domain(self, prepared: Prepared, allow: bool) -> Prepared:
+        """``prepared`` (encoded) outside the model's domain and not allowed: OutOfDomain,
+        before anything is reserved; with ``allow`` its score rides along for the answer.
+        The score reaches no log, metric or ledger."""
         score = prepared.domain
-        if score is not None and not score.in_domain and not request.allow_out_of_domain:
+        if score is not None and not score.in_domain and not allow:
             self.metrics.refused("out_of_domain")
             raise OutOfDomain(
                 "the face lies outside what the loaded model was trained on "
@@ -342,7 +349,7 @@ class Sanitizer:
                     "method": score.method,
                 },
             )
-        return replace(prepared, domain=score if request.allow_out_of_domain else None)
+        return replace(prepared, domain=score if allow else None)
 
     async def _generate(
         self, prepared: Sequence[Prepared], draws: Sequence[Draw], request: Request
@@ -624,11 +631,15 @@ class Sanitizer:
             )
         return held
 
-    async def _prepared_and_checked(self, spec: ChargeSpec, request: Request) -> Prepared:
+    async def _prepared_and_checked(
+        self, spec: ChargeSpec, request: Request, *, screen: bool = True
+    ) -> Prepared:
         """The prepared image, its δ checked against the budgets' meanwhile; the image's own
         error first (the caller's input decides it, whatever the accountant's state)."""
         prepared, checked = await asyncio.gather(
-            self._prepare(request), self._check_delta(spec, request.delta), return_exceptions=True
+            self._prepare(request, screen=screen),
+            self._check_delta(spec, request.delta),
+            return_exceptions=True,
         )
         for outcome in (prepared, checked):
             if isinstance(outcome, BaseException):
@@ -844,6 +855,7 @@ class Sanitizer:
                 results[i] = got
             else:
                 work.append(replace(got, index=i))
+        work = await self._batch_screen(caller, work, results)
         held: list[_BatchWork] = []
         for w in work:
             try:
@@ -883,6 +895,35 @@ class Sanitizer:
                 results[w.index] = outcome
         return [r if r is not None else Unavailable("item was not processed") for r in results]
 
+    async def _batch_screen(
+        self,
+        caller: Caller,
+        work: list[_BatchWork],
+        results: list[Released | VeilError | None],
+    ) -> list[_BatchWork]:
+        """The admitted items' faces encoded in one call and screened (:meth:`_in_domain`):
+        an item outside the domain, or all of them when the encoder fails, answers its own
+        error with its claim given back, before anything is reserved."""
+        if not work:
+            return work
+        try:
+            with self.metrics.timed("encode"):
+                screened = await self.pipeline.screen([w.prepared for w in work])
+        except VeilError as exc:
+            for w in work:
+                await self._batch_abandon(caller, w)
+                results[w.index] = exc
+            return []
+        kept = []
+        for w, prepared in zip(work, screened, strict=True):
+            try:
+                allow = w.request.allow_out_of_domain
+                kept.append(replace(w, prepared=self._in_domain(prepared, allow)))
+            except OutOfDomain as exc:
+                await self._batch_abandon(caller, w)
+                results[w.index] = exc
+        return kept
+
     async def _batch_admit(self, caller: Caller, item: BatchItem) -> _BatchWork | Released:
         """An item up to its reservation: checked, claimed (keyed; a finished key answers
         from the store), its image prepared, its δ checked against the budgets'."""
@@ -911,7 +952,7 @@ class Sanitizer:
         attempt = _Attempt()
         try:
             spec = self._spec(caller, request, calibration.mu, "batch", 1, _key_charge(item.key))
-            prepared = await self._prepared_and_checked(spec, request)
+            prepared = await self._prepared_and_checked(spec, request, screen=False)
         except BaseException:
             await self._abandon(caller, item.key, claim, attempt)
             raise

@@ -137,13 +137,17 @@ class Pipeline:
         batch = np.stack([p.model_input for p in prepared])
         return await self._backend().encode(batch)
 
-    async def screen(self, prepared: Prepared) -> Prepared:
-        """``prepared`` with its code and, with a domain model, its in-domain score
-        (``services.kernels.domain``: a function of the private input that the mechanism's
-        guarantee does not cover; the core returns it to the caller only)."""
-        code = (await self.encode([prepared]))[0]
-        score = None if self.domain is None else self.domain.judge(code[None])[0]
-        return replace(prepared, code=code, domain=score)
+    async def screen(self, prepared: Sequence[Prepared]) -> list[Prepared]:
+        """Each of ``prepared`` with its code (one encoder call for all) and, with a domain
+        model, its in-domain score (``services.kernels.domain``: a function of the private
+        input that the mechanism's guarantee does not cover; the core returns it to the
+        caller only)."""
+        codes = await self.encode(prepared)
+        scores = [None] * len(codes) if self.domain is None else self.domain.judge(codes)
+        return [
+            replace(p, code=code, domain=score)
+            for p, code, score in zip(prepared, codes, scores, strict=True)
+        ]
 
     def noisy_codes(
         self, z: np.ndarray, draws: Sequence[Draw], complement: Complement

@@ -175,6 +175,41 @@ def test_a_preview_allowed_out_of_domain_carries_the_score_to_its_release(
     assert released.domain == preview.domain
 
 
+def test_a_batch_screens_its_items_together_and_refuses_only_the_one_outside(
+    stub: sanitizer_pb2_grpc.SanitizerStub,
+    ledger: accountant_pb2_grpc.AccountantStub,
+    astronaut_png: bytes,
+    face_png: bytes,
+) -> None:
+    whole = pb.FaceSelection(whole_image=True)
+    items = [
+        ("photo", sanitize(astronaut_png, subject_id="p", idempotency_key="p")),
+        ("allowed", sanitize(astronaut_png, subject_id="a", allow_out_of_domain=True)),
+        ("face", sanitize(face_png, subject_id="f", face=whole)),
+    ]
+    answers = list(
+        stub.SanitizeBatch(
+            iter(pb.SanitizeBatchRequest(item_id=i, request=r) for i, r in items),
+            metadata=bearer(TENANT_TOKEN),
+        )
+    )
+    by_id = {a.item_id: a for a in answers}
+    refused = by_id["photo"].error
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert refused.reason == "OUT_OF_DOMAIN"
+    assert float(refused.metadata["score"]) > float(refused.metadata["threshold"])
+    assert not by_id["allowed"].result.domain.in_domain and by_id["allowed"].result.spend_id
+    assert by_id["face"].result.spend_id and not by_id["face"].result.HasField("domain")
+    assert charges(ledger) == 2 and answers[-1].failed == 1
+    # The refused item's key was given back (nothing was charged under it): the same key,
+    # now with the face allowed, goes through instead of ALREADY_EXISTS.
+    again = stub.Sanitize(
+        sanitize(astronaut_png, subject_id="p", idempotency_key="p", allow_out_of_domain=True),
+        metadata=bearer(TENANT_TOKEN),
+    )
+    assert again.spend_id and charges(ledger) == 3
+
+
 def _renderings(score: float) -> set[str]:
     """The ways a float would be written down: repr, and 2 to 6 decimals."""
     return {repr(score), *(f"{score:.{d}f}" for d in range(2, 7))}
