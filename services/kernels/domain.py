@@ -60,6 +60,14 @@ class DomainScore:
         """The wire message's fields (``veil.v1.DomainScore``)."""
         return {**asdict(self), "in_domain": self.in_domain}
 
+    def details(self) -> dict[str, str]:
+        """An OUT_OF_DOMAIN refusal's ErrorInfo metadata (for the caller who sent the input)."""
+        return {
+            "score": f"{self.score:.4f}",
+            "threshold": f"{self.threshold:.4f}",
+            "method": self.method,
+        }
+
 
 @dataclass(frozen=True)
 class DomainModel:

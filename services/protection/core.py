@@ -407,11 +407,7 @@ class Protection:
                 f"the image lies outside what the authorized model {self.authorized.entry!r} "
                 "was trained on: the reading the protection would keep means little. Set "
                 "allow_out_of_domain to protect it anyway",
-                details={
-                    "score": f"{score.score:.4f}",
-                    "threshold": f"{score.threshold:.4f}",
-                    "method": score.method,
-                },
+                details=score.details(),
             )
         return score if allow else None
 

@@ -343,11 +343,7 @@ class Sanitizer:
                 f"({self.pipeline.model.training_data or 'its training data'}): its release "
                 "would be a stand-in, not a sanitized version of it; nothing was charged. "
                 "Set allow_out_of_domain to sanitize it anyway",
-                details={
-                    "score": f"{score.score:.4f}",
-                    "threshold": f"{score.threshold:.4f}",
-                    "method": score.method,
-                },
+                details=score.details(),
             )
         return replace(prepared, domain=score if allow else None)
 
