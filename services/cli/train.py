@@ -353,7 +353,7 @@ def _register(args: argparse.Namespace, manifest: Manifest) -> int:
 
     from services.common.errors import VeilError
     from services.kernels.manifests import StoreReader
-    from services.unlearning.trained import TRAINED_BY, TrainedStore, from_manifest
+    from services.unlearning.trained import TRAINED_BY, TrainedStore, register_kept
 
     url = args.registry_url or ""
     try:
@@ -364,7 +364,7 @@ def _register(args: argparse.Namespace, manifest: Manifest) -> int:
         registry = TrainedStore(url)
         try:
             registry.create_schema()
-            record, new = registry.register(from_manifest(manifest, TRAINED_BY))
+            record, new = register_kept(registry, StoreReader(args.out).root, manifest, TRAINED_BY)
         finally:
             registry.close()
     except (SQLAlchemyError, VeilError, OSError, ImportError, ValueError) as exc:

@@ -75,6 +75,13 @@ class OutOfDomain(FailedPrecondition):
     reason = "OUT_OF_DOMAIN"
 
 
+class ModelChanged(FailedPrecondition):
+    """The model that made a preview session is no longer the one served (an operator
+    moved the registry's alias); nothing was charged: a new preview is needed."""
+
+    reason = "MODEL_CHANGED"
+
+
 class BudgetExhausted(VeilError):
     """The charge would take a privacy budget past its limit; nothing was spent."""
 

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.errors import FailedPrecondition
 from services.serving.contract import (
     CLASSIFIER,
     DECODER,
@@ -190,6 +191,22 @@ class InferenceBackend(abc.ABC):
     async def load_model(self, model: str, version: int) -> None:
         """Make version ``version`` of ``model`` servable after it was written to the model
         store (and, for Triton, to the model repository); ModelNotReady when it cannot be."""
+
+    async def load_diffae(self, entry: str) -> None:
+        """Build the encoder and decoder of the model store entry ``entry`` (its weights
+        checked against its manifest) without serving them yet (:meth:`use_diffae`).
+        FailedPrecondition where the backend cannot: a Triton server serves the encoder
+        its model repository holds (a new one is a rollout: docs/TRAINING.md)."""
+        raise FailedPrecondition(
+            f"the {self.settings.backend} inference backend serves the encoder its model "
+            f"repository holds; it cannot switch to {entry!r} while running (roll out a "
+            "Triton repository built from that entry: docs/TRAINING.md)"
+        )
+
+    def use_diffae(self, entry: str) -> None:
+        """Serve ``encode``/``decode`` from ``entry`` (loaded by :meth:`load_diffae`) from
+        the next call on; the previous entry's kernels are dropped."""
+        raise FailedPrecondition(f"the {self.settings.backend} backend cannot switch encoders")
 
     async def can_load(self) -> bool:
         """Whether :meth:`load_model` can work at all now (never raises): for Triton, that

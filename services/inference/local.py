@@ -28,12 +28,14 @@ class LocalBackend(InferenceBackend):
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=self.settings.workers, thread_name_prefix="veil-kernels"
         )
-        self._kernels: dict[tuple[str, int], BatchKernel] = {}
+        self._kernels: dict[tuple[str, int, str], BatchKernel] = {}
         self._lock = threading.Lock()
+        self._diffae = self.settings.diffae
+        """The store entry behind ``veil_encoder`` / ``veil_decoder`` now."""
 
     def _entry(self, model: str) -> str:
         if model in (ENCODER, DECODER):
-            return self.settings.diffae
+            return self._diffae
         if model == PROTECTOR:
             return self.settings.protector
         name = CLASSIFIER if model == PROTECT else model
@@ -41,11 +43,12 @@ class LocalBackend(InferenceBackend):
             raise ModelNotReady(f"model {model!r} is not configured for the local backend")
         return self.settings.classifiers[name]
 
-    def _kernel(self, model: str, version: int) -> BatchKernel:
+    def _kernel(self, model: str, version: int, base: str | None = None) -> BatchKernel:
         with self._lock:
-            key = (model, version)
+            base = base or self._entry(model)
+            key = (model, version, base)
             if key not in self._kernels:
-                entry = version_entry(self._entry(model), version)
+                entry = version_entry(base, version)
                 self._kernels[key] = build_kernel(
                     model,
                     self.store,
@@ -85,9 +88,25 @@ class LocalBackend(InferenceBackend):
         if self._executor is None:
             raise ModelNotReady("the local inference backend is closed")
         with self._lock:
-            self._kernels.pop((model, version), None)
+            self._kernels.pop((model, version, self._entry(model)), None)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._kernel, model, version)
+
+    async def load_diffae(self, entry: str) -> None:
+        if self._executor is None:
+            raise ModelNotReady("the local inference backend is closed")
+        loop = asyncio.get_running_loop()
+        for model in (ENCODER, DECODER):
+            await loop.run_in_executor(self._executor, self._kernel, model, 0, entry)
+
+    def use_diffae(self, entry: str) -> None:
+        with self._lock:
+            if not all((m, 0, entry) in self._kernels for m in (ENCODER, DECODER)):
+                raise ModelNotReady(f"the encoder {entry!r} is not loaded (load_diffae first)")
+            self._diffae = entry
+            for key in [k for k in self._kernels if k[0] in (ENCODER, DECODER)]:
+                if key[2] != entry:
+                    del self._kernels[key]
 
     async def ready(self) -> bool:
         if self._executor is None:

@@ -68,6 +68,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+KEPT = re.compile(r"^(?P<name>.+)-r(?P<number>[1-9][0-9]*)$")
+"""A kept registration of a store entry (``<entry>-r<number>``, written by the model
+registry; ``services.unlearning.trained.keep``)."""
+
+
+def kept_entry(name: str, number: int) -> str:
+    """The store entry that keeps registration ``number`` of the entry ``name``."""
+    return f"{name}-r{number}"
+
+
 class StoreReader:
     """Models under ``root`` (default: the weights shipped with the package), read-only."""
 
@@ -110,6 +120,15 @@ class StoreReader:
         """Manifest and weights of ``name`` as numpy arrays (checked as :meth:`blob`)."""
         manifest, blob = self.blob(name, kind)
         return manifest, load_arrays(blob)
+
+    def kept(self, name: str) -> list[str]:
+        """The kept registrations of the entry ``name`` in this store, newest first."""
+        found = []
+        for path in self.root.glob(f"{name}-r*/{MANIFEST}") if self.root.is_dir() else ():
+            match = KEPT.match(path.parent.name)
+            if match and match["name"] == name:
+                found.append((int(match["number"]), path.parent.name))
+        return [entry for _, entry in sorted(found, reverse=True)]
 
     def list(self) -> list[Manifest]:
         if not self.root.is_dir():

@@ -37,7 +37,7 @@ class RegistrySettings(Protocol):
     registry_tls_ca: str | None
 
 
-Key = tuple[str, str, int]
+Key = tuple[str, str, int, str]
 
 
 class RegistryClient:
@@ -54,10 +54,13 @@ class RegistryClient:
         self._cache: dict[Key, tuple[float, rpb.ResolvedModel | None]] = {}
         self._asking: dict[Key, asyncio.Future[rpb.ResolvedModel | None]] = {}
 
-    async def resolve(self, tenant: str, name: str, version: int = 0) -> rpb.ResolvedModel | None:
-        """What ``name`` version ``version`` (0: its production) is for ``tenant``; None
-        when the registry answers NOT_FOUND. Other errors are raised as Veil errors."""
-        key = (tenant, name, version)
+    async def resolve(
+        self, tenant: str, name: str, version: int = 0, alias: str = ""
+    ) -> rpb.ResolvedModel | None:
+        """What ``name`` version ``version`` (0: what ``alias`` names, ``production`` when
+        empty) is for ``tenant``; None when the registry answers NOT_FOUND. Other errors
+        are raised as Veil errors."""
+        key = (tenant, name, version, alias)
         hit = self._cache.get(key)
         if hit is None or time.monotonic() - hit[0] > self._ttl:
             hit = (time.monotonic(), await self._ask_once(key))
@@ -83,9 +86,11 @@ class RegistryClient:
             else:  # this caller was cancelled; the others still wait for the task
                 task.add_done_callback(lambda _: self._asking.pop(key, None))
 
-    async def _ask(self, tenant: str, name: str, version: int) -> rpb.ResolvedModel | None:
+    async def _ask(
+        self, tenant: str, name: str, version: int, alias: str
+    ) -> rpb.ResolvedModel | None:
         request = rpb.ResolveModelRequest(
-            tenant_id=tenant, ref=common_pb2.ModelRef(name=name, version=version)
+            tenant_id=tenant, ref=common_pb2.ModelRef(name=name, version=version), alias=alias
         )
         try:
             out: rpb.ResolvedModel = await self._client.get().registry.ResolveModel(

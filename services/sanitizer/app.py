@@ -3,13 +3,16 @@ when ``registry_url`` is set, the model registry's client.
 
 Ready when the encoder and decoder answer on the inference backend, the session database
 answers and the accountant reports SERVING: without the accountant no image may leave.
-Readiness does not wait for the registry: only ListAttributes asks it.
+Readiness does not wait for the registry (only ListAttributes asks it), unless the server
+follows the registry's encoder alias (``encoder_alias``): then it is ready once it serves
+what the alias names (``services.sanitizer.following``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from pydantic import Field
@@ -17,7 +20,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services._proto.veil.v1 import sanitizer_pb2_grpc
 from services.inference.attach import attach_backend
-from services.inference.attributes import attribute_model
+from services.inference.attributes import attribute_model, fitted_generation
 from services.inference.backend import SANITIZER_MODELS, InferenceSettings
 from services.inference.domain import domain_model
 from services.runtime.diagnostics import diagnostics_mount
@@ -25,6 +28,7 @@ from services.runtime.registry import registry_client
 from services.runtime.server import Mount, ServiceApp
 from services.runtime.settings import ServiceSettings
 from services.sanitizer.core import Sanitizer
+from services.sanitizer.following import Follower
 from services.sanitizer.ledger import AccountantLedger
 from services.sanitizer.metrics import SanitizerMetrics
 from services.sanitizer.pipeline import Pipeline
@@ -72,6 +76,8 @@ def build_app(
     )
     registry = registry_client(settings)
     records: ModelRecords | None = None if registry is None else RegistryRecords(registry)
+    if settings.encoder_alias and records is None:
+        raise ValueError("VEIL_SANITIZER_ENCODER_ALIAS needs VEIL_SANITIZER_REGISTRY_URL")
     handle = None
 
     def backend():  # the running backend (UNAVAILABLE before start and after stop)
@@ -88,6 +94,24 @@ def build_app(
         domain=domain,
     )
     core = Sanitizer(settings, pipeline, store, accountant, metrics, app.workers.run, records)
+    follower = None
+    if settings.encoder_alias and records is not None:
+        name = settings.inference.diffae
+        follower = Follower(
+            records,
+            name,
+            settings.encoder_alias,
+            functools.partial(
+                fitted_generation,
+                settings.inference,
+                name=name,
+                probes=settings.probes,
+                domain=settings.domain,
+            ),
+            backend,
+            pipeline,
+            metrics,
+        )
     app.mounts += [
         Mount(
             "veil.v1.Sanitizer",
@@ -97,6 +121,7 @@ def build_app(
         diagnostics_mount("sanitizer", settings.image_limits),
     ]
     purger: asyncio.Task[None] | None = None
+    following: asyncio.Task[None] | None = None
 
     async def purge_forever() -> None:
         while True:
@@ -107,20 +132,25 @@ def build_app(
                 log.warning("purge of expired sessions failed: %s", type(exc).__name__)
 
     async def start() -> None:
-        nonlocal purger
+        nonlocal purger, following
         await asyncio.to_thread(store.create_schema)
         purger = asyncio.create_task(purge_forever())
+        if follower is not None:
+            following = asyncio.create_task(follower.run(settings.follow_every_s))
 
     async def ready() -> bool:
+        if follower is not None and not follower.synced:
+            return False
         if not await asyncio.to_thread(store.ping):
             return False
         return await accountant.ready()
 
     async def stop() -> None:
-        if purger is not None:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+        for task in (purger, following):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await accountant.close()
         if records is not None:
             await records.close()

@@ -35,6 +35,7 @@ no torch (docs/ARCHITECTURE.md, "Cores without transport").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -53,6 +54,7 @@ from services.common.errors import (
     BudgetExhausted,
     FailedPrecondition,
     InvalidArgument,
+    ModelChanged,
     OutOfDomain,
     PermissionDenied,
     Unavailable,
@@ -61,6 +63,7 @@ from services.common.errors import (
 from services.kernels.domain import DomainScore
 from services.kernels.mechanism import (
     COMPLEMENTS,
+    AttributeSpace,
     Calibration,
     Complement,
     calibrate,
@@ -248,12 +251,21 @@ class Sanitizer:
         registry; the store's manifests describe the model)."""
         self.settings = settings
         self.pipeline = pipeline
-        self.space = pipeline.space
         self.store = store
         self.ledger = ledger
         self.metrics = metrics
         self._offload = offload
-        self._describer = Describer(pipeline.model, records)
+        self._describer = Describer(lambda: pipeline.model, records, settings.encoder_alias)
+
+    @property
+    def space(self) -> AttributeSpace:
+        """The attribute subspace of the model served now (stable under ``_serving()``)."""
+        return self.pipeline.space
+
+    def _serving(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the served model for one call: a swap (the registry's alias moved) waits
+        for it to end, so no call mixes two models."""
+        return self.pipeline.exclusive.using()
 
     async def describe(self, tenant: str) -> ModelDescription:
         """The encoder and probes this server loaded, as the registry records them for
@@ -387,6 +399,12 @@ class Sanitizer:
     async def create_preview(
         self, caller: Caller, request: Request, strengths: Sequence[float], seed: int | None
     ) -> Preview:
+        async with self._serving():
+            return await self._create_preview(caller, request, strengths, seed)
+
+    async def _create_preview(
+        self, caller: Caller, request: Request, strengths: Sequence[float], seed: int | None
+    ) -> Preview:
         request = self.check(caller, request)
         if not 1 <= len(strengths) <= self.settings.max_strengths:
             raise InvalidArgument(
@@ -417,6 +435,7 @@ class Sanitizer:
                 "face_box": asdict(prepared.face.box),
                 "seeded": seed is not None,
                 "allow_out_of_domain": request.allow_out_of_domain,
+                "encoder": self.pipeline.model.diffae_sha256,
             },
             original=request.image,
             created_at=now,
@@ -456,6 +475,20 @@ class Sanitizer:
         candidate: int | None = None,
         key: str = "",
     ) -> Released:
+        async with self._serving():
+            return await self._release(
+                caller, session_id, epsilon=epsilon, candidate=candidate, key=key
+            )
+
+    async def _release(
+        self,
+        caller: Caller,
+        session_id: str,
+        *,
+        epsilon: float | None,
+        candidate: int | None,
+        key: str,
+    ) -> Released:
         _check_id(session_id, "session_id")
         _check_id(key, "idempotency_key", required=False)
         if (epsilon is None) == (candidate is None):
@@ -472,6 +505,12 @@ class Sanitizer:
         return await self._once(caller, key, fingerprint, work)
 
     async def sanitize(
+        self, caller: Caller, request: Request, epsilon: float, key: str
+    ) -> Released:
+        async with self._serving():
+            return await self._sanitize(caller, request, epsilon, key)
+
+    async def _sanitize(
         self, caller: Caller, request: Request, epsilon: float, key: str
     ) -> Released:
         _check_id(key, "idempotency_key", required=False)
@@ -558,6 +597,7 @@ class Sanitizer:
             candidate is not None,
         )
         try:
+            self._same_encoder(session)
             request = _session_request(session)
             if candidate is not None:
                 released = await self._candidate_charged(
@@ -580,6 +620,20 @@ class Sanitizer:
             # a charge this attempt may have committed is finished, never doubled.
             await self._quietly(self.store.unclaim, session_id, token)
             raise
+
+    def _same_encoder(self, session: Session) -> None:
+        """A session is released by the encoder that made its previews: its candidates
+        were drawn, and its strengths calibrated, on that model's attribute subspace. After
+        the registry's alias moved the server to another one: ModelChanged, nothing
+        charged (a session from before the field existed is taken as this model's)."""
+        made_by = session.params.get("encoder")
+        if made_by and made_by != self.pipeline.model.diffae_sha256:
+            self.metrics.refused("model_changed")
+            raise ModelChanged(
+                "this preview was made by an encoder this server no longer serves (the "
+                "model registry's alias moved); nothing was charged: create a new preview",
+                details={"session_id": session.session_id},
+            )
 
     def _spec(
         self, caller: Caller, request: Request, mu: float, kind: str, draws: int, key: str
@@ -832,6 +886,13 @@ class Sanitizer:
     # -- batches ---------------------------------------------------------------------------
 
     async def sanitize_chunk(
+        self, caller: Caller, items: Sequence[BatchItem]
+    ) -> list[Released | VeilError]:
+        """:meth:`_sanitize_chunk` on the model served now."""
+        async with self._serving():
+            return await self._sanitize_chunk(caller, items)
+
+    async def _sanitize_chunk(
         self, caller: Caller, items: Sequence[BatchItem]
     ) -> list[Released | VeilError]:
         """Sanitize a chunk of batch items: each is claimed (keyed), prepared and its δ

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.inference.attributes import AttributeModel
@@ -36,38 +37,50 @@ class ModelDescription:
     lineage: dict[str, str] = field(default_factory=dict)
     probes_lineage: dict[str, str] = field(default_factory=dict)
     current: bool = True
-    """Both loaded entries have the SHA-256 of the registry's newest registration."""
+    """Both loaded entries have the SHA-256 of the registry's newest registration; when the
+    server follows an alias, the encoder is the registration the alias names."""
 
 
 class Describer:
-    """Describes one loaded :class:`AttributeModel`, through the registry when there is one."""
+    """Describes the :class:`AttributeModel` served now (``model()``: it changes when the
+    registry's alias moves), through the registry when there is one."""
 
-    def __init__(self, model: AttributeModel, records: ModelRecords | None = None) -> None:
-        self.model = model
+    def __init__(
+        self,
+        model: Callable[[], AttributeModel],
+        records: ModelRecords | None = None,
+        alias: str = "",
+    ) -> None:
+        """``alias``: the encoder alias the server follows (``services.sanitizer.following``):
+        the encoder is described as that alias names it, and the probes the server chose
+        for it (fitted on it, not the newest registration of the probes) count as current."""
+        self._model = model
         self.records = records
+        self.alias = alias
         self._unknown: set[str] = set()
         """Entries the registry did not know at their last look-up (warned once)."""
 
     async def describe(self, tenant: str) -> ModelDescription:
-        model = self.model
+        model = self._model()
         if self.records is None:
-            return self._described(None, None, current=True)
+            return self._described(model, None, None, current=True)
         encoder, probes = await asyncio.gather(
-            self._record(self.records, tenant, model.diffae),
+            self._record(self.records, tenant, model.diffae, self.alias),
             self._record(self.records, tenant, model.probes),
         )
+        if self.alias and probes is not None and probes.sha256 != model.probes_sha256:
+            probes = None  # the served probes are those fitted on the followed encoder
         current = (
             encoder is not None
-            and probes is not None
             and encoder.sha256 == model.diffae_sha256
-            and probes.sha256 == model.probes_sha256
+            and (self.alias != "" or (probes is not None and probes.sha256 == model.probes_sha256))
         )
-        return self._described(encoder, probes, current=current)
+        return self._described(model, encoder, probes, current=current)
 
+    @staticmethod
     def _described(
-        self, encoder: Record | None, probes: Record | None, *, current: bool
+        model: AttributeModel, encoder: Record | None, probes: Record | None, *, current: bool
     ) -> ModelDescription:
-        model = self.model
         return ModelDescription(
             name=model.diffae,
             resolution=model.resolution,
@@ -79,8 +92,10 @@ class Describer:
             current=current,
         )
 
-    async def _record(self, records: ModelRecords, tenant: str, entry: str) -> Record | None:
-        found = await records.record(tenant, entry)
+    async def _record(
+        self, records: ModelRecords, tenant: str, entry: str, alias: str = ""
+    ) -> Record | None:
+        found = await records.record(tenant, entry, alias)
         if found is not None:
             self._unknown.discard(entry)
         elif entry not in self._unknown:

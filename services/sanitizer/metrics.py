@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGES = ("image", "encode", "decode", "charge", "store")
 """image = decode the upload, find and crop the face; encode/decode = the diffusion
@@ -31,8 +31,12 @@ REFUSAL_REASONS = (
     "key_spent",
     "seeded_candidate",
     "out_of_domain",
+    "model_changed",
 )
 """Every reason ``core.py`` refuses with (a test holds the two equal)."""
+SWAP_OUTCOMES = ("swapped", "failed")
+"""What a look at the registry's encoder alias did (``following.py``); an unchanged alias
+counts nothing."""
 
 
 class SanitizerMetrics:
@@ -79,6 +83,21 @@ class SanitizerMetrics:
             "Expired sessions, candidates and releases deleted.",
             registry=registry,
         )
+        self.swaps = Counter(
+            "veil_sanitizer_model_swaps_total",
+            "Looks at the registry's encoder alias that found another encoder than the one "
+            "served, by outcome: swapped (the new encoder, probes and in-domain score serve "
+            "now), failed (the old ones still serve; tried again on the next look).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.served = Gauge(
+            "veil_sanitizer_encoder_version",
+            "Registry version of the encoder served now (0: not followed from the registry).",
+            registry=registry,
+        )
+        for outcome in SWAP_OUTCOMES:
+            self.swaps.labels(outcome=outcome)
         for kind in RELEASE_KINDS:
             self.releases.labels(kind=kind)
         for reason in REFUSAL_REASONS:

@@ -14,7 +14,9 @@ this same class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -23,7 +25,13 @@ import numpy as np
 from services.common.imaging import ImageLimits, decode_image, encode_image
 from services.inference.attributes import AttributeModel
 from services.kernels.domain import DomainModel, DomainScore
-from services.kernels.mechanism import Calibration, Complement, fresh_noise, privatize
+from services.kernels.mechanism import (
+    AttributeSpace,
+    Calibration,
+    Complement,
+    fresh_noise,
+    privatize,
+)
 from services.sanitizer.faces import Box, FaceCrop, crop_face, locate_face, paste_face
 from services.sanitizer.ports import Kernels
 
@@ -79,8 +87,51 @@ def from_model(images: np.ndarray) -> np.ndarray:
     return np.rint(pixels).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+class Exclusive:
+    """Any number of users at once, or one swap alone: a swap waits for the users in
+    flight to finish, and users that come while a swap waits or runs wait for it (so a
+    stream of users cannot starve it). Single event loop: no thread safety."""
+
+    def __init__(self) -> None:
+        self._users = 0
+        self._swapping = False
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def using(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._swapping)
+            self._users += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._users -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def swapping(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._swapping)
+            self._swapping = True
+            try:
+                await self._changed.wait_for(lambda: self._users == 0)
+            except BaseException:
+                self._swapping = False
+                self._changed.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._swapping = False
+                self._changed.notify_all()
+
+
 class Pipeline:
-    """The mechanism end to end on one backend and one attribute model."""
+    """The mechanism end to end on one backend and one attribute model (the encoder, its
+    probes and its in-domain score: a *generation*, which :meth:`install` replaces whole
+    while no request is in flight)."""
 
     def __init__(
         self,
@@ -97,11 +148,21 @@ class Pipeline:
         self._backend = backend
         self._backend_ready = backend_ready
         self.model = model
-        self.space = model.space
         self.limits = limits or ImageLimits()
         self.margin = margin
         self.output_format = output_format
         self.domain = domain
+        self.exclusive = Exclusive()
+        """Requests run under ``exclusive.using()``; :meth:`install` under ``swapping()``."""
+
+    @property
+    def space(self) -> AttributeSpace:
+        return self.model.space
+
+    def install(self, model: AttributeModel, domain: DomainModel | None) -> None:
+        """Serve ``model`` and ``domain`` from now on (the caller holds
+        ``exclusive.swapping()`` and has switched the backend's encoder to match)."""
+        self.model, self.domain = model, domain
 
     def backend_down(self) -> bool:
         """The backend's last readiness probe failed (None: no probe has answered yet, and

@@ -103,6 +103,19 @@ class Kernels(Protocol):
         ...
 
 
+class EncoderSwitch(Protocol):
+    """Switching the backend's encoder and decoder to another model store entry (the
+    in-process backend can; Triton's raises FailedPrecondition)."""
+
+    async def load_diffae(self, entry: str) -> None:
+        """Build ``entry``'s kernels, weights checked, without serving them yet."""
+        ...
+
+    def use_diffae(self, entry: str) -> None:
+        """Serve ``entry`` from the next call on."""
+        ...
+
+
 Offload = Callable[..., Awaitable[Any]]
 """``await offload(fn, *args)``: ``fn(*args)`` off the event loop (the server's worker pool,
 ``services.runtime.workers.WorkerPool.run``; :func:`services.sanitizer.pipeline.inline` in
@@ -111,13 +124,17 @@ tests and benches)."""
 
 @dataclass(frozen=True)
 class Record:
-    """What the model registry records of a trained model: its newest registration."""
+    """What the model registry records of a trained model: the registration its alias
+    names (``production``; unset: the newest)."""
 
     version: int
     sha256: str
-    """SHA-256 of that registration's weights: what its store entry holds now."""
+    """SHA-256 of that registration's weights."""
     lineage: dict[str, str] = field(default_factory=dict)
     """Where it came from: ``command``, ``seed``, ``data``, ``sha256``, ``registered_by``, …"""
+    entry: str = ""
+    """The model store entry that holds those weights (its kept copy ``<name>-r<version>``,
+    or the entry itself while it is the newest)."""
 
 
 class ModelRecords(Protocol):
@@ -125,8 +142,9 @@ class ModelRecords(Protocol):
     every tenant, resolved for the caller's). Errors are VeilErrors: a registry that cannot
     be reached, is too slow or refuses the sanitizer's token is Unavailable."""
 
-    async def record(self, tenant: str, entry: str) -> Record | None:
-        """The newest registration of ``entry``; None when the registry does not know it."""
+    async def record(self, tenant: str, entry: str, alias: str = "") -> Record | None:
+        """The registration of ``entry`` that ``alias`` names (empty: ``production``, else
+        the newest); None when the registry does not know it."""
         ...
 
     async def close(self) -> None: ...

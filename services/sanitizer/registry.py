@@ -19,11 +19,12 @@ class RegistryRecords:
     def __init__(self, registry: RegistryClient) -> None:
         self._registry = registry
 
-    async def record(self, tenant: str, entry: str) -> Record | None:
-        out = await self._registry.resolve(tenant, entry)
+    async def record(self, tenant: str, entry: str, alias: str = "") -> Record | None:
+        out = await self._registry.resolve(tenant, entry, 0, alias)
         if out is None:
             return None
-        return Record(int(out.version.ref.version), out.sha256, dict(out.version.lineage))
+        version = int(out.version.ref.version)
+        return Record(version, out.sha256, dict(out.version.lineage), out.entry)
 
     async def close(self) -> None:
         await self._registry.close()

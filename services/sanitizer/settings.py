@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -44,6 +45,15 @@ class SanitizerSettings(BaseSettings):
     long after its registration."""
     registry_tls_ca: str | None = None
     """PEM file of the CA that signed the registry's certificate; unset = plaintext."""
+    encoder_alias: str = ""
+    """With ``registry_url``: the registry alias of the encoder (the shared trained model
+    ``VEIL_INFERENCE_DIFFAE`` names) this server serves, e.g. ``production``: it is looked
+    up every ``follow_every_s`` and, when it moves, the encoder with the probes and the
+    in-domain score fitted on it are loaded from the model store and swapped in at once
+    (``services.sanitizer.following``; in-process backend only). Empty: the store's entries
+    as configured, never swapped."""
+    follow_every_s: float = Field(default=10.0, gt=0, le=3600)
+    """How often the encoder's alias is looked up (``encoder_alias``)."""
     reservation_lease_s: float = Field(default=120.0, gt=0, le=600)
     """Lease of the reservation held while an image is generated (then committed)."""
     commit_attempts: int = Field(default=4, ge=1, le=20)
@@ -89,6 +99,13 @@ class SanitizerSettings(BaseSettings):
     """SanitizeBatch: items encoded, decoded and charged together."""
     output_format: Literal["PNG", "WEBP"] = "PNG"
     """Format of returned images (lossless: the noise is the privacy, not compression)."""
+
+    @field_validator("encoder_alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", value):
+            raise ValueError("an alias is 1-64 characters of [a-z0-9-], starting with a letter")
+        return value
 
     @field_validator("database_url")
     @classmethod

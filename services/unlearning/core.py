@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,7 +37,7 @@ from services.common.errors import (
     NotFound,
     VeilError,
 )
-from services.kernels.manifests import Manifest, manifest_lineage
+from services.kernels.manifests import MANIFEST, Manifest, kept_entry, manifest_lineage
 from services.unlearning import trained, training
 from services.unlearning.jobs import CANCELLED, FAILED, Job, JobSpec, JobStore
 from services.unlearning.metrics import UnlearningMetrics
@@ -48,7 +48,9 @@ from services.unlearning.registry import (
     LOADING,
     PRODUCTION,
     READY,
+    RETIRED,
     SERVABLE,
+    SHARED,
     Version,
     with_aliases,
 )
@@ -278,10 +280,7 @@ class Unlearning:
             raise InvalidArgument("version must be >= 0", details={"field": "ref.version"})
         shared = await self._shared(model_name)
         if shared is not None:
-            match = [t for t in shared if t.number == version or (version == 0 and t.current)]
-            if not match:
-                raise NotFound(f"no version {version} of {model_name!r}")
-            return match[0].as_version()
+            return await self._shared_version(model_name, shared, version)
         names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
         if version == 0 and PRODUCTION in names:
             version = names[PRODUCTION]
@@ -307,17 +306,52 @@ class Unlearning:
             raise NotFound(f"no model {model_name!r}")
         return found
 
-    @staticmethod
-    def _shared_model(newest: Trained) -> Model:
+    def serving_entry(self, registration: Trained) -> str | None:
+        """The model store entry that holds ``registration``'s content: its kept copy
+        (``trained.keep``), else the entry itself while it is the newest; None when
+        neither (an older registration of a kind that is not kept: not servable)."""
+        kept = kept_entry(registration.name, registration.number)
+        if (self.publisher.store / kept / MANIFEST).is_file():
+            return kept
+        return registration.name if registration.current else None
+
+    async def shared_registration(self, model_name: str, version: int) -> Trained:
+        """Registration ``version`` of a shared trained model (0: what the operator's
+        ``production`` alias names, else the newest); NOT_FOUND when there is none."""
+        shared = await self._shared(model_name)
+        if shared is None:
+            raise NotFound(f"{model_name!r} is not a shared trained model")
+        if version == 0:
+            names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
+            version = names.get(PRODUCTION, 0)
+        match = [t for t in shared if t.number == version or (version == 0 and t.current)]
+        if not match:
+            raise NotFound(f"no version {version} of {model_name!r}")
+        return match[0]
+
+    async def _shared_version(
+        self, model_name: str, shared: list[Trained], version: int
+    ) -> Version:
+        """As :meth:`shared_registration`, as a version: READY when it is servable
+        (:meth:`serving_entry`), RETIRED otherwise, with the operator's aliases."""
+        found = await self.shared_registration(model_name, version)
+        names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
+        return with_aliases(self._as_version(found), names)
+
+    def _as_version(self, registration: Trained) -> Version:
+        state = READY if self.serving_entry(registration) is not None else RETIRED
+        return replace(registration.as_version(), state=state)
+
+    async def _shared_model(self, newest: Trained) -> Model:
         return Model(
             name=newest.name,
-            aliases={},
+            aliases=await asyncio.to_thread(self.store.aliases, SHARED, newest.name),
             resolution=newest.resolution,
             num_classes=newest.num_classes,
             target=newest.target,
             kind=newest.kind,
             shared=True,
-            current=newest.as_version(),
+            current=await self.get_version("", newest.name, 0),
         )
 
     async def model(self, tenant: str, model_name: str) -> Model:
@@ -325,7 +359,7 @@ class Unlearning:
         shared trained model), the tenant's aliases and what its version 0 names."""
         shared = await self._shared(model_name)
         if shared is not None:
-            return self._shared_model(shared[0])
+            return await self._shared_model(shared[0])
         manifest = await asyncio.to_thread(self.publisher.manifest, BASE)
         config = manifest.get("config", {})
         names = await asyncio.to_thread(self.store.aliases, tenant, model_name)
@@ -343,22 +377,26 @@ class Unlearning:
         then every shared trained model, by name."""
         served = await self.model(tenant, self.settings.model_name)
         trained = await asyncio.to_thread(self.store.trained_models)
-        return [served] + [self._shared_model(t) for t in trained if t.name != served.name]
+        return [served] + [await self._shared_model(t) for t in trained if t.name != served.name]
 
     async def resolve(self, tenant: str, model_name: str, version: int, alias: str) -> Version:
         """The servable version a reference names for ``tenant``: ``version``, or (0) what
         ``alias`` names (``production`` when empty; unset = the latest READY). An unset
-        alias other than ``production`` is NOT_FOUND. A shared trained model resolves only
-        to its newest registration (the store holds no other) and has no aliases."""
+        alias other than ``production`` is NOT_FOUND. A shared trained model resolves to the
+        registration the operator's alias names (``production``, unset: the newest), which
+        must be servable (:meth:`serving_entry`)."""
         shared = await self._shared(model_name)
         if shared is not None:
-            if alias and alias != PRODUCTION:
-                raise NotFound(f"{model_name!r} has no alias {alias!r}")
+            if version == 0 and alias and alias != PRODUCTION:
+                names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
+                if alias not in names:
+                    raise NotFound(f"{model_name!r} has no alias {alias!r}")
+                version = names[alias]
             found = await self.get_version(tenant, model_name, version)
             if found.state != READY:
                 raise NotFound(
-                    f"{model_name} version {found.version} was replaced in the model store;"
-                    " it is not servable"
+                    f"{model_name} version {found.version} was replaced in the model store"
+                    " and not kept; it is not servable"
                 )
             return found
         if version == 0 and alias and alias != PRODUCTION:
@@ -369,16 +407,36 @@ class Unlearning:
         return await self._resolve(tenant, model_name, version)
 
     async def set_alias(self, tenant: str, model_name: str, alias: str, version: int) -> Version:
-        """Point the tenant's ``alias`` at its servable version ``version`` (>= 1)."""
-        if await self._shared(model_name) is not None:
-            raise FailedPrecondition(
-                f"{model_name!r} is a shared trained model: it has no aliases",
-                details={"field": "ref.name"},
-            )
+        """Point the tenant's ``alias`` at its servable version ``version`` (>= 1). A shared
+        trained model's aliases are the operator's: FAILED_PRECONDITION here (the servicer
+        sends an operator's call to :meth:`set_shared_alias`)."""
         if version < 1:
             raise InvalidArgument("version must be >= 1", details={"field": "ref.version"})
+        if await self._shared(model_name) is not None:
+            raise FailedPrecondition(
+                f"{model_name!r} is a shared trained model: only an operator (scope "
+                "modelregistry:promote) moves its aliases, for every tenant",
+                details={"field": "ref.name"},
+            )
         await asyncio.to_thread(self.store.set_alias, tenant, model_name, alias, version)
         return await self.get_version(tenant, model_name, version)
+
+    async def set_shared_alias(self, model_name: str, alias: str, version: int) -> Version:
+        """Point the operator's ``alias`` of a shared trained model (every tenant's) at its
+        registration ``version`` (>= 1), which must be servable: FAILED_PRECONDITION for a
+        registration the store no longer holds."""
+        if version < 1:
+            raise InvalidArgument("version must be >= 1", details={"field": "ref.version"})
+        found = await self.shared_registration(model_name, version)
+        if self.serving_entry(found) is None:
+            raise FailedPrecondition(
+                f"{model_name} version {version} was replaced in the model store and not "
+                f"kept (only kinds {', '.join(trained.KEPT_KINDS)} are): it cannot be served",
+                details={"field": "ref.version"},
+            )
+        served = (await self.shared_registration(model_name, 0)).number  # before the move
+        await asyncio.to_thread(self.store.set_shared_alias, model_name, alias, version, served)
+        return await self.get_version("", model_name, version)
 
     async def list_versions(
         self, tenant: str, model_name: str, page: Page
@@ -387,9 +445,9 @@ class Unlearning:
         trained model's registrations, newest first."""
         shared = await self._shared(model_name)
         if shared is not None:
-            return [t.as_version() for t in shared[page.offset : page.offset + page.size]], len(
-                shared
-            )
+            names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
+            part = shared[page.offset : page.offset + page.size]
+            return [with_aliases(self._as_version(t), names) for t in part], len(shared)
         rows, total = await asyncio.to_thread(
             self.store.list_versions, tenant, model_name, page.offset, page.size
         )

@@ -17,7 +17,8 @@ Tables (SQLAlchemy Core, created beside the job table):
   the tenant's (NULL in rows written before: then it equals the serial), state, parent
   (a tenant number), the job and method that made it, metrics at publish and ``lineage``
   (JSON: data revision, command, reason).
-- ``registry_aliases``: (tenant, model, alias) → number. ``production`` is what a caller
+- ``registry_aliases``: (tenant, model, alias) → number; a shared trained model's aliases
+  are the operator's, under tenant :data:`SHARED`. ``production`` is what a caller
   gets for version 0 (the latest READY version when unset); a publish moves it to the new
   version and ``previous`` to the one it replaces, in the transaction that marks the
   version READY.
@@ -88,6 +89,9 @@ aliases = Table(
 LOADING, READY, RETIRED, BROKEN = "loading", "ready", "retired", "failed"
 SERVABLE = (READY, RETIRED)
 PRODUCTION, PREVIOUS = "production", "previous"
+SHARED = "*"
+"""The ``tenant`` of a shared trained model's aliases: the operator's, the same for every
+tenant (no tenant id is ``*``)."""
 ALIAS = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 BASE = 1
 """The shared version every tenant sees: the trained default."""
@@ -382,7 +386,25 @@ class RegistryStore(TableStore):
                     )
             self._point(conn, tenant, model_name, alias, number)
 
-    def _point(self, conn: Connection, tenant: str, model: str, alias: str, number: int) -> None:
+    def set_shared_alias(self, model_name: str, alias: str, number: int, served: int) -> None:
+        """Point the operator's ``alias`` of a shared trained model at its registration
+        ``number`` (the caller checked that it is servable). Moving ``production`` moves
+        ``previous`` to what it named (``served``, the newest, when it named nothing)."""
+        check_alias(alias)
+        with self._tx() as conn:
+            self._point(conn, SHARED, model_name, alias, number, unset=served)
+
+    def _point(
+        self,
+        conn: Connection,
+        tenant: str,
+        model: str,
+        alias: str,
+        number: int,
+        unset: int = BASE,
+    ) -> None:
+        """Point ``alias`` at ``number``; moving ``production`` moves ``previous`` to what
+        it named (``unset`` when it named nothing)."""
         key = (aliases.c.tenant == tenant, aliases.c.model_name == model)
         old = conn.execute(
             select(aliases.c.number).where(*key, aliases.c.alias == alias)
@@ -390,7 +412,7 @@ class RegistryStore(TableStore):
         if old == number:
             return
         if alias == PRODUCTION:
-            self._upsert(conn, tenant, model, PREVIOUS, BASE if old is None else int(old))
+            self._upsert(conn, tenant, model, PREVIOUS, unset if old is None else int(old))
         self._upsert(conn, tenant, model, alias, number)
 
     @staticmethod

@@ -1,5 +1,8 @@
 """``veil.v1.ModelRegistry`` over gRPC: request → domain → core → response, nothing else.
 
+``SetAlias`` on a shared trained model (the encoder every tenant's sanitizer serves) needs
+scope :data:`PROMOTE`, granted by name, besides ``modelregistry:set_alias``: its aliases
+are the operator's.
 ``ResolveModel`` answers only delegate tokens (Veil's services acting for a tenant): its
 ``serving_version`` is the inference server's version directory, shared across tenants,
 which a tenant is never shown.
@@ -31,6 +34,11 @@ def _model_to_pb(model: Model) -> pb.RegisteredModel:
     return out
 
 
+PROMOTE = "modelregistry:promote"
+"""The scope that moves a shared trained model's aliases (every tenant's): an operator's.
+It must be granted by name: a tenant's ``*`` or ``modelregistry:*`` does not include it."""
+
+
 class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     def __init__(self, core: Unlearning) -> None:
         self.core = core
@@ -54,9 +62,17 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
 
     async def SetAlias(self, request: pb.SetAliasRequest, context) -> unlearning_pb2.ModelVersion:
         tenant = require_tenant(request.tenant_id)
-        version = await self.core.set_alias(
-            tenant, request.ref.name, check_alias(request.alias), int(request.ref.version)
-        )
+        alias, number = check_alias(request.alias), int(request.ref.version)
+        model = await self.core.model(tenant, request.ref.name)
+        if model.shared:  # the operator's alias, every tenant's
+            if PROMOTE not in current_principal().scopes:  # named, never by a wildcard
+                raise PermissionDenied(
+                    f"{request.ref.name!r} is a shared trained model: its aliases are every "
+                    f"tenant's, moved only by a token granted {PROMOTE!r} by name"
+                )
+            version = await self.core.set_shared_alias(request.ref.name, alias, number)
+        else:
+            version = await self.core.set_alias(tenant, request.ref.name, alias, number)
         return cv.version_to_pb(version)
 
     async def ResolveModel(self, request: pb.ResolveModelRequest, context) -> pb.ResolvedModel:
@@ -73,6 +89,10 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             tenant, request.ref.name, int(request.ref.version), request.alias
         )
         model = await self.core.model(tenant, request.ref.name)
+        entry = ""
+        if model.shared:
+            registration = await self.core.shared_registration(request.ref.name, version.version)
+            entry = self.core.serving_entry(registration) or ""
         return pb.ResolvedModel(
             version=cv.version_to_pb(version),
             serving_version=0 if model.shared else version.serial,
@@ -80,4 +100,5 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             num_classes=model.num_classes,
             kind=model.kind,
             sha256=str(version.lineage.get("sha256", "")),
+            entry=entry,
         )

@@ -8,6 +8,13 @@ nothing. The store keeps only
 the newest content of an entry (``veil train`` overwrites it), so only the newest version
 is servable: the older ones stay as history, RETIRED.
 
+A registration of the sanitizer's models (kinds :data:`KEPT_KINDS`: the encoder, its
+probes and its in-domain score) also keeps a copy of the content it registers, as the
+store entry ``<entry>-r<number>`` (:func:`keep`): the entry itself is overwritten by the
+next training, the copy never is, so every kept registration stays servable and an
+operator alias (``production``, set with scope ``modelregistry:promote``) can point at
+any of them; a sanitizer that follows the alias serves what it names.
+
 ``veil train`` registers what it writes (``services.cli.train``); the unlearning service,
 when it starts, adopts every entry of its model store whose current content is not yet
 registered (the packaged defaults, or an entry trained with ``--no-register``), with the
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +53,17 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.db import TableStore
 from services.common.errors import Unavailable, VeilError
-from services.kernels.manifests import MANIFEST, Manifest, StoreReader, manifest_lineage
+from services.kernels.manifests import (
+    DEFAULT_ROOT,
+    MANIFEST,
+    WEIGHTS,
+    Manifest,
+    ModelIntegrityError,
+    StoreReader,
+    kept_entry,
+    manifest_lineage,
+    sha256_file,
+)
 from services.unlearning.registry import READY, RETIRED, Version, metadata
 
 log = logging.getLogger(__name__)
@@ -64,9 +83,13 @@ trained = Table(
     Column("registered_at", Float, nullable=False),
 )
 
-VERSION_ENTRY = re.compile(r"-v\d+$")
-"""A tenant's version of a served model (``<entry>-v<serial>``): the registry's versions
-table knows those; they are not trained models."""
+VERSION_ENTRY = re.compile(r"-[vr]\d+$")
+"""A tenant's version of a served model (``<entry>-v<serial>``: the registry's versions
+table knows those) or a kept registration (``<entry>-r<number>``): not trained models of
+their own."""
+KEPT_KINDS = ("diffae", "probes", "domain")
+"""Kinds whose registrations are kept whole in the store (:func:`keep`): what a sanitizer
+that follows the registry loads."""
 TRAINED_BY = "veil train"
 ADOPTED = "adopted from the model store at start"
 
@@ -210,6 +233,53 @@ class TrainedStore(TableStore):
         return [_trained(r, int(r.number)) for r in rows]
 
 
+def keep(root: Path, record: Trained) -> str | None:
+    """Keep what registration ``record`` registered: the store entry at ``root`` copied
+    whole to :func:`kept_entry` (written beside it, then renamed into place), for kinds
+    :data:`KEPT_KINDS`; its name, or None for other kinds. An existing copy is left as it
+    is (a copy is never rewritten). ModelIntegrityError, and nothing kept, when the entry
+    no longer holds the registered content (it was overwritten since)."""
+    if record.kind not in KEPT_KINDS:
+        return None
+    name = kept_entry(record.name, record.number)
+    final = root / name
+    if (final / MANIFEST).is_file():
+        return name
+    reader = StoreReader(root)
+    manifest, _ = reader.blob(record.name)  # its weights checked against its manifest
+    if manifest.sha256 != record.sha256:
+        raise ModelIntegrityError(
+            f"{record.name!r} no longer holds registration {record.number} "
+            f"(sha256 {record.sha256[:12]}…): it was overwritten before it could be kept"
+        )
+    tmp = root / f".keep-{os.getpid()}-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root / record.name, tmp)
+    copied = Manifest.from_dict(json.loads((tmp / MANIFEST).read_text()))
+    if copied.sha256 != record.sha256 or sha256_file(tmp / WEIGHTS) != record.sha256:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelIntegrityError(f"{record.name!r} changed while it was kept; register again")
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another writer kept it first (same registration: same content)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / MANIFEST).is_file():
+            raise
+    return name
+
+
+def register_kept(
+    store: TrainedStore, root: Path, manifest: Manifest, registered_by: str
+) -> tuple[Trained, bool]:
+    """Register the entry ``manifest`` describes (:meth:`TrainedStore.register`) and
+    :func:`keep` that registration, unless ``root`` is the packaged store (the install
+    tree: nothing is kept there)."""
+    record, new = store.register(from_manifest(manifest, registered_by))
+    if root.resolve() != DEFAULT_ROOT.resolve():
+        keep(root, record)
+    return record, new
+
+
 def adopt(store: TrainedStore, root: Path) -> list[Trained]:
     """Register the current content of every entry of the model store at ``root`` that is
     not yet registered (the service's start-up): the registrations it made. An entry whose
@@ -218,14 +288,18 @@ def adopt(store: TrainedStore, root: Path) -> list[Trained]:
     made = []
     for path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
         name = path.parent.name
-        if VERSION_ENTRY.search(name):
+        if VERSION_ENTRY.search(name) or name.startswith("."):
             continue
         try:
             manifest = reader.manifest(name)
         except VeilError as exc:
             log.warning("model store entry %s not registered: %s", name, exc.message)
             continue
-        record, new = store.register(from_manifest(manifest, ADOPTED))
+        try:
+            record, new = register_kept(store, root, manifest, ADOPTED)
+        except ModelIntegrityError as exc:
+            log.warning("model store entry %s not kept: %s", name, exc.message)
+            continue
         if new:
             made.append(record)
     return made

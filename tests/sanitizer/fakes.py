@@ -146,6 +146,8 @@ class FakeRecords:
 
     def __init__(self) -> None:
         self.entries: dict[str, list[Record]] = {}
+        self.aliases: dict[tuple[str, str], int] = {}
+        """(entry, alias) → version: the operator's aliases."""
         self.down = False
         """Every call fails Unavailable, as with a registry that cannot be reached."""
 
@@ -153,14 +155,21 @@ class FakeRecords:
         versions = self.entries.setdefault(entry, [])
         if versions and versions[-1].sha256 == sha256:
             return versions[-1]
-        versions.append(Record(len(versions) + 1, sha256, {**lineage, "sha256": sha256}))
+        number = len(versions) + 1
+        lineage = {**lineage, "sha256": sha256}
+        versions.append(Record(number, sha256, lineage, f"{entry}-r{number}"))
         return versions[-1]
 
-    async def record(self, tenant: str, entry: str) -> Record | None:
+    async def record(self, tenant: str, entry: str, alias: str = "") -> Record | None:
         if self.down:
             raise Unavailable("the model registry is unavailable (fake)")
         versions = self.entries.get(entry)
-        return versions[-1] if versions else None
+        if not versions:
+            return None
+        named = self.aliases.get((entry, alias or "production"))
+        if named is None:
+            return None if alias and alias != "production" else versions[-1]
+        return versions[named - 1]
 
     async def close(self) -> None:
         pass

@@ -23,7 +23,11 @@ from tests.support.server import ServerThread, bearer, serve
 
 TOKEN_A, TOKEN_B = "unlearning-test-acme", "unlearning-test-globex"
 TOKEN_SERVICE = "unlearning-test-protection-service"
+TOKEN_OPERATOR = "unlearning-test-operator"
 TOKENS = {
+    TOKEN_OPERATOR: TokenGrant(
+        tenant="veil-ops", scopes=["modelregistry:*", "modelregistry:promote"]
+    ),
     TOKEN_A: TokenGrant(tenant="acme", scopes=["*"]),
     TOKEN_B: TokenGrant(tenant="globex", scopes=["*"]),
     TOKEN_SERVICE: TokenGrant(

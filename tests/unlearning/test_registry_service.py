@@ -14,13 +14,20 @@ from services._proto.veil.v1 import common_pb2, registry_pb2_grpc
 from services._proto.veil.v1 import registry_pb2 as rpb
 from services._proto.veil.v1 import unlearning_pb2 as pb
 from services.kernels.manifests import StoreReader
-from services.unlearning.trained import ADOPTED, TRAINED_BY, TrainedStore, from_manifest
+from services.unlearning.trained import (
+    ADOPTED,
+    TRAINED_BY,
+    TrainedStore,
+    from_manifest,
+    register_kept,
+)
 from tests.support.server import bearer
 from tests.unlearning.conftest import (
     ENTRY,
     MODEL,
     TOKEN_A,
     TOKEN_B,
+    TOKEN_OPERATOR,
     TOKEN_SERVICE,
     Client,
     submit_request,
@@ -163,11 +170,15 @@ def test_trained_models_are_shared_read_only_and_follow_the_store(
     old = rpb.ResolveModelRequest(tenant_id="acme", ref=common_pb2.ModelRef(name=ENTRY, version=1))
     assert code_of(service.ResolveModel, old)[0] == grpc.StatusCode.NOT_FOUND
 
-    code, _ = code_of(
-        a.SetAlias,
-        rpb.SetAliasRequest(ref=common_pb2.ModelRef(name=ENTRY, version=2), alias="production"),
+    # Its aliases are the operator's: a tenant's "*" token does not move them, and even
+    # the operator cannot point one at a classifier's registration the store replaced.
+    promote = rpb.SetAliasRequest(
+        ref=common_pb2.ModelRef(name=ENTRY, version=1), alias="production"
     )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(a.SetAlias, promote)[0] == grpc.StatusCode.PERMISSION_DENIED
+    operator = Registry(channel, TOKEN_OPERATOR)
+    code, said = code_of(operator.SetAlias, promote)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "not kept" in said
     code, _ = code_of(acme.SubmitJob, submit_request(base_model=common_pb2.ModelRef(name=ENTRY)))
     assert code == grpc.StatusCode.NOT_FOUND
     for call, request in (
@@ -178,3 +189,61 @@ def test_trained_models_are_shared_read_only_and_follow_the_store(
         ),
     ):
         assert code_of(call, request)[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_operator_moves_a_kept_encoders_alias_for_every_tenant(
+    channel: grpc.Channel, store: Path, database_url: str
+) -> None:
+    """An encoder's registrations are kept whole, so each stays servable; only a token
+    granted ``modelregistry:promote`` by name moves its aliases, and every tenant resolves
+    what they name, with the store entry that holds it."""
+    from tests.unlearning.test_trained import _write_entry
+
+    a, g, service = (Registry(channel, t) for t in (TOKEN_A, TOKEN_B, TOKEN_SERVICE))
+    operator = Registry(channel, TOKEN_OPERATOR)
+    registry = TrainedStore(database_url)
+    try:
+        first = _write_entry(store, "diffae", "diffae", b"first")
+        register_kept(registry, store, first, TRAINED_BY)
+        second = _write_entry(store, "diffae", "diffae", b"second")
+        register_kept(registry, store, second, TRAINED_BY)
+    finally:
+        registry.close()
+
+    def resolve(tenant: str) -> rpb.ResolvedModel:
+        ref = common_pb2.ModelRef(name="diffae")
+        return service.ResolveModel(rpb.ResolveModelRequest(tenant_id=tenant, ref=ref))
+
+    now = resolve("acme")  # no alias yet: the newest
+    assert (now.version.ref.version, now.entry, now.sha256) == (2, "diffae-r2", second.sha256)
+    assert now.serving_version == 0 and now.kind == "diffae"
+
+    def pin_at(version: int) -> rpb.SetAliasRequest:
+        ref = common_pb2.ModelRef(name="diffae", version=version)
+        return rpb.SetAliasRequest(ref=ref, alias="production")
+
+    pin = pin_at(1)
+    assert code_of(a.SetAlias, pin)[0] == grpc.StatusCode.PERMISSION_DENIED
+    moved = operator.SetAlias(pin)
+    assert moved.ref.version == 1 and list(moved.aliases) == ["production"]
+    # "previous" names what served before: the newest registration.
+    for tenant in ("acme", "globex"):
+        got = resolve(tenant)
+        assert (got.version.ref.version, got.entry, got.sha256) == (1, "diffae-r1", first.sha256)
+    model = g.GetModel(rpb.GetModelRequest(name="diffae"))
+    assert dict(model.aliases) == {"production": 1, "previous": 2}
+    assert model.current.ref.version == 1
+    assert [(v.ref.version, v.state) for v in model.versions] == [
+        (2, pb.MODEL_VERSION_STATE_READY),
+        (1, pb.MODEL_VERSION_STATE_READY),
+    ]
+    operator.SetAlias(pin_at(2))
+    assert dict(g.GetModel(rpb.GetModelRequest(name="diffae")).aliases) == {
+        "production": 2,
+        "previous": 1,
+    }
+    previous = rpb.ResolveModelRequest(
+        tenant_id="acme", ref=common_pb2.ModelRef(name="diffae"), alias="previous"
+    )
+    assert service.ResolveModel(previous).entry == "diffae-r1"
+    assert code_of(operator.SetAlias, pin_at(9))[0] == grpc.StatusCode.NOT_FOUND

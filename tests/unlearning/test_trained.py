@@ -4,14 +4,32 @@ changes nothing, and writers at once never share a number."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
-from services.kernels.manifests import Manifest
+from services.kernels.manifests import (
+    MANIFEST,
+    WEIGHTS,
+    Manifest,
+    ModelIntegrityError,
+    StoreReader,
+)
 from services.unlearning.registry import READY, RETIRED
-from services.unlearning.trained import TRAINED_BY, Trained, TrainedStore, from_manifest
+from services.unlearning.trained import (
+    TRAINED_BY,
+    Trained,
+    TrainedStore,
+    adopt,
+    from_manifest,
+    keep,
+    register_kept,
+)
 
 
 @pytest.fixture
@@ -110,3 +128,50 @@ def test_writers_at_once_never_share_a_number(store: TrainedStore) -> None:
     assert [t.number for t, _ in same] == [3, 3]
     assert sorted(new for _, new in same) == [False, True]
     assert [t.number for t in store.trained_versions("task-resnet")] == [3, 2, 1]
+
+
+# -- kept registrations -------------------------------------------------------------------
+
+
+def _write_entry(root: Path, name: str, kind: str, blob: bytes) -> Manifest:
+    """A store entry of ``kind`` holding ``blob`` as its weights."""
+    entry = root / name
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / WEIGHTS).write_bytes(blob)
+    made = replace(manifest(name), kind=kind, sha256=hashlib.sha256(blob).hexdigest())
+    (entry / MANIFEST).write_text(json.dumps(asdict(made)))
+    return made
+
+
+def test_a_registration_of_the_sanitizers_models_is_kept_whole(
+    store: TrainedStore, tmp_path: Path
+) -> None:
+    """The encoder, probes and domain: each registration copied to ``<entry>-r<N>``, never
+    rewritten, so retraining the entry leaves the older versions servable; a classifier's
+    is not kept; an entry overwritten before it could be kept is refused, and the service's
+    adoption skips kept copies (they are versions, not models)."""
+    root = tmp_path / "store"
+    first = _write_entry(root, "diffae", "diffae", b"first")
+    record, new = register_kept(store, root, first, TRAINED_BY)
+    assert new and record.number == 1
+    assert StoreReader(root).blob("diffae-r1")[1] == b"first"
+    second = _write_entry(root, "diffae", "diffae", b"second")
+    record, _ = register_kept(store, root, second, TRAINED_BY)
+    assert record.number == 2 and StoreReader(root).blob("diffae-r2")[1] == b"second"
+    assert StoreReader(root).blob("diffae-r1")[1] == b"first"  # untouched
+    assert StoreReader(root).kept("diffae") == ["diffae-r2", "diffae-r1"]
+    assert keep(root, record) == "diffae-r2"  # again: the copy stays as it is
+
+    third = _write_entry(root, "diffae", "diffae", b"third")
+    stale = replace(from_manifest(second, TRAINED_BY), number=5)
+    with pytest.raises(ModelIntegrityError, match="overwritten"):
+        keep(root, stale)
+    assert not (root / "diffae-r5").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # nothing half-written
+
+    classifier = _write_entry(root, "task-resnet", "classifier", b"weights")
+    register_kept(store, root, classifier, TRAINED_BY)
+    assert not (root / "task-resnet-r1").exists()
+    adopted = adopt(store, root)
+    assert [(r.name, r.number) for r in adopted] == [("diffae", 3)]
+    assert third.sha256 == adopted[0].sha256 and (root / "diffae-r3").is_dir()

@@ -82,17 +82,19 @@ class ResolveModelRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., ref: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class ResolvedModel(_message.Message):
-    __slots__ = ("version", "serving_version", "resolution", "num_classes", "kind", "sha256")
+    __slots__ = ("version", "serving_version", "resolution", "num_classes", "kind", "sha256", "entry")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
     version: _unlearning_pb2.ModelVersion
     serving_version: int
     resolution: int
     num_classes: int
     kind: str
     sha256: str
-    def __init__(self, version: _Optional[_Union[_unlearning_pb2.ModelVersion, _Mapping]] = ..., serving_version: _Optional[int] = ..., resolution: _Optional[int] = ..., num_classes: _Optional[int] = ..., kind: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    entry: str
+    def __init__(self, version: _Optional[_Union[_unlearning_pb2.ModelVersion, _Mapping]] = ..., serving_version: _Optional[int] = ..., resolution: _Optional[int] = ..., num_classes: _Optional[int] = ..., kind: _Optional[str] = ..., sha256: _Optional[str] = ..., entry: _Optional[str] = ...) -> None: ...

@@ -82,8 +82,11 @@ class ModelRegistryServicer:
 
     def SetAlias(self, request, context):
         """Points one of the tenant's aliases at one of its servable versions (or the base, 1).
-        Moving "production" moves "previous" to the version it named. A shared model has no
-        aliases: FAILED_PRECONDITION.
+        Moving "production" moves "previous" to the version it named. A shared model's
+        aliases are the operator's, the same for every tenant: only a token with scope
+        "modelregistry:promote" moves them (PERMISSION_DENIED otherwise), to a registration
+        the model store still holds (FAILED_PRECONDITION otherwise). A sanitizer that
+        follows its encoder's alias serves what "production" names within seconds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
