@@ -176,6 +176,12 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         " shifts (up to 3 px), so the model keeps its accuracy on uploaded images; none: on"
         " the images as they are (default pipeline)",
     )
+    clf.add_argument(
+        "--tenant",
+        help="train a retrain for this tenant's unlearning job (docs/TRAINING.md, 'Retrain at"
+        " scale'): recorded in the entry, which is then never registered as a model every"
+        " tenant sees, and only that tenant's job may publish it",
+    )
     clf.set_defaults(handler=run_train_classifier)
 
     prot = kinds.add_parser("protector", help="the fast-protection generator (one pass per image)")
@@ -327,7 +333,8 @@ def _write(
         config,
         command=command,
         seed=args.seed,
-        data={"uri": args.data, "n": n, "resolution": args.resolution},
+        data={"uri": args.data, "n": n, "resolution": args.resolution}
+        | ({"tenant": args.tenant} if getattr(args, "tenant", None) else {}),
         metrics=_metrics(result, world),
     )
     rows = {**result.summary(), "model": f"{manifest.name} v{manifest.version}"}
@@ -348,6 +355,12 @@ def _register(args: argparse.Namespace, manifest: Manifest) -> int:
     model registry, unless ``--no-register``, and say so: 0, or :data:`UNREGISTERED` when the
     registry cannot be reached (the entry stays written; the unlearning service adopts it)."""
     if args.no_register:
+        return 0
+    if getattr(args, "tenant", None):
+        print(
+            f"not registered: {manifest.name} was trained for tenant {args.tenant!r}; it becomes"
+            " that tenant's version through an unlearning job (SubmitJob, trained_entry)"
+        )
         return 0
     from sqlalchemy.exc import SQLAlchemyError
 

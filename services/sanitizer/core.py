@@ -35,7 +35,6 @@ no torch (docs/ARCHITECTURE.md, "Cores without transport").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -44,7 +43,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -234,6 +233,26 @@ def _same_delta(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _on_one_model(
+    method: Callable[Concatenate[Sanitizer, P], Awaitable[R]],
+) -> Callable[Concatenate[Sanitizer, P], Awaitable[R]]:
+    """Run the call on the model served when it starts: a swap (the registry's alias
+    moved, ``services.sanitizer.following``) waits for it to end, so no call mixes two
+    models. Only the entry points hold it (holding it twice could wait on a swap that
+    waits on the outer hold)."""
+
+    @functools.wraps(method)
+    async def held(self: Sanitizer, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self.pipeline.exclusive.using():
+            return await method(self, *args, **kwargs)
+
+    return held
+
+
 class Sanitizer:
     """Previews, releases, batches; one instance per server."""
 
@@ -259,13 +278,9 @@ class Sanitizer:
 
     @property
     def space(self) -> AttributeSpace:
-        """The attribute subspace of the model served now (stable under ``_serving()``)."""
+        """The attribute subspace of the model served now (stable within a call that
+        :func:`_on_one_model` holds)."""
         return self.pipeline.space
-
-    def _serving(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the served model for one call: a swap (the registry's alias moved) waits
-        for it to end, so no call mixes two models."""
-        return self.pipeline.exclusive.using()
 
     async def describe(self, tenant: str) -> ModelDescription:
         """The encoder and probes this server loaded, as the registry records them for
@@ -396,13 +411,8 @@ class Sanitizer:
 
     # -- previews --------------------------------------------------------------------------
 
+    @_on_one_model
     async def create_preview(
-        self, caller: Caller, request: Request, strengths: Sequence[float], seed: int | None
-    ) -> Preview:
-        async with self._serving():
-            return await self._create_preview(caller, request, strengths, seed)
-
-    async def _create_preview(
         self, caller: Caller, request: Request, strengths: Sequence[float], seed: int | None
     ) -> Preview:
         request = self.check(caller, request)
@@ -466,6 +476,7 @@ class Sanitizer:
 
     # -- releases --------------------------------------------------------------------------
 
+    @_on_one_model
     async def release(
         self,
         caller: Caller,
@@ -474,20 +485,6 @@ class Sanitizer:
         epsilon: float | None = None,
         candidate: int | None = None,
         key: str = "",
-    ) -> Released:
-        async with self._serving():
-            return await self._release(
-                caller, session_id, epsilon=epsilon, candidate=candidate, key=key
-            )
-
-    async def _release(
-        self,
-        caller: Caller,
-        session_id: str,
-        *,
-        epsilon: float | None,
-        candidate: int | None,
-        key: str,
     ) -> Released:
         _check_id(session_id, "session_id")
         _check_id(key, "idempotency_key", required=False)
@@ -504,13 +501,8 @@ class Sanitizer:
 
         return await self._once(caller, key, fingerprint, work)
 
+    @_on_one_model
     async def sanitize(
-        self, caller: Caller, request: Request, epsilon: float, key: str
-    ) -> Released:
-        async with self._serving():
-            return await self._sanitize(caller, request, epsilon, key)
-
-    async def _sanitize(
         self, caller: Caller, request: Request, epsilon: float, key: str
     ) -> Released:
         _check_id(key, "idempotency_key", required=False)
@@ -885,14 +877,8 @@ class Sanitizer:
 
     # -- batches ---------------------------------------------------------------------------
 
+    @_on_one_model
     async def sanitize_chunk(
-        self, caller: Caller, items: Sequence[BatchItem]
-    ) -> list[Released | VeilError]:
-        """:meth:`_sanitize_chunk` on the model served now."""
-        async with self._serving():
-            return await self._sanitize_chunk(caller, items)
-
-    async def _sanitize_chunk(
         self, caller: Caller, items: Sequence[BatchItem]
     ) -> list[Released | VeilError]:
         """Sanitize a chunk of batch items: each is claimed (keyed), prepared and its δ

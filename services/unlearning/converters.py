@@ -60,6 +60,7 @@ def spec_from_pb(request: pb.SubmitJobRequest) -> JobSpec:
         method=method,
         options=dict(request.options),
         idempotency_key=request.idempotency_key,
+        trained_entry=request.trained_entry,
     )
 
 
@@ -77,6 +78,7 @@ def spec_to_pb(job: Job) -> pb.SubmitJobRequest:
         method=METHOD_OF[spec.method],  # type: ignore[arg-type]
         options=spec.options,
         idempotency_key=spec.idempotency_key,
+        trained_entry=spec.trained_entry,
     )
 
 

@@ -167,6 +167,10 @@ class Unlearning:
                 details={"field": "forget_attributes", "known": ",".join(known)},
             )
         await asyncio.to_thread(training.check_revision, spec, manifest)
+        if spec.trained_entry:
+            await asyncio.to_thread(
+                training.check_trained, tenant, spec, manifest, self.publisher.store
+            )
         job = await asyncio.to_thread(self.store.submit, tenant, spec, base, _fingerprint(spec))
         self.metrics.submitted.labels(method=spec.method).inc()
         self._wake.set()
@@ -198,7 +202,8 @@ class Unlearning:
         if size is not None:
             _cap(size, s.max_dataset_size, "the revised dataset", "max_dataset_size")
         values = training.parse_options(spec.method, spec.options)
-        _cap(int(values.get("steps", 0)), s.max_steps, "option steps", "max_steps")
+        if not spec.trained_entry:  # a retrain made at scale trains nothing here
+            _cap(int(values.get("steps", 0)), s.max_steps, "option steps", "max_steps")
         for key in ("fit_samples", "batch_size"):  # the defaults adapt to the data
             if key in spec.options:
                 _cap(int(values[key]), s.max_dataset_size, f"option {key}", "max_dataset_size")
@@ -579,6 +584,11 @@ class Unlearning:
             base = await self.get_version(job.tenant, job.spec.model_name, job.base_version)
             manifest = await asyncio.to_thread(self.publisher.manifest, base.serial)
             blob = await asyncio.to_thread(self.publisher.blob, base.serial)
+            trained: tuple[dict[str, Any], bytes] | tuple[None, None] = (None, None)
+            if job.spec.trained_entry:
+                trained = await asyncio.to_thread(
+                    training.trained_weights, job.tenant, job.spec, manifest, self.publisher.store
+                )
             request = training.Request(
                 spec=job.spec,
                 base_version=job.base_version,
@@ -589,6 +599,8 @@ class Unlearning:
                 cache_dir=self.settings.work_dir,
                 reference_steps=self.settings.reference_steps,
                 max_seconds=self.settings.max_job_seconds,
+                trained_manifest=trained[0],
+                trained_blob=trained[1],
             )
             result = await self.pool.run(training.run, request, progress, should_stop)
         except training.Stopped:
@@ -618,6 +630,10 @@ class Unlearning:
             "replaced": len(job.spec.replaced_ids),
             "attributes": list(job.spec.attributes),
         }
+        if job.spec.trained_entry:  # a retrain made at scale, published as it was trained
+            lineage["trained_entry"] = job.spec.trained_entry
+            lineage["trained_sha256"] = result.data["trained_sha256"]
+            lineage["trained_command"] = result.data["trained_command"]
         new = await asyncio.to_thread(
             self.store.allocate,
             tenant,

@@ -99,9 +99,15 @@ class JobSpec:
     method: str
     options: dict[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
+    trained_entry: str = ""
+    """``retrain`` only: a store entry trained at scale on ``dataset_uri``, published
+    instead of training here (``SubmitJobRequest.trained_entry``)."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.trained_entry:  # the form specs had before the field: same fingerprint
+            del data["trained_entry"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:

@@ -295,6 +295,8 @@ def adopt(store: TrainedStore, root: Path) -> list[Trained]:
         except VeilError as exc:
             log.warning("model store entry %s not registered: %s", name, exc.message)
             continue
+        if (manifest.data or {}).get("tenant"):  # one tenant's retrain: never everyone's
+            continue
         try:
             record, new = register_kept(store, root, manifest, ADOPTED)
         except ModelIntegrityError as exc:

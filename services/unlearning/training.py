@@ -37,6 +37,10 @@ class Request:
     reference_steps: int | None = None
     """Steps of the retrained reference; None = its full recipe."""
     max_seconds: float | None = None
+    trained_manifest: dict[str, Any] | None = None
+    """A retrain made at scale (``JobSpec.trained_entry``): its manifest and weights,
+    evaluated and published instead of training here."""
+    trained_blob: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,80 @@ def check_revision(spec: JobSpec, manifest: dict[str, Any]) -> None:
             )
 
 
+TRAINED_CONFIG = ("arch", "num_classes", "resolution", "width", "role", "target")
+"""What a retrain made at scale must share with the base model: a fresh model of its
+config (what ``retrain`` trains here)."""
+
+
+def check_trained(tenant: str, spec: JobSpec, base: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The manifest of ``spec.trained_entry`` in the store at ``root``, if it is a retrain
+    for ``tenant`` of the base model (manifest ``base``) on exactly the revision's dataset:
+    trained for that tenant (``veil train classifier --tenant``; an entry of another tenant,
+    or of none, is answered word for word as a missing one), a classifier of the base's
+    config (:data:`TRAINED_CONFIG`) whose training data is ``spec.dataset_uri`` (a model
+    that saw anything else is no retrain: the removed samples would not be guaranteed
+    gone). FAILED_PRECONDITION otherwise, naming what differs."""
+    from services.kernels.manifests import StoreReader
+
+    field_ = {"field": "trained_entry"}
+    if spec.method != "retrain":
+        raise InvalidArgument("trained_entry is for method RETRAIN only", details=field_)
+    missing = FailedPrecondition(
+        f"the model store has no entry {spec.trained_entry!r} trained for this tenant: train "
+        f"it first with `veil train classifier --data '{spec.dataset_uri}' --tenant "
+        f"<tenant> --name {spec.trained_entry}` (docs/TRAINING.md)",
+        details=field_,
+    )
+    try:
+        trained = StoreReader(root).manifest(spec.trained_entry)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"trained_entry: {exc.message}", details=field_) from None
+    except NotFound:
+        raise missing from None
+    if (trained.data or {}).get("tenant") != tenant:
+        raise missing
+    if trained.kind != "classifier":
+        raise FailedPrecondition(
+            f"{spec.trained_entry!r} is a {trained.kind}, not a classifier", details=field_
+        )
+    config = base.get("config", {})
+    differ = [k for k in TRAINED_CONFIG if trained.config.get(k) != config.get(k)]
+    if differ:
+        raise FailedPrecondition(
+            f"{spec.trained_entry!r} is not a model of the base's config: its "
+            + ", ".join(f"{k} {trained.config.get(k)!r} (base {config.get(k)!r})" for k in differ),
+            details={**field_, "differ": ",".join(differ)},
+        )
+    data = str((trained.data or {}).get("uri", ""))
+    if data != spec.dataset_uri:
+        raise FailedPrecondition(
+            f"{spec.trained_entry!r} was trained on {data!r}, not on the revision's dataset "
+            f"{spec.dataset_uri!r}: a retrain sees the revised data and nothing else",
+            details=field_,
+        )
+    return {
+        "name": trained.name,
+        "config": trained.config,
+        "sha256": trained.sha256,
+        "command": trained.command,
+        "metrics": trained.metrics,
+    }
+
+
+def trained_weights(
+    tenant: str, spec: JobSpec, base: dict[str, Any], root: Path
+) -> tuple[dict[str, Any], bytes]:
+    """:func:`check_trained` again (the entry may have changed since the submission) and
+    its weights, checked against their SHA-256."""
+    from services.kernels.manifests import StoreReader
+
+    manifest = check_trained(tenant, spec, base, root)
+    checked, blob = StoreReader(root).blob(spec.trained_entry, kind="classifier")
+    if checked.sha256 != manifest["sha256"]:
+        raise FailedPrecondition(f"{spec.trained_entry!r} changed while it was read; retry")
+    return manifest, blob
+
+
 def known_attributes(manifest: dict[str, Any]) -> tuple[str, ...]:
     """The attributes labelled in the data the model was trained on (its manifest's
     ``data.uri``): the ones a job may ask it to forget."""
@@ -152,6 +230,7 @@ def run(
         Budget,
         Cancelled,
         Revision,
+        adopt_retrained,
         open_views,
         unlearn,
     )
@@ -182,19 +261,29 @@ def run(
         progress(phase, fraction)
 
     try:
-        outcome = unlearn(
-            spec.method,
-            model,
-            views,
-            list(spec.attributes),
-            dict(spec.options),
-            Budget(threads=request.threads, max_seconds=request.max_seconds),
-            progress=report,
-            should_stop=should_stop,
-            reference_cache=request.cache_dir / "reference",
-            reference_options=reference_options,
-            reference_budget=Budget(threads=request.threads),
-        )
+        if request.trained_manifest is not None and request.trained_blob is not None:
+            trained = build_classifier(
+                ClassifierConfig.from_dict(request.trained_manifest["config"])
+            )
+            trained.load_state_dict(load_safetensors(request.trained_blob))
+            wall = float(request.trained_manifest["metrics"].get("wall time (s)", 0.0) or 0.0)
+            outcome = adopt_retrained(
+                trained, views, list(spec.attributes), wall, int(seed), report, should_stop
+            )
+        else:
+            outcome = unlearn(
+                spec.method,
+                model,
+                views,
+                list(spec.attributes),
+                dict(spec.options),
+                Budget(threads=request.threads, max_seconds=request.max_seconds),
+                progress=report,
+                should_stop=should_stop,
+                reference_cache=request.cache_dir / "reference",
+                reference_options=reference_options,
+                reference_budget=Budget(threads=request.threads),
+            )
     except Cancelled:
         raise Stopped() from None
     state = {k: v.detach().cpu().contiguous() for k, v in outcome.model.state_dict().items()}
@@ -215,6 +304,10 @@ def run(
         "resolution": resolution,
         "base_uri": base_uri,
     }
+    if request.trained_manifest is not None:
+        data["trained_entry"] = spec.trained_entry
+        data["trained_sha256"] = request.trained_manifest["sha256"]
+        data["trained_command"] = request.trained_manifest["command"]
     return Result(
         blob=blob,
         config=config,

@@ -55,6 +55,7 @@ __all__ = [
     "Progress",
     "Revision",
     "Views",
+    "adopt_retrained",
     "ideal_revision",
     "method_options",
     "open_views",
@@ -78,6 +79,27 @@ def _run(
     details["stopped_early"] = "true" if control.stopped_early else "false"
     result = figures(new, views, attributes, wall, control, seed=int(values["seed"]))
     return new.eval(), result, details
+
+
+def adopt_retrained(
+    trained: Classifier,
+    views: Views,
+    attributes: Sequence[str],
+    wall_seconds: float,
+    seed: int = 0,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Outcome:
+    """A ``retrain`` made elsewhere (at scale: ``veil train classifier`` on the revised
+    data, under torchrun): ``trained``'s figures on ``views``, as :func:`unlearn` gives a
+    retrain's, and its own reference (retraining is the reference). ``wall_seconds``: the
+    training's wall time, as its manifest records it."""
+    attribute_columns(views, attributes)
+    control = Control(Budget(), progress, should_stop)
+    control.started = time.perf_counter()
+    result = figures(trained.eval(), views, attributes, wall_seconds, control, seed=seed)
+    details: dict[str, float | str] = {"trained_elsewhere": "true", "stopped_early": "false"}
+    return Outcome(trained, result, result, "retrain", details)
 
 
 def reference(

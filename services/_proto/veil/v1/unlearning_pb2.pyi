@@ -48,7 +48,7 @@ class DatasetRevision(_message.Message):
     def __init__(self, dataset_uri: _Optional[str] = ..., removed_sample_ids: _Optional[_Iterable[str]] = ..., replaced_sample_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("tenant_id", "base_model", "revision", "forget_attributes", "method", "options", "idempotency_key")
+    __slots__ = ("tenant_id", "base_model", "revision", "forget_attributes", "method", "options", "idempotency_key", "trained_entry")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class SubmitJobRequest(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_ENTRY_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     base_model: _common_pb2.ModelRef
     revision: DatasetRevision
@@ -70,7 +71,8 @@ class SubmitJobRequest(_message.Message):
     method: UnlearningMethod
     options: _containers.ScalarMap[str, str]
     idempotency_key: str
-    def __init__(self, tenant_id: _Optional[str] = ..., base_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., revision: _Optional[_Union[DatasetRevision, _Mapping]] = ..., forget_attributes: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[UnlearningMethod, str]] = ..., options: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    trained_entry: str
+    def __init__(self, tenant_id: _Optional[str] = ..., base_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., revision: _Optional[_Union[DatasetRevision, _Mapping]] = ..., forget_attributes: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[UnlearningMethod, str]] = ..., options: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., trained_entry: _Optional[str] = ...) -> None: ...
 
 class AttributeLeakage(_message.Message):
     __slots__ = ("attribute", "probe_accuracy", "chance_accuracy")
