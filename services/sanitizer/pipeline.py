@@ -90,42 +90,39 @@ def from_model(images: np.ndarray) -> np.ndarray:
 class Exclusive:
     """Any number of users at once, or one swap alone: a swap waits for the users in
     flight to finish, and users that come while a swap waits or runs wait for it (so a
-    stream of users cannot starve it). Single event loop: no thread safety."""
+    stream of users cannot starve it). Single event loop; every change of state is made
+    without an await, so a cancelled user or swap never leaves it wrong."""
 
     def __init__(self) -> None:
         self._users = 0
-        self._swapping = False
-        self._changed = asyncio.Condition()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._swap = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def using(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self._swapping)
-            self._users += 1
+        while not self._open.is_set():
+            await self._open.wait()
+        self._users += 1
+        self._idle.clear()
         try:
             yield
         finally:
-            async with self._changed:
-                self._users -= 1
-                self._changed.notify_all()
+            self._users -= 1
+            if self._users == 0:
+                self._idle.set()
 
     @contextlib.asynccontextmanager
     async def swapping(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self._swapping)
-            self._swapping = True
+        async with self._swap:
+            self._open.clear()
             try:
-                await self._changed.wait_for(lambda: self._users == 0)
-            except BaseException:
-                self._swapping = False
-                self._changed.notify_all()
-                raise
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._swapping = False
-                self._changed.notify_all()
+                await self._idle.wait()
+                yield
+            finally:
+                self._open.set()
 
 
 class Pipeline:

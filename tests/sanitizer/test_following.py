@@ -329,3 +329,31 @@ def test_the_in_process_backend_switches_encoders_and_triton_refuses(tmp_path: P
             await TritonBackend(InferenceSettings(backend="triton")).load_diffae("diffae-r7")
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_request_does_not_hold_the_swap_back(parts: Any) -> None:
+    """A call cancelled mid-way (its client went away) leaves the model as it entered:
+    the swap waiting on it goes ahead at once."""
+    _, pipeline, _, _, newer = parts
+
+    async def scenario() -> None:
+        async def hold() -> None:
+            async with pipeline.exclusive.using():
+                await asyncio.Event().wait()
+
+        held = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)
+
+        async def swap() -> None:
+            async with pipeline.exclusive.swapping():
+                pipeline.install(newer, None)
+
+        swapping = asyncio.create_task(swap())
+        await asyncio.sleep(0.01)
+        assert not swapping.done()
+        held.cancel()
+        await asyncio.wait_for(swapping, timeout=2)
+        async with pipeline.exclusive.using():  # open again
+            assert pipeline.model is newer
+
+    asyncio.run(scenario())
