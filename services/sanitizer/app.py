@@ -76,8 +76,6 @@ def build_app(
     )
     registry = registry_client(settings)
     records: ModelRecords | None = None if registry is None else RegistryRecords(registry)
-    if settings.encoder_alias and records is None:
-        raise ValueError("VEIL_SANITIZER_ENCODER_ALIAS needs VEIL_SANITIZER_REGISTRY_URL")
     handle = None
 
     def backend():  # the running backend (UNAVAILABLE before start and after stop)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.db import check_url, default_sqlite_url
@@ -102,9 +102,11 @@ class SanitizerSettings(BaseSettings):
 
     @field_validator("encoder_alias")
     @classmethod
-    def _alias(cls, value: str) -> str:
+    def _alias(cls, value: str, info: ValidationInfo) -> str:
         if value and not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", value):
             raise ValueError("an alias is 1-64 characters of [a-z0-9-], starting with a letter")
+        if value and not info.data.get("registry_url"):
+            raise ValueError("following the registry's alias needs VEIL_SANITIZER_REGISTRY_URL")
         return value
 
     @field_validator("database_url")

@@ -357,3 +357,15 @@ def test_a_cancelled_request_does_not_hold_the_swap_back(parts: Any) -> None:
             assert pipeline.model is newer
 
     asyncio.run(scenario())
+
+
+def test_following_needs_a_registry_and_a_well_formed_alias() -> None:
+    from pydantic import ValidationError
+
+    from services.sanitizer.settings import SanitizerSettings
+
+    with pytest.raises(ValidationError, match="needs VEIL_SANITIZER_REGISTRY_URL"):
+        SanitizerSettings(encoder_alias="production")
+    with pytest.raises(ValidationError, match="starting with a letter"):
+        SanitizerSettings(encoder_alias="Prod", registry_url="127.0.0.1:1")
+    assert SanitizerSettings(encoder_alias="production", registry_url="r:1").follow_every_s == 10
