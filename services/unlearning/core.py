@@ -320,14 +320,24 @@ class Unlearning:
             return kept
         return registration.name if registration.current else None
 
-    async def shared_registration(self, model_name: str, version: int) -> Trained:
+    async def shared_registration(
+        self,
+        model_name: str,
+        version: int,
+        shared: list[Trained] | None = None,
+        names: dict[str, int] | None = None,
+    ) -> Trained:
         """Registration ``version`` of a shared trained model (0: what the operator's
-        ``production`` alias names, else the newest); NOT_FOUND when there is none."""
-        shared = await self._shared(model_name)
+        ``production`` alias names, else the newest); NOT_FOUND when there is none.
+        ``shared`` and ``names``: its registrations and aliases, when the caller has read
+        them already."""
         if shared is None:
-            raise NotFound(f"{model_name!r} is not a shared trained model")
+            shared = await self._shared(model_name)
+            if shared is None:
+                raise NotFound(f"{model_name!r} is not a shared trained model")
         if version == 0:
-            names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
+            if names is None:
+                names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
             version = names.get(PRODUCTION, 0)
         match = [t for t in shared if t.number == version or (version == 0 and t.current)]
         if not match:
@@ -339,8 +349,8 @@ class Unlearning:
     ) -> Version:
         """As :meth:`shared_registration`, as a version: READY when it is servable
         (:meth:`serving_entry`), RETIRED otherwise, with the operator's aliases."""
-        found = await self.shared_registration(model_name, version)
         names = await asyncio.to_thread(self.store.aliases, SHARED, model_name)
+        found = await self.shared_registration(model_name, version, shared, names)
         return with_aliases(self._as_version(found), names)
 
     def _as_version(self, registration: Trained) -> Version:
